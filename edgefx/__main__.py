@@ -1,0 +1,5 @@
+"""Allow ``python -m edgefx``."""
+
+from edgefx.cli import main
+
+main()

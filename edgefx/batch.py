@@ -1,0 +1,275 @@
+"""Batch engine shared by the commands: input listing, output naming, skip and resume.
+
+A batch maps every input file to one output path under the output directory, mirroring
+the input tree. An output that already exists is skipped unless overwrite is set, and
+every output is written atomically, so an interrupted batch resumes where it stopped
+when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgefx.errors import EdgefxError, InputError, OutputError, UsageError
+from edgefx.fsutil import TEMP_PREFIX
+
+logger = logging.getLogger(__name__)
+
+GLOB_CHARACTERS = set("*?[")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file to process and its path relative to the input it was found under."""
+
+    path: Path
+    relative: Path
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    source: Path
+    output: Path
+
+
+@dataclass
+class FileResult:
+    source: Path
+    output: Path | None
+    status: str  # "done", "skipped" or "failed"
+    error: str | None = None
+    seconds: float = 0.0
+    units: float = 0.0  # task-specific amount of work: megapixels or audio seconds
+
+
+@dataclass
+class BatchSummary:
+    results: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def done(self) -> int:
+        return self.count("done")
+
+    @property
+    def skipped(self) -> int:
+        return self.count("skipped")
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Where outputs go and what happens to outputs that already exist."""
+
+    out_dir: Path
+    recursive: bool = False
+    overwrite: bool = False
+
+
+class Reporter:
+    """Receives progress events; the CLI subclasses it to draw a progress bar."""
+
+    def start(self, total: int) -> None:
+        """Called once with the number of files, before the first one is processed."""
+
+    def result(self, result: FileResult) -> None:
+        """Called once per file, when it is done, skipped or failed."""
+
+
+def collect_inputs(
+    paths: Sequence[str],
+    suffixes: Iterable[str],
+    recursive: bool = False,
+    exclude: Path | None = None,
+) -> tuple[list[InputFile], list[FileResult]]:
+    """List the input files named by files, directories and glob patterns.
+
+    Returns the files found and a failed result for every named path that does not
+    exist, so that the batch reports them and goes on. Directories contribute the files
+    with a known suffix (top level only unless ``recursive``); explicit files are taken
+    whatever their suffix, so that a wrong extension gets a clear error from the reader.
+    Files under ``exclude`` (the output directory) are left out, so that a rerun never
+    takes its own outputs as inputs.
+    """
+    wanted = {s.lower() for s in suffixes}
+    found: list[InputFile] = []
+    missing: list[FileResult] = []
+    for name in paths:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            for child in sorted(path.glob(pattern)):
+                if _is_candidate(child, wanted):
+                    found.append(InputFile(child, child.relative_to(path)))
+        elif path.is_file():
+            found.append(InputFile(path, Path(path.name)))
+        elif GLOB_CHARACTERS & set(name):
+            matches = sorted(glob.glob(os.path.expanduser(name), recursive=True))
+            base = _glob_base(name)
+            for match in map(Path, matches):
+                if match.is_file() and not match.name.startswith(TEMP_PREFIX):
+                    found.append(InputFile(match, _relative_or_name(match, base)))
+            if not matches:
+                missing.append(_failure(path, "no file matches this pattern"))
+        else:
+            missing.append(_failure(path, "file not found"))
+
+    excluded = exclude.resolve() if exclude else None
+    unique: dict[Path, InputFile] = {}
+    for item in found:
+        resolved = item.path.resolve()
+        if excluded and resolved.is_relative_to(excluded):
+            continue
+        unique.setdefault(resolved, item)
+    return list(unique.values()), missing
+
+
+def _is_candidate(path: Path, suffixes: set[str]) -> bool:
+    return (
+        path.is_file()
+        and path.suffix.lower() in suffixes
+        and not path.name.startswith(TEMP_PREFIX)
+        and not path.name.startswith(".")
+    )
+
+
+def _glob_base(pattern: str) -> Path:
+    """Return the directory part of a glob pattern before its first wildcard."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    fixed = []
+    for part in parts:
+        if GLOB_CHARACTERS & set(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _relative_or_name(path: Path, base: Path) -> Path:
+    try:
+        return path.relative_to(base)
+    except ValueError:
+        return Path(path.name)
+
+
+def _failure(path: Path, reason: str) -> FileResult:
+    return FileResult(
+        source=path, output=None, status="failed", error=f"{path}: {reason}"
+    )
+
+
+def plan_outputs(
+    inputs: Sequence[InputFile],
+    out_dir: Path,
+    suffix_for: Callable[[Path], str],
+) -> list[BatchItem]:
+    """Map inputs to output paths under ``out_dir``, mirroring their relative paths.
+
+    ``suffix_for(source)`` returns the output suffix. Raises UsageError before any work
+    when an output would replace its input or when two inputs map to the same output.
+    """
+    items: list[BatchItem] = []
+    owners: dict[Path, Path] = {}
+    for entry in inputs:
+        relative = entry.relative.with_suffix(suffix_for(entry.path))
+        output = out_dir / relative
+        key = output.resolve()
+        if key == entry.path.resolve():
+            raise UsageError(
+                f"{entry.path}: the output would replace the input; "
+                "choose an --out directory outside the inputs"
+            )
+        if key in owners:
+            raise UsageError(
+                f"{owners[key]} and {entry.path} would both be written to {output}; "
+                "rename one of them or process them in separate runs"
+            )
+        owners[key] = entry.path
+        items.append(BatchItem(entry.path, output))
+    return items
+
+
+def run_batch(
+    items: Sequence[BatchItem],
+    process: Callable[[BatchItem], float],
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+    unit: str = "MP",
+) -> BatchSummary:
+    """Process every item and collect one result per file.
+
+    ``process(item)`` reads the source, writes the output atomically and returns the
+    amount of work done (megapixels, audio seconds). An EdgefxError, or any other error
+    raised while handling one file, marks that file failed and the batch goes on;
+    KeyboardInterrupt and SystemExit stop the batch, and atomic writes leave no partial
+    output behind.
+    """
+    reporter = reporter or Reporter()
+    summary = BatchSummary()
+    started = time.perf_counter()
+    for item in items:
+        if item.output.exists() and not overwrite:
+            result = FileResult(item.source, item.output, "skipped")
+        else:
+            result = _process_one(item, process)
+        summary.results.append(result)
+        reporter.result(result)
+    summary.seconds = time.perf_counter() - started
+
+    done_units = sum(r.units for r in summary.results if r.status == "done")
+    busy = sum(r.seconds for r in summary.results if r.status == "done")
+    if summary.done and busy > 0:
+        logger.info(
+            "throughput: %.2f files/s, %.3f %s/s over %d processed files",
+            summary.done / busy,
+            done_units / busy,
+            unit,
+            summary.done,
+        )
+    return summary
+
+
+def _process_one(item: BatchItem, process: Callable[[BatchItem], float]) -> FileResult:
+    started = time.perf_counter()
+    try:
+        units = process(item)
+    except (InputError, OutputError) as err:
+        return FileResult(item.source, item.output, "failed", str(err))
+    except EdgefxError as err:
+        return FileResult(item.source, item.output, "failed", f"{item.source}: {err}")
+    except MemoryError:
+        return FileResult(
+            item.source, item.output, "failed", f"{item.source}: out of memory"
+        )
+    except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
+        logger.debug("unexpected error on %s:\n%s", item.source, traceback.format_exc())
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        return FileResult(
+            item.source,
+            item.output,
+            "failed",
+            f"{item.source}: unexpected error: {reason}",
+        )
+    return FileResult(
+        item.source,
+        item.output,
+        "done",
+        seconds=time.perf_counter() - started,
+        units=units,
+    )

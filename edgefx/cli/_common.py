@@ -1,0 +1,186 @@
+"""Terminal plumbing shared by the commands: logging, progress, summary, error mapping.
+
+Everything here is for the terminal only; the library modules never import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from edgefx.batch import Reporter
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from edgefx.batch import BatchSummary, FileResult
+
+logger = logging.getLogger("edgefx")
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
+DeviceOption = Annotated[
+    Device,
+    typer.Option(
+        help="Where the model runs: auto uses CUDA when it initializes, else the CPU.",
+        case_sensitive=False,
+    ),
+]
+ThreadsOption = Annotated[
+    int,
+    typer.Option(
+        help="CPU threads for ONNX Runtime; 0 uses one per physical core.", min=0
+    ),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Shipped model name (see `edgefx models`) or path to an .onnx file.",
+    ),
+]
+RecursiveOption = Annotated[
+    bool,
+    typer.Option("--recursive", "-r", help="Look for inputs in subdirectories too."),
+]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(help="Replace existing outputs instead of skipping them."),
+]
+
+_console: Console | None = None
+
+
+def stderr_console() -> Console:
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(stderr=True, highlight=False)
+    return _console
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes log records through the rich console, above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            prefix = (
+                ""
+                if record.levelno == logging.INFO
+                else f"{record.levelname.lower()}: "
+            )
+            stderr_console().print(
+                prefix + self.format(record),
+                markup=False,
+                soft_wrap=True,
+                highlight=False,
+            )
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send edgefx's log records to stderr: -q shows warnings, -v debug records."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = _ConsoleHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("edgefx")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@contextlib.contextmanager
+def handle_errors() -> Iterator[None]:
+    """Turn edgefx errors into one line on stderr and the exit status they carry."""
+    from edgefx.errors import EdgefxError
+
+    try:
+        yield
+    except EdgefxError as err:
+        stderr_console().print(f"error: {err}", markup=False, soft_wrap=True)
+        raise typer.Exit(err.exit_code) from err
+    except KeyboardInterrupt as err:
+        stderr_console().print(
+            "interrupted: finished outputs are kept; run the same command again to "
+            "process the remaining files",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from err
+
+
+class ProgressReporter(Reporter):
+    """Draw a progress bar with files per second; print each failure as one line."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> ProgressReporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def start(self, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn(self.verb),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=stderr_console(),
+            transient=True,
+        )
+        self.task = self.progress.add_task(self.verb, total=total, rate="")
+        self.progress.start()
+        self.started = time.perf_counter()
+
+    def result(self, result: FileResult) -> None:
+        if self.progress is None or self.task is None:
+            return
+        if result.status == "failed":
+            self.progress.console.print(
+                f"failed: {result.error}", markup=False, soft_wrap=True
+            )
+        self.progress.advance(self.task)
+        elapsed = time.perf_counter() - self.started
+        completed = self.progress.tasks[0].completed
+        self.progress.update(
+            self.task, rate=f"{completed / max(elapsed, 1e-9):.2f} files/s"
+        )
+
+
+def print_summary(summary: BatchSummary) -> None:
+    stderr_console().print(
+        f"{summary.done} done, {summary.skipped} skipped (output exists), "
+        f"{summary.failed} failed in {summary.seconds:.1f} s",
+        markup=False,
+    )

@@ -1,0 +1,294 @@
+"""Image denoising with an ONNX model, tiled so that memory stays bounded."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefx.batch import (
+    BatchItem,
+    BatchOptions,
+    BatchSummary,
+    Reporter,
+    collect_inputs,
+    plan_outputs,
+    run_batch,
+)
+from edgefx.errors import ModelError, UsageError
+from edgefx.noise import estimate_sigma
+from edgefx.registry import ModelInfo, resolve_model
+from edgefx.runtime import RuntimeOptions, create_session
+
+logger = logging.getLogger(__name__)
+
+MAX_SIGMA = 75.0
+DEFAULT_TILE = 512
+
+
+@dataclass(frozen=True)
+class DenoiseOptions:
+    """Per-image settings: strength and tiling."""
+
+    sigma: float | None = None  # noise level on the 0-255 scale; None estimates it
+    tile: int = DEFAULT_TILE  # side of the core of each tile, in pixels
+
+    def __post_init__(self) -> None:
+        if self.sigma is not None and not 0.0 <= self.sigma <= MAX_SIGMA:
+            raise UsageError(
+                f"invalid sigma {self.sigma}; use a value from 0 to {MAX_SIGMA:g} "
+                "on the 0-255 scale, or leave it out to estimate it"
+            )
+        if self.tile < 32:
+            raise UsageError(f"invalid tile size {self.tile}; use 32 pixels or more")
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What the denoiser's ONNX graph expects, read from its inputs and metadata."""
+
+    image_input: str
+    level_input: str | None  # None for blind models that take the image alone
+    channels: int  # 1 or 3
+    size_multiple: int  # height and width must be multiples of this
+    margin: int  # context in pixels that each tile needs on every side
+    input_scale: float  # 1.0 for [0, 1] inputs, 255.0 for [0, 255]
+
+
+def read_signature(info: ModelInfo, inputs: list[Any]) -> ModelSignature:
+    """Check that the graph's inputs fit a denoiser and describe them."""
+    levels = [
+        i for i in inputs if i.name == "noise_level" or list(i.shape)[1:] == [1, 1, 1]
+    ]
+    images = [i for i in inputs if len(i.shape) == 4 and i not in levels]
+    if len(images) != 1 or len(inputs) > 2:
+        shapes = ", ".join(f"{i.name}{list(i.shape)}" for i in inputs)
+        raise ModelError(
+            f"{info.path}: inputs {shapes} do not fit a denoiser; expected an image "
+            "input (N, C, H, W) and optionally a noise_level input (N, 1, 1, 1)"
+        )
+    image = images[0]
+    channels = image.shape[1] if isinstance(image.shape[1], int) else 3
+    if channels not in (1, 3):
+        raise ModelError(
+            f"{info.path}: image input has {channels} channels; expected 1 or 3"
+        )
+    if "float" not in image.type:
+        raise ModelError(f"{info.path}: image input is {image.type}; expected float")
+    metadata = info.metadata
+    value_range = metadata.get("input_range", "0-1")
+    if value_range not in ("0-1", "0-255"):
+        raise ModelError(f"{info.path}: unsupported input_range {value_range!r}")
+    return ModelSignature(
+        image_input=image.name,
+        level_input=levels[0].name if levels else None,
+        channels=channels,
+        size_multiple=int(metadata.get("size_multiple", "1")),
+        margin=int(metadata.get("tile_margin", "32")),
+        input_scale=1.0 if value_range == "0-1" else 255.0,
+    )
+
+
+def _reflect_indices(start: int, stop: int, length: int) -> np.ndarray:
+    """Indices start..stop-1 into an axis of ``length``, mirrored past its end."""
+    indices = np.arange(start, stop)
+    indices = np.where(indices >= length, 2 * length - 2 - indices, indices)
+    return np.clip(indices, 0, length - 1)
+
+
+def _tile_spans(
+    length: int, core: int, margin: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """Yield (window start, window stop, core start, core stop) along one axis."""
+    for core_start in range(0, length, core):
+        core_stop = min(core_start + core, length)
+        yield (
+            max(0, core_start - margin),
+            min(length, core_stop + margin),
+            core_start,
+            core_stop,
+        )
+
+
+class Denoiser:
+    """An ONNX denoiser session with the tiling and noise-level logic around it."""
+
+    def __init__(
+        self, model: str | None = None, runtime: RuntimeOptions | None = None
+    ) -> None:
+        self.info = resolve_model(model, "denoise")
+        self.session = create_session(self.info.path, runtime or RuntimeOptions())
+        self.signature = read_signature(self.info, self.session.get_inputs())
+
+    def denoise(
+        self, pixels: np.ndarray, options: DenoiseOptions | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Denoise an image and return it with the noise level that was used.
+
+        ``pixels``: (H, W) or (H, W, 3), uint8, uint16 or float32 in [0, 1]. The result
+        has the same shape and dtype. The noise level is on the 0-255 scale for every
+        dtype.
+        """
+        options = options or DenoiseOptions()
+        if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+            raise UsageError(
+                f"expected an (H, W) or (H, W, 3) image, got shape {pixels.shape}"
+            )
+        if pixels.dtype not in (np.uint8, np.uint16, np.float32):
+            raise UsageError(f"unsupported pixel dtype {pixels.dtype}")
+
+        sigma = options.sigma
+        if sigma is None:
+            sigma = min(estimate_sigma(pixels), MAX_SIGMA)
+            logger.debug("estimated noise sigma %.2f", sigma)
+
+        planes = pixels[:, :, None] if pixels.ndim == 2 else pixels
+        if self.signature.channels == 1 and planes.shape[2] == 3:
+            # A grayscale model sees each color channel as its own image.
+            channels = [
+                self._run_tiled(planes[:, :, c : c + 1], sigma, options.tile)
+                for c in range(3)
+            ]
+            result = np.concatenate(channels, axis=2)
+        else:
+            result = self._run_tiled(planes, sigma, options.tile)
+        return (result[:, :, 0] if pixels.ndim == 2 else result), sigma
+
+    def _run_tiled(self, planes: np.ndarray, sigma: float, tile: int) -> np.ndarray:
+        # planes: (H, W, C) with C of 1 or 3, any of the accepted dtypes.
+        multiple = self.signature.size_multiple
+        margin = -(-self.signature.margin // multiple) * multiple
+        core = max(multiple, tile // multiple * multiple)
+        height, width = planes.shape[:2]
+        padded_height = -(-height // multiple) * multiple
+        padded_width = -(-width // multiple) * multiple
+
+        output = np.empty_like(planes)
+        for y0, y1, core_y0, core_y1 in _tile_spans(padded_height, core, margin):
+            rows = _reflect_indices(y0, y1, height)
+            for x0, x1, core_x0, core_x1 in _tile_spans(padded_width, core, margin):
+                columns = _reflect_indices(x0, x1, width)
+                window = planes[rows[:, None], columns[None, :]]
+                restored = self._run_window(window, sigma)
+                keep_y1 = min(core_y1, height)
+                keep_x1 = min(core_x1, width)
+                output[core_y0:keep_y1, core_x0:keep_x1] = restored[
+                    core_y0 - y0 : keep_y1 - y0, core_x0 - x0 : keep_x1 - x0
+                ]
+        return output
+
+    def _run_window(self, window: np.ndarray, sigma: float) -> np.ndarray:
+        # window: (h, w, C) uint8/uint16/float32 -> same shape and dtype.
+        if window.dtype == np.uint8:
+            scale = 255.0
+        elif window.dtype == np.uint16:
+            scale = 65535.0
+        else:
+            scale = 1.0
+        image = window.astype(np.float32) / scale
+        model_channels = self.signature.channels
+        gray_input = image.shape[2] == 1 and model_channels == 3
+        if gray_input:
+            image = np.repeat(image, 3, axis=2)
+        batch = image.transpose(2, 0, 1)[None] * self.signature.input_scale
+        feeds = {self.signature.image_input: np.ascontiguousarray(batch)}
+        if self.signature.level_input:
+            level = np.full((1, 1, 1, 1), sigma / 255.0, np.float32)
+            feeds[self.signature.level_input] = level * self.signature.input_scale
+        (restored,) = self.session.run(None, feeds)[:1]
+        if restored.shape != batch.shape:
+            raise ModelError(
+                f"{self.info.path}: output shape {list(restored.shape)} differs from "
+                f"the input shape {list(batch.shape)}; a denoiser must keep the size"
+            )
+        result = restored[0].transpose(1, 2, 0) / self.signature.input_scale
+        if gray_input:
+            result = result.mean(axis=2, keepdims=True)
+        result = np.clip(result, 0.0, 1.0)
+        if scale == 1.0:
+            return result.astype(np.float32)
+        return np.round(result * scale).astype(window.dtype)
+
+
+def denoise_files(
+    paths: Sequence[str],
+    batch: BatchOptions,
+    options: DenoiseOptions | None = None,
+    runtime: RuntimeOptions | None = None,
+    model: str | None = None,
+    output_format: str | None = None,
+    quality: int | None = None,
+    reporter: Reporter | None = None,
+) -> BatchSummary:
+    """Denoise image files into ``batch.out_dir`` and return the per-file results.
+
+    Outputs keep the input's format, bit depth, size and alpha unless ``output_format``
+    names another format. Usage errors (an output that would replace its input, two
+    inputs with one output name, no input at all) are raised before any file is touched.
+    """
+    from edgefx import imageio
+
+    options = options or DenoiseOptions()
+    reporter = reporter or Reporter()
+    if output_format is not None and output_format not in imageio.SUFFIX_FOR_FORMAT:
+        raise UsageError(
+            f"invalid format {output_format!r}; choose one of "
+            f"{', '.join(imageio.SUFFIX_FOR_FORMAT)}"
+        )
+
+    inputs, missing = collect_inputs(
+        paths, imageio.FORMATS, recursive=batch.recursive, exclude=batch.out_dir
+    )
+    if not inputs and not missing:
+        raise UsageError(f"no image files found in {', '.join(paths)}")
+
+    def suffix_for(source: Path) -> str:
+        if output_format is not None:
+            return imageio.SUFFIX_FOR_FORMAT[output_format]
+        return source.suffix
+
+    items = plan_outputs(inputs, batch.out_dir, suffix_for)
+    denoiser = Denoiser(model, runtime) if items else None
+
+    def process(item: BatchItem) -> float:
+        assert denoiser is not None
+        image = imageio.read_image(item.source)
+        restored, sigma = denoiser.denoise(image.pixels, options)
+        logger.debug("%s: sigma %.1f", item.source, sigma)
+        result = imageio.ImageData(restored, image.alpha, image.format)
+        target_format = output_format or imageio.FORMATS[item.output.suffix.lower()]
+        imageio.write_image(item.output, result, format=target_format, quality=quality)
+        return image.height * image.width / 1e6
+
+    reporter.start(len(items) + len(missing))
+    for failure in missing:
+        reporter.result(failure)
+    summary = run_batch(items, process, overwrite=batch.overwrite, reporter=reporter)
+    summary.results[:0] = missing
+    return summary
+
+
+_default_denoisers: dict[tuple[str | None, str], Denoiser] = {}
+
+
+def denoise_image(
+    pixels: np.ndarray,
+    sigma: float | None = None,
+    model: str | None = None,
+    device: str = "auto",
+) -> np.ndarray:
+    """Denoise one image array and return the result with the same shape and dtype.
+
+    ``pixels``: (H, W) grayscale or (H, W, 3) RGB, uint8, uint16 or float32 in [0, 1].
+    ``sigma`` is the noise level on the 0-255 scale (0-75); None estimates it. The
+    session is created on the first call and reused.
+    """
+    key = (model, device)
+    if key not in _default_denoisers:
+        _default_denoisers[key] = Denoiser(model, RuntimeOptions(device=device))
+    restored, _ = _default_denoisers[key].denoise(pixels, DenoiseOptions(sigma=sigma))
+    return restored

@@ -1,0 +1,47 @@
+"""Exceptions raised by the library; the CLI maps them to messages and exit statuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class EdgefxError(Exception):
+    """Base class of every error that edgefx raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(EdgefxError):
+    """Invalid options or option combinations, found before any work starts."""
+
+    exit_code = 2
+
+
+class DeviceError(EdgefxError):
+    """A requested execution provider (CUDA, TensorRT) cannot start on this machine."""
+
+    exit_code = 2
+
+
+class ModelError(EdgefxError):
+    """A model file is missing, damaged, or does not fit the task."""
+
+    exit_code = 2
+
+
+class InputError(EdgefxError):
+    """One input file cannot be processed; a batch reports it and goes on."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+class OutputError(EdgefxError):
+    """An output file cannot be written (read-only directory, full disk)."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason

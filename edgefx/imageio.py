@@ -1,0 +1,746 @@
+"""Image reading and writing: PNG, JPEG, WebP, TIFF and BMP, 8-bit and 16-bit.
+
+OpenCV decodes and encodes the pixels. Pillow parses only the file header, which
+gives the size for the pixel limit and the EXIF orientation. The exception is 8-bit
+TIFF with alpha, which Pillow also decodes because OpenCV drops a gray image's alpha
+and premultiplies an RGB image's colors.
+Facts about OpenCV and Pillow below were checked with opencv-python-headless 5.1.0
+and Pillow 13.0.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import struct
+import warnings
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import cv2
+import numpy as np
+from PIL import (
+    BmpImagePlugin,
+    Image,
+    ImageFile,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+from edgefx.errors import EdgefxError, InputError, OutputError, UsageError
+from edgefx.fsutil import atomic_write_bytes, describe_os_error
+
+logger = logging.getLogger(__name__)
+
+FORMATS: dict[str, str] = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".webp": "webp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".bmp": "bmp",
+}
+SUFFIX_FOR_FORMAT: dict[str, str] = {
+    "png": ".png",
+    "jpeg": ".jpg",
+    "webp": ".webp",
+    "tiff": ".tif",
+    "bmp": ".bmp",
+}
+FORMAT_LABELS: dict[str, str] = {
+    "png": "PNG",
+    "jpeg": "JPEG",
+    "webp": "WebP",
+    "tiff": "TIFF",
+    "bmp": "BMP",
+}
+
+DEFAULT_JPEG_QUALITY = 95
+DEFAULT_WEBP_QUALITY = 95
+
+# Formats that store only 8-bit samples, so 16-bit images are converted before encoding.
+EIGHT_BIT_FORMATS = frozenset({"jpeg", "webp", "bmp"})
+
+# Largest width or height that the encoders in OpenCV 5.1 accept (libjpeg's
+# JPEG_MAX_DIMENSION and libwebp's WEBP_MAX_DIMENSION), checked by encoding 1-pixel-high
+# images one pixel wider.
+MAX_DIMENSION = {"jpeg": 65500, "webp": 16383}
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+# PNG color type 4 is gray+alpha. OpenCV expands it to BGRA and Pillow reports the
+# 16-bit variant as mode RGBA, so the IHDR byte is the only reliable source.
+PNG_COLOR_TYPE_OFFSET = 25
+PNG_GRAY_ALPHA = 4
+
+# Each IDAT chunk of a PNG written here contains at most this many bytes of zlib stream.
+PNG_IDAT_CHUNK_BYTES = 1 << 20
+
+# TIFF tag numbers, from the TIFF 6.0 specification.
+TIFF_IMAGE_WIDTH = 256
+TIFF_IMAGE_LENGTH = 257
+TIFF_BITS_PER_SAMPLE = 258
+TIFF_PHOTOMETRIC = 262
+TIFF_ORIENTATION = 274
+TIFF_SAMPLES_PER_PIXEL = 277
+TIFF_EXTRA_SAMPLES = 338
+TIFF_SAMPLE_FORMAT = 339
+TIFF_PHOTOMETRIC_GRAY = (0, 1)  # WhiteIsZero, BlackIsZero
+TIFF_PHOTOMETRIC_RGB = 2
+TIFF_PHOTOMETRIC_CMYK = 5  # Separated
+TIFF_UNASSOCIATED_ALPHA = 2  # ExtraSamples value for straight (not premultiplied) alpha
+TIFF_SAMPLE_FORMAT_NAMES = {1: "uint", 2: "int", 3: "float", 4: "undefined"}
+
+EXIF_ORIENTATION = 0x0112
+
+# Exceptions that Pillow raises on a damaged or unsupported header. Pillow's own
+# Image.open loop catches SyntaxError, IndexError, TypeError and struct.error, and the
+# others come from short reads and invalid field values.
+PILLOW_HEADER_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    IndexError,
+    TypeError,
+    KeyError,
+    EOFError,
+    struct.error,
+)
+
+
+class EncodeError(EdgefxError):
+    """An encoder failed on an image that passed the format checks."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class ImageData:
+    """Decoded image: gray or RGB samples, optional alpha and the source format."""
+
+    pixels: np.ndarray  # (H, W) gray or (H, W, 3) RGB, dtype uint8 or uint16
+    alpha: np.ndarray | None  # (H, W), same dtype as pixels, or None
+    format: str  # format name it was read from, a value of FORMATS
+
+    def __post_init__(self) -> None:
+        if self.pixels.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"pixels must be uint8 or uint16, got {self.pixels.dtype}")
+        is_rgb = self.pixels.ndim == 3 and self.pixels.shape[2] == 3
+        if self.pixels.ndim != 2 and not is_rgb:
+            raise ValueError(
+                f"pixels must have shape (H, W) or (H, W, 3), got {self.pixels.shape}"
+            )
+        if self.alpha is None:
+            return
+        if self.alpha.shape != self.pixels.shape[:2]:
+            raise ValueError(
+                f"alpha must have shape {self.pixels.shape[:2]}, got {self.alpha.shape}"
+            )
+        if self.alpha.dtype != self.pixels.dtype:
+            raise ValueError(
+                f"alpha must have dtype {self.pixels.dtype}, got {self.alpha.dtype}"
+            )
+
+    @property
+    def bit_depth(self) -> int:
+        """Bits per sample: 8 or 16."""
+        return 8 if self.pixels.dtype == np.uint8 else 16
+
+    @property
+    def height(self) -> int:
+        """Height in pixels."""
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Width in pixels."""
+        return int(self.pixels.shape[1])
+
+    @property
+    def is_gray(self) -> bool:
+        """Whether the pixels are one gray channel rather than RGB."""
+        return self.pixels.ndim == 2
+
+
+@dataclass(frozen=True)
+class _Header:
+    """Header fields that read_image uses before and after decoding the pixels."""
+
+    format: str
+    width: int
+    height: int
+    # EXIF orientation that read_image applies after decoding, 1 when the decoder has
+    # applied it or the file has none.
+    orientation: int = 1
+    # PNG gray+alpha, which OpenCV returns as BGRA with equal color channels.
+    gray_alpha: bool = False
+    # CMYK TIFF with no extra samples, which OpenCV returns as BGRA with alpha 255.
+    opaque_cmyk: bool = False
+    # 8-bit TIFF that OpenCV decodes wrongly, so Pillow decodes it: gray+alpha, whose
+    # alpha OpenCV drops, and RGBA with unassociated alpha, whose colors OpenCV
+    # premultiplies by the alpha.
+    decode_with_pillow: bool = False
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+
+
+def read_image(path: Path, max_pixels: int = 250_000_000) -> ImageData:
+    """Decode an image file into RGB or gray pixels and a separate alpha plane.
+
+    The EXIF orientation is applied to the pixels. Palette images come out as RGB and
+    CMYK images as RGB. Raises InputError with a one-line reason for a missing,
+    unreadable, empty, damaged or unsupported file, and for an image whose header
+    declares more than ``max_pixels`` pixels.
+
+    NOTE: OpenCV also rejects images above its own limit of 2**30 pixels (the
+    OPENCV_IO_MAX_IMAGE_PIXELS environment variable changes it), so a larger
+    ``max_pixels`` does not raise that limit.
+    """
+    path = Path(path)
+    suffix_format = FORMATS.get(path.suffix.lower())
+    if suffix_format is None:
+        supported = ", ".join(sorted(FORMATS))
+        suffix = path.suffix or "(no suffix)"
+        raise InputError(path, f"unsupported format {suffix}; supported: {supported}")
+
+    alpha: np.ndarray | None
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise InputError(path, "empty file")
+            header = _read_header(path, handle, suffix_format)
+            _check_pixel_limit(path, header, max_pixels)
+            handle.seek(0)
+            if header.decode_with_pillow:
+                pixels, alpha = _decode_with_pillow(path, handle, header)
+            else:
+                data = np.fromfile(handle, dtype=np.uint8)
+                decoded = _decode_with_opencv(path, data, header.format)
+                pixels, alpha = _split_channels(path, decoded, header)
+    except FileNotFoundError as err:
+        raise InputError(path, "file not found") from err
+    except IsADirectoryError as err:
+        raise InputError(path, "is a directory, not a file") from err
+    except PermissionError as err:
+        # Windows raises PermissionError, not IsADirectoryError, for a directory.
+        if path.is_dir():
+            raise InputError(path, "is a directory, not a file") from err
+        raise InputError(path, "permission denied") from err
+    except OSError as err:
+        raise InputError(path, describe_os_error(err)) from err
+
+    if header.orientation != 1:
+        transform = ORIENTATION_TRANSFORMS[header.orientation]
+        pixels = np.ascontiguousarray(transform(pixels))
+        if alpha is not None:
+            alpha = np.ascontiguousarray(transform(alpha))
+
+    image = ImageData(pixels=pixels, alpha=alpha, format=header.format)
+    logger.debug(
+        "read %s: %s %dx%d, %d-bit, %s%s",
+        path,
+        FORMAT_LABELS[image.format],
+        image.width,
+        image.height,
+        image.bit_depth,
+        "gray" if image.is_gray else "RGB",
+        "+alpha" if alpha is not None else "",
+    )
+    return image
+
+
+def _sniff_format(prefix: bytes) -> str | None:
+    """Return the format name that the file signature shows, or None."""
+    if prefix.startswith(PNG_SIGNATURE):
+        return "png"
+    if prefix.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if prefix[:4] == b"RIFF" and prefix[8:12] == b"WEBP":
+        return "webp"
+    if prefix[:4] in TIFF_SIGNATURES:
+        return "tiff"
+    if prefix.startswith(b"BM"):
+        return "bmp"
+    return None
+
+
+def _read_header(path: Path, handle: IO[bytes], suffix_format: str) -> _Header:
+    """Parse the header with Pillow, without decoding pixels.
+
+    The format comes from the file signature, so a JPEG named .png is read as JPEG.
+    Pillow's plugin classes are constructed directly instead of through Image.open,
+    because Image.open applies Pillow's decompression bomb limit (with the default
+    Image.MAX_IMAGE_PIXELS, above about 179 million pixels it raises
+    DecompressionBombError), which would override ``max_pixels``.
+    """
+    prefix = handle.read(32)
+    handle.seek(0)
+    file_format = _sniff_format(prefix)
+    if file_format is None:
+        label = FORMAT_LABELS[suffix_format]
+        raise InputError(path, f"cannot decode image: not a valid {label} file")
+    if file_format != suffix_format:
+        logger.debug("%s: the file contents are %s", path, FORMAT_LABELS[file_format])
+
+    # Pillow reports damaged tags through warnings.warn, so they are logged instead.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if file_format == "tiff":
+                header = _read_tiff_header(path, handle)
+            else:
+                header = _read_pillow_header(path, handle, file_format, prefix)
+        except Image.DecompressionBombError as err:
+            # NOTE: WebPImageFile applies Pillow's limit while parsing the header, so
+            # WebP images above it are rejected even when max_pixels allows them.
+            raise InputError(
+                path,
+                f"image is above Pillow's limit of {_pillow_error_limit()} pixels "
+                f"for {FORMAT_LABELS[file_format]} headers",
+            ) from err
+        except PILLOW_HEADER_ERRORS as err:
+            label = FORMAT_LABELS[file_format]
+            logger.debug("%s: Pillow cannot parse the header: %s", path, err)
+            raise InputError(
+                path, f"cannot decode image: not a valid {label} file, or truncated"
+            ) from err
+    for warning in caught:
+        logger.debug("%s: Pillow warning: %s", path, warning.message)
+    return header
+
+
+PILLOW_HEADER_PARSERS: dict[str, Callable[[IO[bytes]], ImageFile.ImageFile]] = {
+    "png": PngImagePlugin.PngImageFile,
+    "jpeg": JpegImagePlugin.JpegImageFile,
+    "webp": WebPImagePlugin.WebPImageFile,
+    "bmp": BmpImagePlugin.BmpImageFile,
+}
+
+
+def _read_pillow_header(
+    path: Path, handle: IO[bytes], file_format: str, prefix: bytes
+) -> _Header:
+    parsed = PILLOW_HEADER_PARSERS[file_format](handle)
+    width, height = parsed.size
+    if getattr(parsed, "n_frames", 1) > 1:
+        label = FORMAT_LABELS[file_format]
+        raise InputError(
+            path, f"animated {label} is not supported; only still images are"
+        )
+
+    orientation = 1
+    # PngImageFile.getexif decodes the whole image when the eXIf chunk comes after the
+    # image data, so only an eXIf chunk found while parsing the header is used.
+    # NOTE: an eXIf chunk after IDAT is ignored and its orientation is not applied.
+    if file_format in ("jpeg", "webp") or "exif" in parsed.info:
+        orientation = _valid_orientation(path, parsed.getexif().get(EXIF_ORIENTATION))
+
+    gray_alpha = (
+        file_format == "png" and prefix[PNG_COLOR_TYPE_OFFSET] == PNG_GRAY_ALPHA
+    )
+    return _Header(
+        format=file_format,
+        width=width,
+        height=height,
+        orientation=orientation,
+        gray_alpha=gray_alpha,
+    )
+
+
+def _read_tiff_header(path: Path, handle: IO[bytes]) -> _Header:
+    """Parse the first TIFF image file directory (IFD) with Pillow.
+
+    The IFD is read directly because TiffImageFile rejects layouts that OpenCV decodes
+    or that deserve a precise message, such as float samples (SyntaxError "unknown
+    pixel mode").
+    """
+    file_header = handle.read(8)
+    if file_header[2:3] == b"+":  # BigTIFF has a 16-byte file header.
+        file_header += handle.read(8)
+    tags = TiffImagePlugin.ImageFileDirectory_v2(file_header)
+    handle.seek(tags.next)
+    tags.load(handle)
+
+    width = int(tags[TIFF_IMAGE_WIDTH])
+    height = int(tags[TIFF_IMAGE_LENGTH])
+    samples = int(tags.get(TIFF_SAMPLES_PER_PIXEL, 1))
+    photometric = tags.get(TIFF_PHOTOMETRIC)
+    bits = _as_tuple(tags.get(TIFF_BITS_PER_SAMPLE, 1))
+    sample_formats = _as_tuple(tags.get(TIFF_SAMPLE_FORMAT, 1))
+    extra_samples = _as_tuple(tags.get(TIFF_EXTRA_SAMPLES, ()))
+
+    for sample_format in sample_formats:
+        if sample_format != 1:
+            name = TIFF_SAMPLE_FORMAT_NAMES.get(int(sample_format), "unknown")
+            raise InputError(path, f"unsupported sample format {name}{max(bits)}")
+    if tags.next != 0:
+        logger.warning(
+            "%s: TIFF has more than one page, and only the first is read", path
+        )
+
+    gray_alpha = photometric in TIFF_PHOTOMETRIC_GRAY and samples == 2
+    if gray_alpha and max(bits) > 8:
+        # OpenCV 5.1 decodes this layout as 8-bit gray with wrong values, and Pillow
+        # cannot open it at all.
+        raise InputError(
+            path,
+            "16-bit gray+alpha TIFF is not supported; convert it to PNG or RGBA TIFF",
+        )
+    # NOTE: associated (premultiplied) alpha, ExtraSamples 1, is returned as stored,
+    # so its colors stay premultiplied.
+    rgb_unassociated_alpha = (
+        photometric == TIFF_PHOTOMETRIC_RGB
+        and samples == 4
+        and max(bits) == 8
+        and TIFF_UNASSOCIATED_ALPHA in extra_samples
+    )
+    # The header keeps orientation 1 because both TIFF decoders apply the Orientation
+    # tag: OpenCV 5.1 does so even with IMREAD_UNCHANGED, and so does
+    # _decode_with_pillow.
+    # NOTE: this was checked only with OpenCV 5.1. An OpenCV that ignores the tag for
+    # TIFF would leave those images unrotated.
+    return _Header(
+        format="tiff",
+        width=width,
+        height=height,
+        opaque_cmyk=photometric == TIFF_PHOTOMETRIC_CMYK and samples == 4,
+        decode_with_pillow=gray_alpha or rgb_unassociated_alpha,
+    )
+
+
+def _as_tuple(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(value, tuple):
+        return tuple(int(item) for item in value)
+    return (int(value),)
+
+
+def _valid_orientation(path: Path, value: object) -> int:
+    """Return the EXIF orientation 1 to 8, or 1 for a missing or invalid tag."""
+    if value is None:
+        return 1
+    if isinstance(value, int) and 1 <= value <= 8:
+        return value
+    logger.warning("%s: ignoring invalid EXIF orientation %r", path, value)
+    return 1
+
+
+def _check_pixel_limit(path: Path, header: _Header, max_pixels: int) -> None:
+    if header.width * header.height > max_pixels:
+        raise InputError(
+            path,
+            f"image is {header.width}x{header.height} pixels, "
+            f"above the limit of {max_pixels} pixels",
+        )
+
+
+def _decode_with_opencv(path: Path, data: np.ndarray, file_format: str) -> np.ndarray:
+    # Python reads the file and OpenCV decodes it from memory, so OpenCV never sees
+    # the path, which keeps non-ASCII paths working on every platform.
+    try:
+        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as err:
+        logger.debug("%s: OpenCV cannot decode the image: %s", path, err)
+        decoded = None
+    if decoded is None:
+        label = FORMAT_LABELS[file_format]
+        raise InputError(
+            path, f"cannot decode image: not a valid {label} file, or truncated"
+        )
+    if decoded.dtype not in (np.uint8, np.uint16):
+        raise InputError(path, f"unsupported sample format {decoded.dtype.name}")
+    return decoded
+
+
+def _decode_with_pillow(
+    path: Path, handle: IO[bytes], header: _Header
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode an 8-bit gray+alpha or RGBA TIFF with Pillow into pixels and alpha."""
+    with warnings.catch_warnings():
+        # read_image has checked max_pixels, so Pillow's lower warning limit must not
+        # print a DecompressionBombWarning.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            parsed = TiffImagePlugin.TiffImageFile(handle)
+            parsed.load()
+            samples = np.asarray(parsed)
+        except Image.DecompressionBombError as err:
+            raise InputError(
+                path,
+                f"image is {header.width}x{header.height} pixels, above Pillow's "
+                f"limit of {_pillow_error_limit()} pixels for TIFF with alpha",
+            ) from err
+        except PILLOW_HEADER_ERRORS as err:
+            logger.debug("%s: Pillow cannot decode the image: %s", path, err)
+            raise InputError(
+                path, "cannot decode image: not a valid TIFF file, or truncated"
+            ) from err
+    if parsed.mode not in ("LA", "RGBA"):
+        raise InputError(path, f"unsupported TIFF layout: Pillow mode {parsed.mode}")
+
+    # Pillow 13 applies the Orientation tag on load and then deletes it from tag_v2.
+    # Older Pillow releases keep the tag and leave the pixels as stored.
+    leftover = _valid_orientation(path, parsed.tag_v2.get(TIFF_ORIENTATION))
+    samples = ORIENTATION_TRANSFORMS[leftover](samples)
+    pixels = samples[:, :, 0] if parsed.mode == "LA" else samples[:, :, :3]
+    return np.ascontiguousarray(pixels), np.ascontiguousarray(samples[:, :, -1])
+
+
+def _pillow_error_limit() -> int:
+    """Return the pixel count above which Pillow raises DecompressionBombError."""
+    return 2 * (Image.MAX_IMAGE_PIXELS or 0)
+
+
+def _split_channels(
+    path: Path, decoded: np.ndarray, header: _Header
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Convert OpenCV's gray, BGR or BGRA array into RGB or gray pixels and alpha."""
+    if decoded.ndim == 2:
+        return decoded, None
+    channels = decoded.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(decoded[:, :, 0]), None
+    if channels == 2:
+        gray = np.ascontiguousarray(decoded[:, :, 0])
+        return gray, np.ascontiguousarray(decoded[:, :, 1])
+    if channels == 3:
+        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), None
+    if channels == 4:
+        if header.opaque_cmyk:
+            return cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB), None
+        alpha = np.ascontiguousarray(decoded[:, :, 3])
+        if header.gray_alpha:
+            return np.ascontiguousarray(decoded[:, :, 0]), alpha
+        return cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB), alpha
+    raise InputError(path, f"unsupported channel count {channels}")
+
+
+# Transform for each EXIF orientation that makes the stored pixels display upright.
+# Each function works on (H, W) and (H, W, C) arrays.
+ORIENTATION_TRANSFORMS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    1: lambda array: array,
+    2: lambda array: array[:, ::-1],  # mirror left to right
+    3: lambda array: array[::-1, ::-1],  # rotate 180 degrees
+    4: lambda array: array[::-1],  # mirror top to bottom
+    5: lambda array: array.swapaxes(0, 1),  # transpose
+    6: lambda array: np.rot90(array, -1),  # rotate 90 degrees clockwise
+    7: lambda array: array[::-1, ::-1].swapaxes(0, 1),  # transverse
+    8: lambda array: np.rot90(array, 1),  # rotate 90 degrees counterclockwise
+}
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+
+
+def write_image(
+    path: Path,
+    image: ImageData,
+    format: str | None = None,
+    quality: int | None = None,
+) -> None:
+    """Encode ``image`` and write it to ``path`` atomically.
+
+    The format comes from the suffix of ``path`` when ``format`` is None. Raises
+    UsageError for an unknown format or one that cannot store the image (see
+    encode_image), and OutputError when encoding or writing fails.
+    """
+    path = Path(path)
+    if format is None:
+        inferred = FORMATS.get(path.suffix.lower())
+        if inferred is None:
+            supported = ", ".join(sorted(FORMATS))
+            raise UsageError(
+                f"cannot infer the image format of {path} from its suffix; "
+                f"use one of {supported}"
+            )
+        format = inferred
+    try:
+        data = encode_image(image, format, quality)
+    except EncodeError as err:
+        raise OutputError(path, err.reason) from err
+    atomic_write_bytes(path, data)
+
+
+def encode_image(image: ImageData, format: str, quality: int | None = None) -> bytes:
+    """Encode ``image`` as file contents in ``format``, a format name from FORMATS.
+
+    ``quality`` (1 to 100) applies to JPEG and WebP and is ignored otherwise. JPEG and
+    WebP default to 95. WebP quality 100 selects lossless WebP, which keeps every sample
+    except the colors of fully transparent pixels: libwebp may replace them, and OpenCV
+    5.1 has no option to keep them. JPEG, WebP and BMP
+    store 8-bit samples, so 16-bit images are rounded to 8 bits with a logged warning.
+    Gray+alpha stays gray+alpha in PNG and 8-bit TIFF, but WebP, BMP and 16-bit TIFF
+    store it as RGBA. WebP has no gray mode, so gray images read back from WebP as RGB.
+    BMP keeps alpha as 32-bit BGRA.
+
+    Raises UsageError for an unknown format, an invalid quality, alpha in JPEG, and a
+    size above the JPEG or WebP maximum; EncodeError when the encoder fails.
+    """
+    if format not in SUFFIX_FOR_FORMAT:
+        supported = ", ".join(SUFFIX_FOR_FORMAT)
+        raise UsageError(f"unsupported image format {format!r}; use one of {supported}")
+    if quality is not None and not 1 <= quality <= 100:
+        raise UsageError(f"quality must be between 1 and 100, got {quality}")
+    label = FORMAT_LABELS[format]
+    if format == "jpeg" and image.alpha is not None:
+        raise UsageError("JPEG cannot store an alpha channel; use --format png")
+    max_dimension = MAX_DIMENSION.get(format)
+    if max_dimension is not None and max(image.width, image.height) > max_dimension:
+        raise UsageError(
+            f"{label} cannot store a {image.width}x{image.height} image, because width "
+            f"and height must be at most {max_dimension}; use --format png"
+        )
+
+    pixels, alpha = image.pixels, image.alpha
+    if format in EIGHT_BIT_FORMATS and image.bit_depth == 16:
+        logger.warning(
+            "%s stores only 8-bit samples, so the 16-bit image is converted", label
+        )
+        pixels = _to_8bit(pixels)
+        alpha = None if alpha is None else _to_8bit(alpha)
+
+    if format == "png" and pixels.ndim == 2 and alpha is not None:
+        return _encode_png_gray_alpha(pixels, alpha)
+    if format == "tiff" and pixels.dtype == np.uint8 and alpha is not None:
+        return _encode_tiff_alpha_with_pillow(pixels, alpha)
+    if pixels.ndim == 2 and alpha is not None:
+        logger.info("%s stores this gray+alpha image as RGBA", label)
+
+    # NOTE: OpenCV 5.1 writes RGBA TIFF, which reaches this line only at 16 bits,
+    # without the ExtraSamples tag, so other readers may not treat the fourth channel
+    # as alpha. read_image reads it back unchanged.
+    return _encode_with_opencv(format, _to_opencv_layout(pixels, alpha), quality)
+
+
+def _to_8bit(samples: np.ndarray) -> np.ndarray:
+    """Round 16-bit samples to the nearest 8-bit value, ties up (65535 maps to 255)."""
+    widened = samples.astype(np.uint32)
+    return ((widened + 128) // 257).astype(np.uint8)
+
+
+def _to_opencv_layout(pixels: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """Return gray, BGR or BGRA samples in the channel order that OpenCV encodes."""
+    if alpha is None:
+        if pixels.ndim == 2:
+            return pixels
+        return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    code = cv2.COLOR_GRAY2BGRA if pixels.ndim == 2 else cv2.COLOR_RGB2BGRA
+    bgra = cv2.cvtColor(pixels, code)
+    bgra[:, :, 3] = alpha
+    return bgra
+
+
+def _encode_with_opencv(format: str, array: np.ndarray, quality: int | None) -> bytes:
+    params: list[int] = []
+    if format == "jpeg":
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality or DEFAULT_JPEG_QUALITY]
+    elif format == "webp":
+        webp_quality = quality or DEFAULT_WEBP_QUALITY
+        # OpenCV selects lossless WebP for a quality above 100.
+        params = [
+            cv2.IMWRITE_WEBP_QUALITY,
+            101 if webp_quality == 100 else webp_quality,
+        ]
+
+    label = FORMAT_LABELS[format]
+    try:
+        ok, buffer = cv2.imencode(SUFFIX_FOR_FORMAT[format], array, params)
+    except cv2.error as err:
+        detail = str(err).strip().splitlines()[-1]
+        raise EncodeError(f"cannot encode the image as {label}: {detail}") from err
+    if not ok:
+        raise EncodeError(f"cannot encode the image as {label}")
+    return buffer.tobytes()
+
+
+def _encode_png_gray_alpha(gray: np.ndarray, alpha: np.ndarray) -> bytes:
+    """Encode a gray+alpha PNG (color type 4), which OpenCV's imencode cannot write."""
+    height, width = gray.shape
+    bit_depth = 8 if gray.dtype == np.uint8 else 16
+    samples = np.stack([gray, alpha], axis=-1)
+    if bit_depth == 16:
+        samples = samples.astype(">u2")  # PNG stores 16-bit samples big-endian
+    rows = np.ascontiguousarray(samples).reshape(height, -1).view(np.uint8)
+
+    # Filter type 2 ("Up") stores each byte minus the byte above it, modulo 256.
+    above = np.zeros_like(rows)
+    above[1:] = rows[:-1]
+    filtered = rows - above
+    filter_bytes = np.full((height, 1), 2, dtype=np.uint8)
+    compressed = zlib.compress(np.hstack([filter_bytes, filtered]).tobytes(), 6)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, PNG_GRAY_ALPHA, 0, 0, 0)
+    parts = [PNG_SIGNATURE, _png_chunk(b"IHDR", ihdr)]
+    for start in range(0, len(compressed), PNG_IDAT_CHUNK_BYTES):
+        parts.append(
+            _png_chunk(b"IDAT", compressed[start : start + PNG_IDAT_CHUNK_BYTES])
+        )
+    parts.append(_png_chunk(b"IEND", b""))
+    return b"".join(parts)
+
+
+def _png_chunk(chunk_type: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(chunk_type + data)
+    return struct.pack(">I", len(data)) + chunk_type + data + struct.pack(">I", crc)
+
+
+def _encode_tiff_alpha_with_pillow(pixels: np.ndarray, alpha: np.ndarray) -> bytes:
+    """Encode an 8-bit gray+alpha or RGBA TIFF with Pillow.
+
+    OpenCV cannot write gray+alpha TIFF, and it writes RGBA TIFF without the
+    ExtraSamples tag that marks the fourth channel as alpha.
+    """
+    buffer = io.BytesIO()
+    try:
+        Image.fromarray(np.dstack([pixels, alpha])).save(
+            buffer, format="TIFF", compression="tiff_lzw"
+        )
+    except (OSError, ValueError) as err:
+        raise EncodeError(f"cannot encode the image as TIFF: {err}") from err
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------
+# Sample conversion
+
+
+def to_float(pixels: np.ndarray) -> np.ndarray:
+    """Scale uint8 or uint16 samples to float32 in [0, 1], keeping the shape."""
+    if pixels.dtype == np.uint8:
+        scale = 255.0
+    elif pixels.dtype == np.uint16:
+        scale = 65535.0
+    else:
+        raise ValueError(f"expected uint8 or uint16 samples, got {pixels.dtype}")
+    return pixels.astype(np.float32) / np.float32(scale)
+
+
+def from_float(array: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Scale floats in [0, 1] to uint8 (bit_depth 8) or uint16 (bit_depth 16).
+
+    Values are clipped to [0, 1], scaled and rounded to the nearest integer, with ties
+    to even as in np.rint. NaN becomes 0.
+    """
+    if bit_depth == 8:
+        dtype: type[np.unsignedinteger] = np.uint8
+        scale = 255.0
+    elif bit_depth == 16:
+        dtype = np.uint16
+        scale = 65535.0
+    else:
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    clean = np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=0.0)
+    scaled = np.clip(clean, 0.0, 1.0) * scale
+    return np.rint(scaled).astype(dtype)

@@ -1,0 +1,198 @@
+"""Registry of the shipped models: manifest, checksums and the metadata in each file.
+
+Each shipped ONNX file carries its own description in ``metadata_props`` (task, name,
+version, input layout and range, training data, license, metrics). The manifest next to
+the files records each file's SHA-256, which is checked every time a model is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from edgefx.errors import ModelError, UsageError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+TASKS = ("denoise", "classify", "enhance")
+
+
+def models_directory() -> Path:
+    """Return the shipped models' folder: in the installed wheel, else the checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_models", package.parent / "models"):
+        if (candidate / MANIFEST_NAME).is_file():
+            return candidate
+    raise ModelError(
+        "the shipped models are missing: no models/manifest.json next to the edgefx "
+        "package; reinstall edgefx"
+    )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One manifest row: a shipped model file and its expected checksum."""
+
+    name: str
+    task: str
+    file: str
+    sha256: str
+    default: bool = False
+
+
+@dataclass
+class ModelInfo:
+    """A model file resolved for a task, with the metadata stored inside it."""
+
+    name: str
+    task: str
+    path: Path
+    shipped: bool
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def metric(self, key: str) -> str | None:
+        metrics = json.loads(self.metadata.get("metrics", "{}"))
+        value = metrics.get(key)
+        return None if value is None else str(value)
+
+
+@cache
+def load_manifest(directory: Path | None = None) -> tuple[ModelEntry, ...]:
+    folder = directory or models_directory()
+    path = folder / MANIFEST_NAME
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["models"]
+        return tuple(ModelEntry(**row) for row in rows)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelError(f"{path}: invalid model manifest: {err}") from err
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """Read ``metadata_props`` from an ONNX file without loading its weights."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError, OSError and others
+        raise ModelError(f"{path}: not a valid ONNX model ({err})") from err
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def shipped_models(task: str | None = None) -> list[ModelEntry]:
+    entries = load_manifest()
+    return [e for e in entries if task is None or e.task == task]
+
+
+def verify_checksum(path: Path, expected: str) -> None:
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ModelError(
+            f"{path}: model file is damaged (SHA-256 {actual[:12]}..., expected "
+            f"{expected[:12]}...); reinstall edgefx to restore it"
+        )
+
+
+def resolve_model(name_or_path: str | None, task: str) -> ModelInfo:
+    """Find the model to run for ``task``: a shipped name, a path, or the default.
+
+    A shipped model's checksum is verified; a path to another ONNX file is accepted as
+    it is, and the task module checks that its inputs fit.
+    """
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}")
+
+    if name_or_path and (name_or_path.endswith(".onnx") or "/" in name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found")
+        metadata = read_metadata(path)
+        logger.debug("using model file %s", path)
+        return ModelInfo(
+            name=metadata.get("name", path.stem),
+            task=task,
+            path=path,
+            shipped=False,
+            metadata=metadata,
+        )
+
+    candidates = shipped_models(task)
+    if name_or_path:
+        matches = [e for e in candidates if e.name == name_or_path]
+        if not matches:
+            names = ", ".join(e.name for e in candidates) or "none"
+            raise UsageError(
+                f"no shipped {task} model is named {name_or_path!r}; "
+                f"available: {names} "
+                "(or give a path to an .onnx file)"
+            )
+        entry = matches[0]
+    else:
+        defaults = [e for e in candidates if e.default] or candidates
+        if not defaults:
+            raise ModelError(f"no {task} model is shipped with this edgefx build")
+        entry = defaults[0]
+
+    path = models_directory() / entry.file
+    if not path.is_file():
+        raise ModelError(f"{path}: shipped model file is missing; reinstall edgefx")
+    verify_checksum(path, entry.sha256)
+    return ModelInfo(
+        name=entry.name,
+        task=entry.task,
+        path=path,
+        shipped=True,
+        metadata=read_metadata(path),
+    )
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One row of ``edgefx models``."""
+
+    name: str
+    task: str
+    default: bool
+    size_bytes: int
+    parameters: int
+    key_metric: str
+
+
+def model_summaries(task: str | None = None) -> list[ModelSummary]:
+    """Describe every shipped model (of ``task``, when given) from its own metadata."""
+    if task is not None and task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    folder = models_directory()
+    rows = []
+    for entry in shipped_models(task):
+        path = folder / entry.file
+        metadata = read_metadata(path) if path.is_file() else {}
+        rows.append(
+            ModelSummary(
+                name=entry.name,
+                task=entry.task,
+                default=entry.default,
+                size_bytes=path.stat().st_size if path.is_file() else 0,
+                parameters=int(metadata.get("parameters", "0")),
+                key_metric=metadata.get(
+                    "key_metric", "missing file" if not metadata else ""
+                ),
+            )
+        )
+    return rows

@@ -1,0 +1,193 @@
+"""The one place that creates ONNX Runtime sessions and chooses execution providers."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgefx.errors import DeviceError, ModelError, UsageError
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+_PROVIDER_FOR_DEVICE = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+# Where ONNX Runtime's own messages would go to stderr, only fatal ones are let through:
+# a CUDA provider that fails to load is reported by edgefx in one line instead.
+_ORT_FATAL_ONLY = 4
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How sessions run: device, CPU threads and graph optimization level."""
+
+    device: str = "auto"
+    threads: int = 0  # intra-op threads; 0 lets ONNX Runtime use one per physical core
+    optimization: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise UsageError(
+                f"invalid device {self.device!r}; choose one of {', '.join(DEVICES)}"
+            )
+        if self.optimization not in OPTIMIZATION_LEVELS:
+            raise UsageError(
+                f"invalid optimization level {self.optimization!r}; "
+                f"choose one of {', '.join(OPTIMIZATION_LEVELS)}"
+            )
+        if self.threads < 0:
+            raise UsageError(f"invalid thread count {self.threads}; use 0 or more")
+
+
+def _import_onnxruntime() -> onnxruntime:
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(_ORT_FATAL_ONLY)
+    return onnxruntime
+
+
+def _session_options(options: RuntimeOptions) -> onnxruntime.SessionOptions:
+    ort = _import_onnxruntime()
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = _ORT_FATAL_ONLY
+    session_options.intra_op_num_threads = options.threads
+    session_options.inter_op_num_threads = 1
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    session_options.graph_optimization_level = levels[options.optimization]
+    return session_options
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels when they are installed.
+
+    ``pip install "onnxruntime-gpu[cuda,cudnn]"`` puts those libraries in site-packages,
+    where the dynamic loader does not look; onnxruntime.preload_dlls finds them there.
+    """
+    ort = _import_onnxruntime()
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    # preload_dlls prints a line per library it cannot find; those are diagnosed below.
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        try:
+            preload()
+        except Exception as err:  # noqa: BLE001 - a failed preload only loses a hint
+            logger.debug("onnxruntime.preload_dlls failed: %s", err)
+
+
+def diagnose_cuda() -> str:
+    """Return why the CUDA execution provider cannot load here, in one sentence."""
+    ort = _import_onnxruntime()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return (
+            "this onnxruntime build has no CUDA execution provider; "
+            'install it with: pip install "onnxruntime-gpu[cuda,cudnn]"'
+        )
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver was found: libcuda.so.1 is missing"
+    provider_library = (
+        Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    )
+    if provider_library.exists():
+        try:
+            ctypes.CDLL(str(provider_library))
+        except OSError as err:
+            missing = str(err).split(":")[0]
+            return (
+                f"a CUDA library is missing ({missing}); install the CUDA and cuDNN "
+                "versions this onnxruntime-gpu was built for: "
+                'pip install "onnxruntime-gpu[cuda,cudnn]"'
+            )
+    return "the CUDA execution provider failed to initialize (see the log at --verbose)"
+
+
+def create_session(
+    model_path: Path, options: RuntimeOptions
+) -> onnxruntime.InferenceSession:
+    """Create an inference session for ``model_path`` on the device that options select.
+
+    ``auto`` tries CUDA (when the installed onnxruntime has it) and falls back to the
+    CPU, logging which one runs. An explicit ``cuda`` or ``tensorrt`` that cannot start
+    raises DeviceError with the reason instead of silently running on the CPU.
+    """
+    ort = _import_onnxruntime()
+    available = ort.get_available_providers()
+    session_options = _session_options(options)
+
+    if options.device == "cpu":
+        wanted = ["CPUExecutionProvider"]
+    elif options.device == "auto":
+        wanted = [p for p in ("CUDAExecutionProvider",) if p in available]
+        wanted.append("CPUExecutionProvider")
+    else:
+        provider = _PROVIDER_FOR_DEVICE[options.device]
+        if provider not in available:
+            raise DeviceError(
+                f"--device {options.device}: this onnxruntime build has no {provider}; "
+                f"available: {', '.join(available)}"
+            )
+        wanted = [provider, "CPUExecutionProvider"]
+        if options.device == "tensorrt":
+            wanted.insert(1, "CUDAExecutionProvider")
+
+    if "CUDAExecutionProvider" in wanted:
+        _preload_cuda_libraries()
+
+    try:
+        session = ort.InferenceSession(
+            str(model_path), sess_options=session_options, providers=wanted
+        )
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+        message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        raise ModelError(f"{model_path}: cannot load the model: {message}") from err
+
+    running = session.get_providers()[0]
+    if options.device in ("cuda", "tensorrt") and running == "CPUExecutionProvider":
+        raise DeviceError(
+            f"--device {options.device} requested, but {diagnose_cuda()}; "
+            "or run on the CPU with --device cpu"
+        )
+    if options.device == "auto" and wanted[0] != running:
+        logger.info(
+            "CUDA is not usable, so the CPU runs the model: %s", diagnose_cuda()
+        )
+    logger.info(
+        "model %s on %s, %s",
+        model_path,
+        running,
+        f"{options.threads} threads" if options.threads else "default thread count",
+    )
+    return session
+
+
+def provider_name(session: onnxruntime.InferenceSession) -> str:
+    """Return the short device name (cpu, cuda, tensorrt) a session runs on."""
+    running = session.get_providers()[0]
+    for device, provider in _PROVIDER_FOR_DEVICE.items():
+        if provider == running:
+            return device
+    return running

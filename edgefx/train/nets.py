@@ -1,0 +1,72 @@
+"""PyTorch definitions of the networks that edgefx trains and exports to ONNX."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with a skip connection around them."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        nn.init.kaiming_normal_(self.conv1.weight, nonlinearity="relu")
+        nn.init.zeros_(self.conv1.bias)  # type: ignore[arg-type]
+        # A zero second convolution starts the block as the identity, so a deep stack
+        # trains as easily as a shallow one (plain stacks of this depth stall for
+        # hundreds of steps without normalization layers).
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.relu(self.conv1(x)))
+
+
+class DenoiseNet(nn.Module):
+    """Non-blind residual denoiser that works at half resolution.
+
+    The image is pixel-unshuffled by 2, so every convolution runs on a quarter of the
+    pixels, and the noise level is fed in as an extra constant plane, so that one model
+    covers every noise level and the caller (or a noise estimator) picks the strength.
+    The network predicts the noise and subtracts it from its input.
+    """
+
+    def __init__(self, channels: int = 3, features: int = 64, blocks: int = 5) -> None:
+        super().__init__()
+        self.channels = channels
+        self.features = features
+        self.blocks = blocks
+        packed = channels * 4
+        self.head = nn.Conv2d(packed + 1, features, 3, padding=1)
+        nn.init.kaiming_normal_(self.head.weight, nonlinearity="relu")
+        nn.init.zeros_(self.head.bias)  # type: ignore[arg-type]
+        self.body = nn.Sequential(*[ResidualBlock(features) for _ in range(blocks)])
+        self.tail = nn.Conv2d(features, packed, 3, padding=1)
+        # A zero tail starts the model at the identity (no noise predicted); a random
+        # one adds noise at first and costs hundreds of steps to unlearn.
+        nn.init.zeros_(self.tail.weight)
+        nn.init.zeros_(self.tail.bias)  # type: ignore[arg-type]
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, image: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        # image: (N, C, H, W) float32 in [0, 1], H and W even.
+        # noise_level: (N, 1, 1, 1) float32, sigma on the 0-1 scale.
+        packed = nn.functional.pixel_unshuffle(image, 2)  # (N, 4C, H/2, W/2)
+        level_plane = noise_level.expand(-1, -1, packed.shape[2], packed.shape[3])
+        features = self.relu(self.head(torch.cat([packed, level_plane], dim=1)))
+        noise = self.tail(self.relu(self.body(features)))
+        return image - nn.functional.pixel_shuffle(noise, 2)
+
+    def macs_per_pixel(self) -> int:
+        """Return the multiply-accumulates per full-resolution pixel."""
+        packed = self.channels * 4
+        per_half_pixel = 9 * (
+            (packed + 1) * self.features
+            + 2 * self.blocks * self.features * self.features
+            + self.features * packed
+        )
+        return per_half_pixel // 4
