@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -23,7 +24,17 @@ TASKS = ("denoise", "classify", "enhance")
 
 
 def models_directory() -> Path:
-    """Return the shipped models' folder: in the installed wheel, else the checkout."""
+    """Return the shipped models' folder: in the installed wheel, else the checkout.
+
+    The EDGEFX_MODELS_DIR environment variable, when set, names another folder with a
+    manifest.json, for a private model set.
+    """
+    override = os.environ.get("EDGEFX_MODELS_DIR")
+    if override:
+        folder = Path(override).expanduser()
+        if not (folder / MANIFEST_NAME).is_file():
+            raise ModelError(f"EDGEFX_MODELS_DIR={override}: no {MANIFEST_NAME} there")
+        return folder
     package = Path(__file__).resolve().parent
     for candidate in (package / "_models", package.parent / "models"):
         if (candidate / MANIFEST_NAME).is_file():
@@ -65,10 +76,13 @@ class ModelInfo:
         return None if value is None else str(value)
 
 
-@cache
 def load_manifest(directory: Path | None = None) -> tuple[ModelEntry, ...]:
     folder = directory or models_directory()
-    path = folder / MANIFEST_NAME
+    return _read_manifest(folder / MANIFEST_NAME)
+
+
+@cache
+def _read_manifest(path: Path) -> tuple[ModelEntry, ...]:
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))["models"]
         return tuple(ModelEntry(**row) for row in rows)
