@@ -76,7 +76,7 @@ class BatchSummary:
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """Where outputs go and what happens to outputs that already exist."""
+    """Output settings: the output directory and the policy for existing outputs."""
 
     out_dir: Path
     recursive: bool = False
@@ -109,13 +109,20 @@ def collect_inputs(
     takes its own outputs as inputs.
     """
     wanted = {s.lower() for s in suffixes}
+    excluded = exclude.resolve() if exclude else None
     found: list[InputFile] = []
     missing: list[FileResult] = []
     for name in paths:
         path = Path(name).expanduser()
         if path.is_dir():
+            # An output directory inside this input directory contains earlier outputs,
+            # which must not come back as inputs. When both are the same directory,
+            # plan_outputs reports the clash instead.
+            skip = excluded if excluded and _strictly_inside(excluded, path) else None
             pattern = "**/*" if recursive else "*"
             for child in sorted(path.glob(pattern)):
+                if skip and child.resolve().is_relative_to(skip):
+                    continue
                 if _is_candidate(child, wanted):
                     found.append(InputFile(child, child.relative_to(path)))
         elif path.is_file():
@@ -131,14 +138,15 @@ def collect_inputs(
         else:
             missing.append(_failure(path, "file not found"))
 
-    excluded = exclude.resolve() if exclude else None
     unique: dict[Path, InputFile] = {}
     for item in found:
-        resolved = item.path.resolve()
-        if excluded and resolved.is_relative_to(excluded):
-            continue
-        unique.setdefault(resolved, item)
+        unique.setdefault(item.path.resolve(), item)
     return list(unique.values()), missing
+
+
+def _strictly_inside(inner: Path, outer: Path) -> bool:
+    outer = outer.resolve()
+    return inner != outer and inner.is_relative_to(outer)
 
 
 def _is_candidate(path: Path, suffixes: set[str]) -> bool:

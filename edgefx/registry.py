@@ -99,7 +99,7 @@ def sha256_of(path: Path) -> str:
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    """Read ``metadata_props`` from an ONNX file without loading its weights."""
+    """Read ``metadata_props`` from an ONNX file; external weight files are not read."""
     import onnx
 
     try:
@@ -137,6 +137,12 @@ def resolve_model(name_or_path: str | None, task: str) -> ModelInfo:
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
         metadata = read_metadata(path)
+        declared = metadata.get("task")
+        if declared and declared != task:
+            raise ModelError(
+                f"{path}: this is a {declared} model, not a {task} model; "
+                f"use it with `edgefx {declared}`"
+            )
         logger.debug("using model file %s", path)
         return ModelInfo(
             name=metadata.get("name", path.stem),

@@ -26,14 +26,14 @@ _PROVIDER_FOR_DEVICE = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 
-# Where ONNX Runtime's own messages would go to stderr, only fatal ones are let through:
-# a CUDA provider that fails to load is reported by edgefx in one line instead.
+# Severity threshold for ONNX Runtime's own log: fatal only. A provider that fails to
+# load is reported by edgefx in one line instead of ONNX Runtime's stack of messages.
 _ORT_FATAL_ONLY = 4
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How sessions run: device, CPU threads and graph optimization level."""
+    """Session settings: device, CPU threads and graph optimization level."""
 
     device: str = "auto"
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime use one per physical core
@@ -66,6 +66,9 @@ def _session_options(options: RuntimeOptions) -> onnxruntime.SessionOptions:
     session_options.log_severity_level = _ORT_FATAL_ONLY
     session_options.intra_op_num_threads = options.threads
     session_options.inter_op_num_threads = 1
+    # Idle worker threads would otherwise spin between runs and starve the decoding,
+    # noise estimation and encoding that a batch does between model calls.
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     levels = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -157,14 +160,20 @@ def create_session(
     if "CUDAExecutionProvider" in wanted:
         _preload_cuda_libraries()
 
+    # When a provider fails, onnxruntime's Python wrapper prints an "EP Error" banner
+    # to stdout and retries with the other providers. The banner goes to the debug log.
+    banner = io.StringIO()
     try:
-        session = ort.InferenceSession(
-            str(model_path), sess_options=session_options, providers=wanted
-        )
+        with contextlib.redirect_stdout(banner):
+            session = ort.InferenceSession(
+                str(model_path), sess_options=session_options, providers=wanted
+            )
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
         raise ModelError(f"{model_path}: cannot load the model: {message}") from err
 
+    if banner.getvalue().strip():
+        logger.debug("onnxruntime: %s", banner.getvalue().strip())
     running = session.get_providers()[0]
     if options.device in ("cuda", "tensorrt") and running == "CPUExecutionProvider":
         raise DeviceError(

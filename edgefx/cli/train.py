@@ -68,7 +68,11 @@ def train_denoise(
     ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Train the blind image denoiser on a folder of clean images (resumable)."""
+    """Train the image denoiser on a folder of clean photos (resumable).
+
+    The network takes the noise level as an input; `edgefx denoise` estimates it per
+    image unless --sigma is given.
+    """
     with handle_errors():
         _require_torch()
         from edgefx.errors import UsageError

@@ -177,13 +177,12 @@ def train(options: DenoiseTrainOptions) -> Path:
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
-    options.work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = options.work_dir / "checkpoint.pt"
-    log_path = options.work_dir / "log.jsonl"
-
     files = list_images(options.data)
     if not files:
         raise ValueError(f"{options.data}: no image files found")
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = options.work_dir / "checkpoint.pt"
+    log_path = options.work_dir / "log.jsonl"
     train_files, validation_files = split_files(files)
     logger.info(
         "training on %d images, validating on %d",
@@ -200,6 +199,12 @@ def train(options: DenoiseTrainOptions) -> Path:
     best_psnr = -1.0
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        wanted = {"channels": 3, "features": options.features, "blocks": options.blocks}
+        if state.get("config") != wanted:
+            raise ValueError(
+                f"{checkpoint_path} was trained with {state.get('config')}, not "
+                f"{wanted}; use another --work-dir or the same network options"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
@@ -231,6 +236,7 @@ def train(options: DenoiseTrainOptions) -> Path:
 
     started = time.monotonic()
     running_loss = 0.0
+    steps_since_record = 0
     while step < options.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, options)
@@ -242,17 +248,19 @@ def train(options: DenoiseTrainOptions) -> Path:
         optimizer.step()
         step += 1
         running_loss += loss.item()
+        steps_since_record += 1
 
         if step % options.validation_every == 0 or step == options.steps:
             psnr = validate(model, validation_pairs, sigma=25.0)
             record = {
                 "step": step,
-                "loss": running_loss / options.validation_every,
+                "loss": running_loss / steps_since_record,
                 "val_psnr_sigma25": round(psnr, 3),
                 "lr": learning_rate_at(step, options),
                 "seconds": round(time.monotonic() - started, 1),
             }
             running_loss = 0.0
+            steps_since_record = 0
             with log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
             logger.info("step %d: %s", step, record)
