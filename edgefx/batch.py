@@ -130,7 +130,10 @@ def collect_inputs(
         elif GLOB_CHARACTERS & set(name):
             matches = sorted(glob.glob(os.path.expanduser(name), recursive=True))
             base = _glob_base(name)
+            skip = excluded if excluded and _strictly_inside(excluded, base) else None
             for match in map(Path, matches):
+                if skip and match.resolve().is_relative_to(skip):
+                    continue
                 if match.is_file() and not match.name.startswith(TEMP_PREFIX):
                     found.append(InputFile(match, _relative_or_name(match, base)))
             if not matches:
