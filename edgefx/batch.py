@@ -114,6 +114,11 @@ def collect_inputs(
     missing: list[FileResult] = []
     for name in paths:
         path = Path(name).expanduser()
+        if path.is_dir() and len(paths) > 1 and excluded and _inside(path, excluded):
+            # A shell glob such as `photos/*` also names the output directory inside
+            # photos/ on a rerun; its files are earlier outputs, not inputs.
+            logger.debug("skipping the output directory %s among the inputs", path)
+            continue
         if path.is_dir():
             # An output directory inside this input directory contains earlier outputs,
             # which must not come back as inputs. When both are the same directory,
@@ -125,8 +130,14 @@ def collect_inputs(
                     continue
                 if _is_candidate(child, wanted):
                     found.append(InputFile(child, child.relative_to(path)))
+                elif _is_broken_candidate(child, wanted):
+                    missing.append(
+                        _failure(child, "not a regular file or a broken link")
+                    )
         elif path.is_file():
             found.append(InputFile(path, Path(path.name)))
+        elif path.exists():
+            missing.append(_failure(path, "not a regular file"))
         elif GLOB_CHARACTERS & set(name):
             matches = sorted(glob.glob(os.path.expanduser(name), recursive=True))
             base = _glob_base(name)
@@ -145,6 +156,17 @@ def collect_inputs(
     for item in found:
         unique.setdefault(item.path.resolve(), item)
     return list(unique.values()), missing
+
+
+def _inside(inner: Path, outer: Path) -> bool:
+    return inner.resolve().is_relative_to(outer.resolve())
+
+
+def _is_broken_candidate(path: Path, suffixes: set[str]) -> bool:
+    """Tell whether ``path`` looks like an input but is a broken link or a FIFO."""
+    if path.suffix.lower() not in suffixes or path.name.startswith((".", TEMP_PREFIX)):
+        return False
+    return not path.is_dir() and not path.is_file()
 
 
 def _strictly_inside(inner: Path, outer: Path) -> bool:
@@ -195,12 +217,25 @@ def plan_outputs(
     ``suffix_for(source)`` returns the output suffix. Raises UsageError before any work
     when an output would replace its input or when two inputs map to the same output.
     """
+    planned = [
+        (entry, out_dir / entry.relative.with_suffix(suffix_for(entry.path)))
+        for entry in inputs
+    ]
+    # An input that another input writes to is an output of an earlier run in the
+    # same directory (a.jpg -> a.png with --format png); it is left out, not denoised
+    # again, and it does not count as an output that replaces its input.
+    written_by_other = {
+        output.resolve()
+        for entry, output in planned
+        if output.resolve() != entry.path.resolve()
+    }
+
     items: list[BatchItem] = []
     owners: dict[Path, Path] = {}
-    for entry in inputs:
-        relative = entry.relative.with_suffix(suffix_for(entry.path))
-        output = out_dir / relative
+    for entry, output in planned:
         key = output.resolve()
+        if entry.path.resolve() in written_by_other:
+            continue
         if key == entry.path.resolve():
             raise UsageError(
                 f"{entry.path}: the output would replace the input; "
@@ -214,6 +249,30 @@ def plan_outputs(
         owners[key] = entry.path
         items.append(BatchItem(entry.path, output))
     return items
+
+
+# A temporary output older than this was left by a process that was killed (SIGKILL,
+# power loss) mid-write. Younger ones may belong to another edgefx run writing to the
+# same directory right now, so they are left alone.
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete temporary outputs that killed runs left under ``out_dir``; count them."""
+    if not out_dir.is_dir():
+        return 0
+    removed = 0
+    now = time.time()
+    for path in out_dir.rglob(f"{TEMP_PREFIX}*"):
+        try:
+            if path.is_file() and now - path.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                path.unlink()
+                removed += 1
+        except OSError as err:
+            logger.warning("cannot remove the stale temporary file %s: %s", path, err)
+    if removed:
+        logger.info("removed %d temporary files left by an interrupted run", removed)
+    return removed
 
 
 def run_batch(
@@ -235,7 +294,7 @@ def run_batch(
     summary = BatchSummary()
     started = time.perf_counter()
     for item in items:
-        if item.output.exists() and not overwrite:
+        if _is_finished_output(item.output) and not overwrite:
             result = FileResult(item.source, item.output, "skipped")
         else:
             result = _process_one(item, process)
@@ -247,13 +306,25 @@ def run_batch(
     busy = sum(r.seconds for r in summary.results if r.status == "done")
     if summary.done and busy > 0:
         logger.info(
-            "throughput: %.2f files/s, %.3f %s/s over %d processed files",
+            "throughput: %.3g files/s, %.3g %s/s over %d processed files",
             summary.done / busy,
             done_units / busy,
             unit,
             summary.done,
         )
     return summary
+
+
+def _is_finished_output(path: Path) -> bool:
+    """Tell whether ``path`` is a finished output that a rerun may skip.
+
+    edgefx never leaves an empty file, so an empty file (or a directory) at the output
+    path came from elsewhere and is not taken as done.
+    """
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _process_one(item: BatchItem, process: Callable[[BatchItem], float]) -> FileResult:

@@ -17,9 +17,10 @@ from edgefx.batch import (
     Reporter,
     collect_inputs,
     plan_outputs,
+    remove_stale_temporaries,
     run_batch,
 )
-from edgefx.errors import ModelError, UsageError
+from edgefx.errors import InputError, ModelError, UsageError
 from edgefx.noise import estimate_sigma
 from edgefx.registry import ModelInfo, resolve_model
 from edgefx.runtime import RuntimeOptions, create_session
@@ -87,10 +88,26 @@ def read_signature(info: ModelInfo, inputs: list[Any]) -> ModelSignature:
         image_input=image.name,
         level_input=levels[0].name if levels else None,
         channels=channels,
-        size_multiple=int(metadata.get("size_multiple", "1")),
-        margin=int(metadata.get("tile_margin", "32")),
+        size_multiple=_metadata_int(info, "size_multiple", 1, minimum=1),
+        margin=_metadata_int(info, "tile_margin", 32, minimum=0),
         input_scale=1.0 if value_range == "0-1" else 255.0,
     )
+
+
+def _metadata_int(info: ModelInfo, key: str, default: int, minimum: int) -> int:
+    text = info.metadata.get(key)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum or value > 4096:
+        raise ModelError(
+            f"{info.path}: invalid metadata {key}={text!r}; expected an integer "
+            f"from {minimum} to 4096"
+        )
+    return value
 
 
 def _reflect_indices(start: int, stop: int, length: int) -> np.ndarray:
@@ -257,13 +274,18 @@ def denoise_files(
     def process(item: BatchItem) -> float:
         assert denoiser is not None
         image = imageio.read_image(item.source)
+        target_format = output_format or imageio.FORMATS[item.output.suffix.lower()]
+        if image.alpha is not None and target_format == "jpeg":
+            raise InputError(
+                item.source, "JPEG cannot store an alpha channel; use --format png"
+            )
         restored, sigma = denoiser.denoise(image.pixels, options)
         logger.debug("%s: sigma %.1f", item.source, sigma)
         result = imageio.ImageData(restored, image.alpha, image.format)
-        target_format = output_format or imageio.FORMATS[item.output.suffix.lower()]
         imageio.write_image(item.output, result, format=target_format, quality=quality)
         return image.height * image.width / 1e6
 
+    remove_stale_temporaries(batch.out_dir)
     reporter.start(len(items) + len(missing))
     for failure in missing:
         reporter.result(failure)

@@ -15,6 +15,18 @@ from edgefx.errors import OutputError
 TEMP_PREFIX = ".edgefx-tmp-"
 
 
+def _read_umask() -> int:
+    # The umask can only be read by setting it, so it is read once, at import, before
+    # any worker thread exists, and restored at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files with mode 0600; outputs get the mode the user's umask gives.
+_UMASK = _read_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path``; readers see either the old file or the new one.
 
@@ -33,7 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
         temporary = ""
     except OSError as err:

@@ -36,6 +36,12 @@ from PIL import (
 from edgefx.errors import EdgefxError, InputError, OutputError, UsageError
 from edgefx.fsutil import atomic_write_bytes, describe_os_error
 
+# OpenCV logs decoder warnings and errors straight to stderr, in lines that name no
+# file; every decode failure here becomes an InputError with the path instead.
+# TODO: libpng still prints "libpng error: ..." for some damaged PNG files, through a
+# callback that OpenCV does not route through its log level.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 logger = logging.getLogger(__name__)
 
 FORMATS: dict[str, str] = {

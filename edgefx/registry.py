@@ -134,6 +134,8 @@ def resolve_model(name_or_path: str | None, task: str) -> ModelInfo:
 
     if name_or_path and (name_or_path.endswith(".onnx") or "/" in name_or_path):
         path = Path(name_or_path).expanduser()
+        if path.is_dir():
+            raise ModelError(f"{path}: is a directory; expected an .onnx model file")
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
         metadata = read_metadata(path)

@@ -441,3 +441,107 @@ def test_atomic_write_bad_data_no_temp(tmp_path: Path) -> None:
 
     assert not target.exists()
     assert leftover_temporaries(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------
+# Regression cases from hostile-input testing
+
+
+def test_plan_drops_earlier_outputs(tmp_path: Path) -> None:
+    # --out equal to the input folder with --format png: on a rerun, b.png is the
+    # earlier output of b.jpg and must not count as an input that replaces itself.
+    folder = tmp_path / "same"
+    touch(folder / "b.jpg")
+    touch(folder / "b.png")
+    found, _ = collect_inputs([str(folder)], IMAGE_SUFFIXES, exclude=folder)
+
+    items = plan_outputs(found, folder, lambda source: ".png")
+
+    assert [item.source.name for item in items] == ["b.jpg"]
+    assert items[0].output == folder / "b.png"
+
+
+def test_collect_skips_out_dir_argument(tmp_path: Path) -> None:
+    # A shell glob `shell/*` names the output directory shell/clean on a rerun.
+    touch(tmp_path / "shell" / "a.png")
+    touch(tmp_path / "shell" / "clean" / "a.png")
+    out = tmp_path / "shell" / "clean"
+
+    found, missing = collect_inputs(
+        [str(tmp_path / "shell" / "a.png"), str(out)], IMAGE_SUFFIXES, exclude=out
+    )
+
+    assert [item.path for item in found] == [tmp_path / "shell" / "a.png"]
+    assert missing == []
+
+
+def test_collect_reports_broken_link(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    touch(folder / "good.png")
+    (folder / "broken.png").symlink_to(folder / "missing.png")
+
+    found, missing = collect_inputs([str(folder)], IMAGE_SUFFIXES)
+
+    assert relatives(found) == ["good.png"]
+    assert len(missing) == 1
+    assert "broken.png" in (missing[0].error or "")
+
+
+def test_collect_reports_fifo(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+
+    found, missing = collect_inputs([str(fifo)], IMAGE_SUFFIXES)
+
+    assert found == []
+    assert "not a regular file" in (missing[0].error or "")
+
+
+def test_run_redoes_empty_output(tmp_path: Path) -> None:
+    source = touch(tmp_path / "a.png")
+    output = touch(tmp_path / "out" / "a.png", b"")
+    calls: list[Path] = []
+
+    def process(item: BatchItem) -> float:
+        calls.append(item.source)
+        return 1.0
+
+    summary = run_batch([BatchItem(source, output)], process)
+
+    assert calls == [source]
+    assert summary.done == 1
+
+
+def test_run_directory_output_fails(tmp_path: Path) -> None:
+    source = touch(tmp_path / "a.png")
+    output = tmp_path / "out" / "a.png"
+    output.mkdir(parents=True)
+
+    def process(item: BatchItem) -> float:
+        atomic_write_bytes(item.output, b"data")
+        return 1.0
+
+    summary = run_batch([BatchItem(source, output)], process)
+
+    assert summary.failed == 1
+    assert summary.skipped == 0
+
+
+def test_stale_temporary_removed(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from edgefx.batch import STALE_TEMPORARY_SECONDS, remove_stale_temporaries
+
+    old = touch(tmp_path / "sub" / f"{TEMP_PREFIX}old.png")
+    fresh = touch(tmp_path / f"{TEMP_PREFIX}fresh.png")
+    past = time.time() - STALE_TEMPORARY_SECONDS - 60
+    os.utime(old, (past, past))
+
+    removed = remove_stale_temporaries(tmp_path)
+
+    assert removed == 1
+    assert not old.exists()
+    assert fresh.exists()

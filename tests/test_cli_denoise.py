@@ -558,3 +558,42 @@ def test_models_lists_denoise_s(run_cli) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "denoise-s" in result.stdout
+
+
+def test_sigterm_leaves_no_partial(samples_dir: Path, tmp_path: Path) -> None:
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # Full-size samples, so that the batch is still running when the signal arrives.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(12):
+        shutil.copy(
+            samples_dir / "noisy" / "astronaut.png", folder / f"img{index:02d}.png"
+        )
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "edgefx",
+        "denoise",
+        str(folder),
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(out.glob("img*.png")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 143, stderr
+    assert "terminated" in stderr
+    assert temporaries(out) == []
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(list(out.glob("img*.png"))) == 12

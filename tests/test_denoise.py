@@ -422,3 +422,26 @@ def test_import_loads_no_runtime() -> None:
     loaded = json.loads(result.stdout)
     assert "onnxruntime" not in loaded
     assert "torch" not in loaded
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "99999"])
+def test_foreign_bad_size_multiple_rejected(tmp_path: Path, value: str) -> None:
+    # Invalid tiling metadata in a foreign model once gave a traceback ("abc") or a
+    # ZeroDivisionError per file ("0") instead of one model error.
+    path = write_identity(
+        tmp_path / "identity.onnx",
+        ["N", 3, "H", "W"],
+        metadata={"size_multiple": value},
+    )
+
+    with pytest.raises(ModelError, match="size_multiple"):
+        Denoiser(model=str(path), runtime=RuntimeOptions(device="cpu"))
+
+
+def test_foreign_model_of_other_task(tmp_path: Path) -> None:
+    path = write_identity(
+        tmp_path / "classifier.onnx", ["N", 3, "H", "W"], metadata={"task": "classify"}
+    )
+
+    with pytest.raises(ModelError, match="classify model"):
+        Denoiser(model=str(path), runtime=RuntimeOptions(device="cpu"))

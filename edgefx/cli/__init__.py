@@ -17,6 +17,8 @@ from edgefx.cli._common import (
     Device,
     DeviceOption,
     ModelOption,
+    Optimization,
+    OptimizationOption,
     OverwriteOption,
     ProgressReporter,
     RecursiveOption,
@@ -123,6 +125,7 @@ def denoise(
     model: ModelOption = None,
     device: DeviceOption = Device.auto,
     threads: ThreadsOption = 0,
+    graph_optimization: OptimizationOption = Optimization.all,
 ) -> None:
     """Remove noise from photos (PNG 8/16-bit, JPEG, WebP, TIFF, BMP).
 
@@ -134,7 +137,11 @@ def denoise(
     from edgefx.runtime import RuntimeOptions
 
     with handle_errors():
-        runtime = RuntimeOptions(device=device.value, threads=threads)
+        runtime = RuntimeOptions(
+            device=device.value,
+            threads=threads,
+            optimization=graph_optimization.value,
+        )
         options = DenoiseOptions(sigma=sigma, tile=tile)
         batch = BatchOptions(out_dir=out, recursive=recursive, overwrite=overwrite)
         with ProgressReporter("denoise") as reporter:

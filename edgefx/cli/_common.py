@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Iterator
 from enum import Enum
@@ -43,6 +44,23 @@ ThreadsOption = Annotated[
     int,
     typer.Option(
         help="CPU threads for ONNX Runtime; 0 uses one per physical core.", min=0
+    ),
+]
+
+
+class Optimization(str, Enum):
+    disable = "disable"
+    basic = "basic"
+    extended = "extended"
+    all = "all"
+
+
+OptimizationOption = Annotated[
+    Optimization,
+    typer.Option(
+        "--graph-optimization",
+        help="ONNX Runtime graph optimization level.",
+        case_sensitive=False,
     ),
 ]
 ModelOption = Annotated[
@@ -104,11 +122,24 @@ def configure_logging(verbosity: int) -> None:
     root.propagate = False
 
 
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives, so cleanup code runs."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn edgefx errors into one line on stderr and the exit status they carry."""
+    """Turn edgefx errors into one line on stderr and the exit status they carry.
+
+    SIGTERM (from kill, timeout, a service manager) is turned into an exception like
+    Ctrl-C, so that an output being written is removed instead of left half-written.
+    """
     from edgefx.errors import EdgefxError
 
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     except EdgefxError as err:
@@ -121,6 +152,15 @@ def handle_errors() -> Iterator[None]:
             soft_wrap=True,
         )
         raise typer.Exit(130) from err
+    except Terminated as err:
+        stderr_console().print(
+            "terminated: finished outputs are kept; run the same command again to "
+            "process the remaining files",
+            soft_wrap=True,
+        )
+        raise typer.Exit(143) from err
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ProgressReporter(Reporter):

@@ -58,6 +58,9 @@ def export_denoiser(
             "denoised": {0: "batch", 2: "height", 3: "width"},
         },
         opset_version=OPSET,
+        # NOTE: torch 2.13 deprecates this TorchScript exporter. The dynamo exporter
+        # also gives a matching graph for this network, but at opset 18 and IR 10,
+        # which older ONNX Runtime builds on edge devices cannot load.
         dynamo=False,
     )
     proto = onnx.load(str(temporary))
