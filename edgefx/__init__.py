@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from edgefx.denoise import denoise_image
 
 
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 def __getattr__(name: str) -> Any:
     if name == "denoise_image":
         from edgefx.denoise import denoise_image

@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefx.errors import EdgefxError, InputError, OutputError, UsageError
+from edgefx.errors import (
+    DeviceError,
+    EdgefxError,
+    InputError,
+    ModelError,
+    OutputError,
+    UsageError,
+)
 from edgefx.fsutil import TEMP_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -207,6 +214,19 @@ def _failure(path: Path, reason: str) -> FileResult:
     )
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Raise UsageError when ``out_dir`` exists but is not a directory."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a directory")
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(
+                    f"--out {out_dir}: {parent} is a file, not a directory"
+                )
+            break
+
+
 def plan_outputs(
     inputs: Sequence[InputFile],
     out_dir: Path,
@@ -331,6 +351,8 @@ def _process_one(item: BatchItem, process: Callable[[BatchItem], float]) -> File
     started = time.perf_counter()
     try:
         units = process(item)
+    except (ModelError, DeviceError, UsageError):
+        raise  # the model or the options are wrong, so every other file would fail too
     except (InputError, OutputError) as err:
         return FileResult(item.source, item.output, "failed", str(err))
     except EdgefxError as err:

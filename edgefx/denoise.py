@@ -15,6 +15,7 @@ from edgefx.batch import (
     BatchOptions,
     BatchSummary,
     Reporter,
+    check_out_dir,
     collect_inputs,
     plan_outputs,
     remove_stale_temporaries,
@@ -146,14 +147,23 @@ class Denoiser:
     ) -> tuple[np.ndarray, float]:
         """Denoise an image and return it with the noise level that was used.
 
-        ``pixels``: (H, W) or (H, W, 3), uint8, uint16 or float32 in [0, 1]. The result
-        has the same shape and dtype. The noise level is on the 0-255 scale for every
+        ``pixels``: (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, uint8, uint16 or
+        float32 in [0, 1]; alpha is kept as it is. The result has the same shape and
+        dtype. The noise level is on the 0-255 scale for every
         dtype.
         """
         options = options or DenoiseOptions()
+        if pixels.ndim == 3 and pixels.shape[2] == 4:
+            # RGBA: the color is denoised and the alpha channel is kept as it is.
+            color, used = self.denoise(pixels[:, :, :3], options)
+            return np.concatenate([color, pixels[:, :, 3:]], axis=2), used
+        if pixels.ndim == 3 and pixels.shape[2] == 1:
+            gray, used = self.denoise(pixels[:, :, 0], options)
+            return gray[:, :, None], used
         if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
             raise UsageError(
-                f"expected an (H, W) or (H, W, 3) image, got shape {pixels.shape}"
+                "expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, "
+                f"got shape {pixels.shape}"
             )
         if pixels.dtype not in (np.uint8, np.uint16, np.float32):
             raise UsageError(f"unsupported pixel dtype {pixels.dtype}")
@@ -161,7 +171,6 @@ class Denoiser:
         sigma = options.sigma
         if sigma is None:
             sigma = min(estimate_sigma(pixels), MAX_SIGMA)
-            logger.debug("estimated noise sigma %.2f", sigma)
 
         planes = pixels[:, :, None] if pixels.ndim == 2 else pixels
         if self.signature.channels == 1 and planes.shape[2] == 3:
@@ -257,11 +266,13 @@ def denoise_files(
             f"{', '.join(imageio.SUFFIX_FOR_FORMAT)}"
         )
 
+    check_out_dir(batch.out_dir)
     inputs, missing = collect_inputs(
         paths, imageio.FORMATS, recursive=batch.recursive, exclude=batch.out_dir
     )
-    if not inputs and not missing:
-        raise UsageError(f"no image files found in {', '.join(paths)}")
+    if not inputs:
+        reasons = "; ".join(m.error or "" for m in missing)
+        raise UsageError(reasons or f"no image files found in {', '.join(paths)}")
 
     def suffix_for(source: Path) -> str:
         if output_format is not None:
@@ -269,10 +280,14 @@ def denoise_files(
         return source.suffix
 
     items = plan_outputs(inputs, batch.out_dir, suffix_for)
-    denoiser = Denoiser(model, runtime) if items else None
+    # The session starts with the first file that needs work, so a rerun that only
+    # skips finished outputs does not load the model.
+    sessions: list[Denoiser] = []
 
     def process(item: BatchItem) -> float:
-        assert denoiser is not None
+        if not sessions:
+            sessions.append(Denoiser(model, runtime))
+        denoiser = sessions[0]
         image = imageio.read_image(item.source)
         target_format = output_format or imageio.FORMATS[item.output.suffix.lower()]
         if image.alpha is not None and target_format == "jpeg":
@@ -280,7 +295,7 @@ def denoise_files(
                 item.source, "JPEG cannot store an alpha channel; use --format png"
             )
         restored, sigma = denoiser.denoise(image.pixels, options)
-        logger.debug("%s: sigma %.1f", item.source, sigma)
+        logger.debug("%s: noise sigma %.1f", item.source, sigma)
         result = imageio.ImageData(restored, image.alpha, image.format)
         imageio.write_image(item.output, result, format=target_format, quality=quality)
         return image.height * image.width / 1e6
@@ -305,7 +320,8 @@ def denoise_image(
 ) -> np.ndarray:
     """Denoise one image array and return the result with the same shape and dtype.
 
-    ``pixels``: (H, W) grayscale or (H, W, 3) RGB, uint8, uint16 or float32 in [0, 1].
+    ``pixels``: (H, W) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA, uint8, uint16 or
+    float32 in [0, 1].
     ``sigma`` is the noise level on the 0-255 scale (0-75); None estimates it. The
     session is created on the first call and reused.
     """

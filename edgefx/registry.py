@@ -117,9 +117,15 @@ def shipped_models(task: str | None = None) -> list[ModelEntry]:
 def verify_checksum(path: Path, expected: str) -> None:
     actual = sha256_of(path)
     if actual != expected:
+        remedy = (
+            "rebuild its manifest with tools/update_manifest.py --dir if you changed "
+            "the file on purpose"
+            if os.environ.get("EDGEFX_MODELS_DIR")
+            else "reinstall edgefx to restore it"
+        )
         raise ModelError(
             f"{path}: model file is damaged (SHA-256 {actual[:12]}..., expected "
-            f"{expected[:12]}...); reinstall edgefx to restore it"
+            f"{expected[:12]}...); {remedy}"
         )
 
 

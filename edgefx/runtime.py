@@ -177,8 +177,8 @@ def create_session(
     running = session.get_providers()[0]
     if options.device in ("cuda", "tensorrt") and running == "CPUExecutionProvider":
         raise DeviceError(
-            f"--device {options.device} requested, but {diagnose_cuda()}; "
-            "or run on the CPU with --device cpu"
+            f"--device {options.device} cannot start: {diagnose_cuda()}. "
+            "To run on the CPU instead, use --device cpu"
         )
     if options.device == "auto" and wanted[0] != running:
         logger.info(
@@ -188,7 +188,7 @@ def create_session(
         "model %s on %s, %s",
         model_path,
         running,
-        f"{options.threads} threads" if options.threads else "default thread count",
+        f"threads: {options.threads}" if options.threads else "default thread count",
     )
     return session
 

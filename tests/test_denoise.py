@@ -257,12 +257,33 @@ def test_options_reject_small_tile() -> None:
         DenoiseOptions(tile=31)
 
 
-@pytest.mark.parametrize(
-    "shape", [(16,), (8, 8, 1), (8, 8, 2), (8, 8, 4), (2, 8, 8, 3)]
-)
+@pytest.mark.parametrize("shape", [(16,), (8, 8, 2), (8, 8, 5), (2, 8, 8, 3)])
 def test_denoise_rejects_shape(denoiser: Denoiser, shape: tuple[int, ...]) -> None:
-    with pytest.raises(UsageError, match="expected an \\(H, W\\) or \\(H, W, 3\\)"):
+    with pytest.raises(UsageError, match="expected an \\(H, W\\), \\(H, W, 1\\)"):
         denoiser.denoise(np.zeros(shape, np.uint8), DenoiseOptions(sigma=10))
+
+
+def test_denoise_rgba_keeps_alpha(denoiser: Denoiser, samples_dir: Path) -> None:
+    rgb = read_pixels(samples_dir / "noisy" / "coffee.png")[:64, :96]
+    alpha = np.linspace(0, 255, 64 * 96).reshape(64, 96, 1).astype(np.uint8)
+    rgba = np.concatenate([rgb, alpha], axis=2)
+
+    restored, _ = denoiser.denoise(rgba, DenoiseOptions(sigma=25))
+    color_only, _ = denoiser.denoise(rgb, DenoiseOptions(sigma=25))
+
+    assert restored.shape == rgba.shape
+    assert np.array_equal(restored[:, :, 3:], alpha)
+    assert np.array_equal(restored[:, :, :3], color_only)
+
+
+def test_denoise_single_channel_axis(denoiser: Denoiser) -> None:
+    gray = np.random.default_rng(0).integers(0, 256, (40, 56), dtype=np.uint8)
+
+    with_axis, _ = denoiser.denoise(gray[:, :, None], DenoiseOptions(sigma=25))
+    without_axis, _ = denoiser.denoise(gray, DenoiseOptions(sigma=25))
+
+    assert with_axis.shape == (40, 56, 1)
+    assert np.array_equal(with_axis[:, :, 0], without_axis)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.int32, np.int8, np.bool_])

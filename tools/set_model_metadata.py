@@ -2,7 +2,7 @@
 
 Used to record measured metrics in a shipped model after benchmarking it:
 
-    python tools/set_model_metadata.py models/denoise-s.onnx key_metric="..." metrics='{...}'
+    python tools/set_model_metadata.py models/denoise-s.onnx key_metric=... metrics=...
     python tools/update_manifest.py
 """
 

@@ -3,7 +3,7 @@
 Each entry takes its name and task from the file's own metadata and records the file's
 SHA-256, which the runtime checks on load. Run this after adding or replacing a model:
 
-    python tools/update_manifest.py [--default NAME ...]
+    python tools/update_manifest.py [--dir DIR] [--default NAME ...]
 
 A task's default model is kept from the previous manifest unless ``--default`` names
 another; a task with no default yet gets its first model.
@@ -23,9 +23,13 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--default", action="append", default=[], help="model name")
+    parser.add_argument(
+        "--dir", type=Path, default=MODELS, help="model folder (default: models/)"
+    )
     args = parser.parse_args()
+    folder: Path = args.dir
 
-    manifest_path = MODELS / MANIFEST_NAME
+    manifest_path = folder / MANIFEST_NAME
     previous = {}
     if manifest_path.exists():
         previous = {
@@ -33,7 +37,7 @@ def main() -> None:
         }
 
     entries = []
-    for path in sorted(MODELS.glob("*.onnx")):
+    for path in sorted(folder.glob("*.onnx")):
         metadata = read_metadata(path)
         name = metadata["name"]
         entries.append(

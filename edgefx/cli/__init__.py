@@ -21,8 +21,10 @@ from edgefx.cli._common import (
     OptimizationOption,
     OverwriteOption,
     ProgressReporter,
+    QuietOption,
     RecursiveOption,
     ThreadsOption,
+    VerboseOption,
     configure_logging,
     handle_errors,
     print_summary,
@@ -58,12 +60,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="Log debug details.")
-    ] = 0,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Log warnings and errors only.")
-    ] = False,
+    verbose: VerboseOption = 0,
+    quiet: QuietOption = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -80,7 +78,9 @@ def denoise(
     paths: Annotated[
         list[str],
         typer.Argument(
-            help="Image files, directories or glob patterns.", show_default=False
+            help="Image files, directories or glob patterns.",
+            show_default=False,
+            metavar="PATHS",
         ),
     ],
     out: Annotated[
@@ -126,12 +126,16 @@ def denoise(
     device: DeviceOption = Device.auto,
     threads: ThreadsOption = 0,
     graph_optimization: OptimizationOption = Optimization.all,
+    verbose: VerboseOption = 0,
+    quiet: QuietOption = False,
 ) -> None:
     """Remove noise from photos (PNG 8/16-bit, JPEG, WebP, TIFF, BMP).
 
     Each output keeps its input's format, bit depth, size and alpha channel. Existing
     outputs are skipped, so an interrupted run resumes when started again.
     """
+    if verbose or quiet:
+        configure_logging(-1 if quiet else verbose)
     from edgefx.batch import BatchOptions
     from edgefx.denoise import DenoiseOptions, denoise_files
     from edgefx.runtime import RuntimeOptions

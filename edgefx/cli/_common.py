@@ -70,6 +70,16 @@ ModelOption = Annotated[
         help="Shipped model name (see `edgefx models`) or path to an .onnx file.",
     ),
 ]
+VerboseOption = Annotated[
+    int,
+    typer.Option(
+        "--verbose", "-v", count=True, help="Log debug details, such as each sigma."
+    ),
+]
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Log warnings only; the summary still prints."),
+]
 RecursiveOption = Annotated[
     bool,
     typer.Option("--recursive", "-r", help="Look for inputs in subdirectories too."),
@@ -180,6 +190,8 @@ class ProgressReporter(Reporter):
             self.progress.stop()
 
     def start(self, total: int) -> None:
+        if not stderr_console().is_terminal:
+            return  # no bar in logs and pipes; failures are printed in result()
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -205,6 +217,10 @@ class ProgressReporter(Reporter):
 
     def result(self, result: FileResult) -> None:
         if self.progress is None or self.task is None:
+            if result.status == "failed":
+                stderr_console().print(
+                    f"failed: {result.error}", markup=False, soft_wrap=True
+                )
             return
         if result.status == "failed":
             self.progress.console.print(

@@ -23,7 +23,8 @@ def _require_torch() -> None:
         from edgefx.errors import UsageError
 
         raise UsageError(
-            "training needs PyTorch; install it with: pip install 'edgefx[train]'"
+            "training needs PyTorch: install the train extra, pip install "
+            "'edgefx[train]' (from a checkout: pip install -e '.[train]')"
         ) from err
 
 

@@ -278,8 +278,13 @@ def export_best(
     options: DenoiseTrainOptions,
     name: str | None = None,
     extra_metadata: dict[str, str] | None = None,
+    data_description: str | None = None,
 ) -> Path:
-    """Export a training checkpoint to ONNX with the metadata the runtime reads."""
+    """Export a training checkpoint to ONNX with the metadata the runtime reads.
+
+    ``data_description`` names the training data in the metadata; by default the
+    folder name is recorded, never the full local path.
+    """
     from edgefx.train.export import (
         denoiser_metadata,
         export_denoiser,
@@ -289,7 +294,7 @@ def export_best(
     model = load_denoiser_checkpoint(checkpoint)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     training = {
-        "data": str(options.data),
+        "data": data_description or options.data.name,
         "steps": int(state["step"]),
         "batch_size": options.batch_size,
         "patch_size": options.patch_size,
