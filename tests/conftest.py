@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_edgefx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Seconds after which a CLI run counts as hung. The slowest run in the suite, all six
-# noisy samples, took 9 to 25 s on a 2-core CPU shared with a training job.
-CLI_TIMEOUT_SECONDS = 180
 
 RunCli = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -38,31 +35,6 @@ def data_dir(repo_root: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path}")
     return path
-
-
-def run_edgefx(
-    *args: str | os.PathLike[str],
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m edgefx ARGS`` as a user does and capture stdout and stderr.
-
-    ``env`` entries are added to the current environment, so the child finds the same
-    virtual environment and edgefx install.
-    """
-    command = [sys.executable, "-m", "edgefx", *map(str, args)]
-    child_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        command,
-        cwd=cwd,
-        env=child_env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=CLI_TIMEOUT_SECONDS,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ Foreign models are tiny ONNX graphs that the tests write with onnx.helper.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import CLI_TIMEOUT_SECONDS, run_edgefx
 from onnx import TensorProto, helper, numpy_helper
 
 import edgefx
@@ -26,7 +26,6 @@ from edgefx.runtime import RuntimeOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
-CLI_TIMEOUT_SECONDS = 180
 
 # Tiled and untiled outputs may differ by float32 rounding only, because each tile's
 # margin (tile_margin = 32 px in the shipped model) covers the receptive field: 12 3x3
@@ -49,18 +48,6 @@ CLEAN_SIGMA_LIMIT = 5.0
 
 def read_pixels(path: Path) -> np.ndarray:
     return imageio.read_image(path).pixels
-
-
-def run_edgefx(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "EDGEFX_MODELS_DIR"}
-    return subprocess.run(
-        [sys.executable, "-m", "edgefx", *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SECONDS,
-        check=False,
-    )
 
 
 def save_model(

@@ -7,15 +7,13 @@ selected with the EDGEFX_MODELS_DIR environment variable.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import run_edgefx
 
 from edgefx.errors import ModelError, UsageError
 from edgefx.registry import (
@@ -29,7 +27,6 @@ from edgefx.registry import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODELS = REPO_ROOT / "models"
 SAMPLE = REPO_ROOT / "samples" / "noisy" / "coffee.png"
-CLI_TIMEOUT_SECONDS = 180
 
 REQUIRED_METADATA = (
     "task",
@@ -63,22 +60,6 @@ def damage_model(folder: Path) -> Path:
 
 def write_manifest(folder: Path, rows: list[dict[str, object]]) -> None:
     (folder / MANIFEST_NAME).write_text(json.dumps({"models": rows}))
-
-
-def run_edgefx(
-    *args: str | Path, models_dir: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "EDGEFX_MODELS_DIR"}
-    if models_dir is not None:
-        env["EDGEFX_MODELS_DIR"] = str(models_dir)
-    return subprocess.run(
-        [sys.executable, "-m", "edgefx", *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SECONDS,
-        check=False,
-    )
 
 
 @pytest.fixture(autouse=True)

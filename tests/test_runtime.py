@@ -7,9 +7,6 @@ onnx.helper, or on the shipped denoiser where the test goes through the CLI.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from cli_helpers import run_edgefx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefx.errors import DeviceError, ModelError, UsageError
@@ -31,7 +29,6 @@ from edgefx.runtime import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = REPO_ROOT / "samples" / "noisy" / "coffee.png"
-CLI_TIMEOUT_SECONDS = 180
 
 # Markers of ONNX Runtime's own log and banner lines: C++ source locations, the
 # "[E:onnxruntime:..." log prefix and the Python wrapper's "EP Error" banner.
@@ -81,18 +78,6 @@ def provider_runs(provider: str, model_path: str) -> bool:
 def skip_if_provider_runs(provider: str, model_path: Path) -> None:
     if provider_runs(provider, str(model_path)):
         pytest.skip(f"{provider} starts on this machine, so there is no fallback")
-
-
-def run_edgefx(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "EDGEFX_MODELS_DIR"}
-    return subprocess.run(
-        [sys.executable, "-m", "edgefx", *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SECONDS,
-        check=False,
-    )
 
 
 def ort_log_lines(text: str) -> list[str]:

@@ -7,16 +7,16 @@ stays fast. They check the files, resume and export, not the model's quality.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from cli_helpers import run_edgefx  # noqa: E402
 
 from edgefx.registry import read_metadata  # noqa: E402
 from edgefx.train.denoise import DenoiseTrainOptions, train  # noqa: E402
@@ -44,18 +44,6 @@ TINY_OPTIONS = (
     "--blocks",
     "1",
 )
-
-
-def run_edgefx(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "EDGEFX_MODELS_DIR"}
-    return subprocess.run(
-        [sys.executable, "-m", "edgefx", *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SECONDS,
-        check=False,
-    )
 
 
 def train_tiny(data: Path, work_dir: Path, steps: int, *extra: str | Path):
