@@ -351,8 +351,8 @@ def _process_one(item: BatchItem, process: Callable[[BatchItem], float]) -> File
     started = time.perf_counter()
     try:
         units = process(item)
-    except (ModelError, DeviceError, UsageError):
-        raise  # the model or the options are wrong, so every other file would fail too
+    except (ModelError, DeviceError):
+        raise  # the model or the device is unusable, so every other file would fail too
     except (InputError, OutputError) as err:
         return FileResult(item.source, item.output, "failed", str(err))
     except EdgefxError as err:

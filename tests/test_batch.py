@@ -545,3 +545,36 @@ def test_stale_temporary_removed(tmp_path: Path) -> None:
     assert removed == 1
     assert not old.exists()
     assert fresh.exists()
+
+
+def test_run_model_error_stops_batch(tmp_path: Path) -> None:
+    from edgefx.errors import ModelError
+
+    items = [
+        BatchItem(touch(tmp_path / f"{name}.png"), tmp_path / "out" / f"{name}.png")
+        for name in ("a", "b")
+    ]
+
+    def process(item: BatchItem) -> float:
+        raise ModelError("model.onnx: not a valid ONNX model")
+
+    with pytest.raises(ModelError):
+        run_batch(items, process)
+
+
+def test_run_usage_error_fails_one_file(tmp_path: Path) -> None:
+    # An encoder limit (an image too large for JPEG) concerns one file only.
+    items = [
+        BatchItem(touch(tmp_path / f"{name}.png"), tmp_path / "out" / f"{name}.png")
+        for name in ("big", "small")
+    ]
+
+    def process(item: BatchItem) -> float:
+        if item.source.stem == "big":
+            raise UsageError("JPEG cannot store a 70000x10 image")
+        return 1.0
+
+    summary = run_batch(items, process)
+
+    assert summary.failed == 1
+    assert summary.done == 1
