@@ -173,7 +173,7 @@ def learning_rate_at(step: int, options: DenoiseTrainOptions) -> float:
 
 
 def train(options: DenoiseTrainOptions) -> Path:
-    """Train (or resume) a denoiser and return the path of the final checkpoint."""
+    """Train (or resume) a denoiser and return the path of its best checkpoint."""
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
