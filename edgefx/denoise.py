@@ -149,8 +149,7 @@ class Denoiser:
 
         ``pixels``: (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, uint8, uint16 or
         float32 in [0, 1]; alpha is kept as it is. The result has the same shape and
-        dtype. The noise level is on the 0-255 scale for every
-        dtype.
+        dtype. The noise level is on the 0-255 scale for every dtype.
         """
         options = options or DenoiseOptions()
         if pixels.ndim == 3 and pixels.shape[2] == 4:
