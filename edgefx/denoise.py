@@ -51,7 +51,7 @@ class DenoiseOptions:
 
 @dataclass(frozen=True)
 class ModelSignature:
-    """What the denoiser's ONNX graph expects, read from its inputs and metadata."""
+    """Input names, channels and tiling needs of a denoiser's ONNX graph."""
 
     image_input: str
     level_input: str | None  # None for blind models that take the image alone
@@ -73,6 +73,7 @@ def read_signature(info: ModelInfo, inputs: list[Any]) -> ModelSignature:
             f"{info.path}: inputs {shapes} do not fit a denoiser; expected an image "
             "input (N, C, H, W) and optionally a noise_level input (N, 1, 1, 1)"
         )
+
     image = images[0]
     channels = image.shape[1] if isinstance(image.shape[1], int) else 3
     if channels not in (1, 3):
@@ -81,6 +82,7 @@ def read_signature(info: ModelInfo, inputs: list[Any]) -> ModelSignature:
         )
     if "float" not in image.type:
         raise ModelError(f"{info.path}: image input is {image.type}; expected float")
+
     metadata = info.metadata
     value_range = metadata.get("input_range", "0-1")
     if value_range not in ("0-1", "0-255"):
@@ -173,7 +175,7 @@ class Denoiser:
 
         planes = pixels[:, :, None] if pixels.ndim == 2 else pixels
         if self.signature.channels == 1 and planes.shape[2] == 3:
-            # A grayscale model sees each color channel as its own image.
+            # A grayscale model processes each color channel as its own image.
             channels = [
                 self._run_tiled(planes[:, :, c : c + 1], sigma, options.tile)
                 for c in range(3)
@@ -214,6 +216,7 @@ class Denoiser:
             scale = 65535.0
         else:
             scale = 1.0
+
         image = window.astype(np.float32) / scale
         model_channels = self.signature.channels
         gray_input = image.shape[2] == 1 and model_channels == 3
@@ -224,12 +227,14 @@ class Denoiser:
         if self.signature.level_input:
             level = np.full((1, 1, 1, 1), sigma / 255.0, np.float32)
             feeds[self.signature.level_input] = level * self.signature.input_scale
+
         (restored,) = self.session.run(None, feeds)[:1]
         if restored.shape != batch.shape:
             raise ModelError(
                 f"{self.info.path}: output shape {list(restored.shape)} differs from "
                 f"the input shape {list(batch.shape)}; a denoiser must keep the size"
             )
+
         result = restored[0].transpose(1, 2, 0) / self.signature.input_scale
         if gray_input:
             result = result.mean(axis=2, keepdims=True)
