@@ -284,8 +284,10 @@ def denoise_files(
         return source.suffix
 
     items = plan_outputs(inputs, batch.out_dir, suffix_for)
-    # The session starts with the first file that needs work, so a rerun that only
-    # skips finished outputs does not load the model.
+    # The model is found and its checksum verified now, so a wrong --model is a usage
+    # error before any work; the session starts with the first file that needs work,
+    # so a rerun that only skips finished outputs does not load it.
+    resolve_model(model, "denoise")
     sessions: list[Denoiser] = []
 
     def process(item: BatchItem) -> float:
@@ -300,7 +302,13 @@ def denoise_files(
             )
         restored, sigma = denoiser.denoise(image.pixels, options)
         logger.debug("%s: noise sigma %.1f", item.source, sigma)
-        result = imageio.ImageData(restored, image.alpha, image.format)
+        result = imageio.ImageData(
+            restored,
+            image.alpha,
+            image.format,
+            icc_profile=image.icc_profile,
+            exif=image.exif,
+        )
         imageio.write_image(item.output, result, format=target_format, quality=quality)
         return image.height * image.width / 1e6
 

@@ -1,7 +1,9 @@
 """Image reading and writing: PNG, JPEG, WebP, TIFF and BMP, 8-bit and 16-bit.
 
 OpenCV decodes and encodes the pixels. Pillow parses only the file header, which
-gives the size for the pixel limit and the EXIF orientation. The exception is 8-bit
+gives the size for the pixel limit, the EXIF orientation, the EXIF tags and the ICC
+profile. The writer inserts the EXIF tags and the ICC profile into the JPEG and PNG
+files that OpenCV encodes. The exception is 8-bit
 TIFF with alpha, which Pillow also decodes because OpenCV drops a gray image's alpha
 and premultiplies an RGB image's colors.
 Facts about OpenCV and Pillow below were checked with opencv-python-headless 5.1.0
@@ -106,6 +108,25 @@ TIFF_UNASSOCIATED_ALPHA = 2  # ExtraSamples value for straight (not premultiplie
 TIFF_SAMPLE_FORMAT_NAMES = {1: "uint", 2: "int", 3: "float", 4: "undefined"}
 
 EXIF_ORIENTATION = 0x0112
+EXIF_HEADER = b"Exif\x00\x00"
+TIFF_ICC_PROFILE = (
+    34675  # InterColorProfile tag, from the TIFF/EP and ICC specifications
+)
+
+# JPEG markers and limits. A segment's 2-byte length counts itself, so a segment carries
+# at most 65,533 bytes of data. An ICC_PROFILE APP2 segment spends 14 of them on its
+# identifier, sequence number and chunk count (ICC.1 specification, annex B.4).
+JPEG_SOI = b"\xff\xd8"
+JPEG_APP0 = 0xE0
+JPEG_APP1 = 0xE1
+JPEG_APP2 = 0xE2
+JPEG_MAX_SEGMENT_DATA = 65533
+JPEG_ICC_IDENTIFIER = b"ICC_PROFILE\x00"
+JPEG_ICC_CHUNK_BYTES = JPEG_MAX_SEGMENT_DATA - len(JPEG_ICC_IDENTIFIER) - 2
+JPEG_ICC_MAX_CHUNKS = 255
+
+# Profile name of the iCCP chunks written here. PNG requires 1 to 79 Latin-1 characters.
+PNG_ICC_PROFILE_NAME = b"ICC profile"
 
 # Exceptions that Pillow raises on a damaged or unsupported header. Pillow's own
 # Image.open loop catches SyntaxError, IndexError, TypeError and struct.error, and the
@@ -137,6 +158,10 @@ class ImageData:
     pixels: np.ndarray  # (H, W) gray or (H, W, 3) RGB, dtype uint8 or uint16
     alpha: np.ndarray | None  # (H, W), same dtype as pixels, or None
     format: str  # format name it was read from, a value of FORMATS
+    icc_profile: bytes | None = None  # ICC color profile, as embedded in the file
+    # EXIF block as Image.Exif.tobytes returns it (starting with b"Exif\0\0"), with no
+    # orientation tag, because read_image has already rotated the pixels.
+    exif: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.pixels.dtype not in (np.uint8, np.uint16):
@@ -192,6 +217,9 @@ class _Header:
     gray_alpha: bool = False
     # CMYK TIFF with no extra samples, which OpenCV returns as BGRA with alpha 255.
     opaque_cmyk: bool = False
+    icc_profile: bytes | None = None
+    # EXIF block without the orientation tag, as ImageData.exif stores it.
+    exif: bytes | None = None
     # 8-bit TIFF that OpenCV decodes wrongly, so Pillow decodes it: gray+alpha, whose
     # alpha OpenCV drops, and RGBA with unassociated alpha, whose colors OpenCV
     # premultiplies by the alpha.
@@ -205,10 +233,12 @@ class _Header:
 def read_image(path: Path, max_pixels: int = 250_000_000) -> ImageData:
     """Decode an image file into RGB or gray pixels and a separate alpha plane.
 
-    The EXIF orientation is applied to the pixels. Palette images come out as RGB and
-    CMYK images as RGB. Raises InputError with a one-line reason for a missing,
-    unreadable, empty, damaged or unsupported file, and for an image whose header
-    declares more than ``max_pixels`` pixels.
+    The EXIF orientation is applied to the pixels. The ICC profile (JPEG, PNG, WebP and
+    TIFF) and the other EXIF tags (JPEG, WebP and PNG) are returned in ``icc_profile``
+    and ``exif``. Palette images come out as RGB and CMYK images as RGB. Raises
+    InputError with a one-line reason for a missing, unreadable, empty, damaged or
+    unsupported file, and for an image whose header declares more than ``max_pixels``
+    pixels.
 
     NOTE: OpenCV also rejects images above its own limit of 2**30 pixels (the
     OPENCV_IO_MAX_IMAGE_PIXELS environment variable changes it), so a larger
@@ -253,7 +283,13 @@ def read_image(path: Path, max_pixels: int = 250_000_000) -> ImageData:
         if alpha is not None:
             alpha = np.ascontiguousarray(transform(alpha))
 
-    image = ImageData(pixels=pixels, alpha=alpha, format=header.format)
+    image = ImageData(
+        pixels=pixels,
+        alpha=alpha,
+        format=header.format,
+        icc_profile=header.icc_profile,
+        exif=header.exif,
+    )
     logger.debug(
         "read %s: %s %dx%d, %d-bit, %s%s",
         path,
@@ -346,12 +382,13 @@ def _read_pillow_header(
             path, f"animated {label} is not supported; only still images are"
         )
 
-    orientation = 1
+    orientation, exif = 1, None
     # PngImageFile.getexif decodes the whole image when the eXIf chunk comes after the
     # image data, so only an eXIf chunk found while parsing the header is used.
-    # NOTE: an eXIf chunk after IDAT is ignored and its orientation is not applied.
+    # NOTE: an eXIf chunk after IDAT is ignored, so its orientation is not applied and
+    # its tags are not returned.
     if file_format in ("jpeg", "webp") or "exif" in parsed.info:
-        orientation = _valid_orientation(path, parsed.getexif().get(EXIF_ORIENTATION))
+        orientation, exif = _read_exif(path, parsed)
 
     gray_alpha = (
         file_format == "png" and prefix[PNG_COLOR_TYPE_OFFSET] == PNG_GRAY_ALPHA
@@ -362,7 +399,37 @@ def _read_pillow_header(
         height=height,
         orientation=orientation,
         gray_alpha=gray_alpha,
+        icc_profile=_bytes_or_none(parsed.info.get("icc_profile")),
+        exif=exif,
     )
+
+
+def _read_exif(path: Path, parsed: ImageFile.ImageFile) -> tuple[int, bytes | None]:
+    """Return the EXIF orientation and the EXIF block without the orientation tag.
+
+    A damaged EXIF block is logged at debug level and dropped, so that it never fails
+    the read. The orientation stays 1 when the tags cannot be parsed at all.
+    """
+    try:
+        exif = parsed.getexif()
+    except PILLOW_HEADER_ERRORS as err:
+        logger.debug("%s: dropping damaged EXIF data: %s", path, err)
+        return 1, None
+    orientation = _valid_orientation(path, exif.get(EXIF_ORIENTATION))
+    exif.pop(EXIF_ORIENTATION, None)
+    if not exif:
+        return orientation, None
+    try:
+        return orientation, exif.tobytes()
+    except PILLOW_HEADER_ERRORS as err:
+        logger.debug("%s: dropping damaged EXIF data: %s", path, err)
+        return orientation, None
+
+
+def _bytes_or_none(value: object) -> bytes | None:
+    if isinstance(value, bytes) and value:
+        return value
+    return None
 
 
 def _read_tiff_header(path: Path, handle: IO[bytes]) -> _Header:
@@ -423,6 +490,7 @@ def _read_tiff_header(path: Path, handle: IO[bytes]) -> _Header:
         height=height,
         opaque_cmyk=photometric == TIFF_PHOTOMETRIC_CMYK and samples == 4,
         decode_with_pillow=gray_alpha or rgb_unassociated_alpha,
+        icc_profile=_bytes_or_none(tags.get(TIFF_ICC_PROFILE)),
     )
 
 
@@ -589,7 +657,8 @@ def encode_image(image: ImageData, format: str, quality: int | None = None) -> b
     store 8-bit samples, so 16-bit images are rounded to 8 bits with a logged warning.
     Gray+alpha stays gray+alpha in PNG and 8-bit TIFF, but WebP, BMP and 16-bit TIFF
     store it as RGBA. WebP has no gray mode, so gray images read back from WebP as RGB.
-    BMP keeps alpha as 32-bit BGRA.
+    BMP keeps alpha as 32-bit BGRA. JPEG and PNG keep the image's ICC profile and
+    EXIF block.
 
     Raises UsageError for an unknown format, an invalid quality, alpha in JPEG, and a
     size above the JPEG or WebP maximum; EncodeError when the encoder fails.
@@ -618,16 +687,23 @@ def encode_image(image: ImageData, format: str, quality: int | None = None) -> b
         alpha = None if alpha is None else _to_8bit(alpha)
 
     if format == "png" and pixels.ndim == 2 and alpha is not None:
-        return _encode_png_gray_alpha(pixels, alpha)
-    if format == "tiff" and pixels.dtype == np.uint8 and alpha is not None:
-        return _encode_tiff_alpha_with_pillow(pixels, alpha)
-    if pixels.ndim == 2 and alpha is not None:
-        logger.info("%s stores this gray+alpha image as RGBA", label)
+        data = _encode_png_gray_alpha(pixels, alpha)
+    elif format == "tiff" and pixels.dtype == np.uint8 and alpha is not None:
+        data = _encode_tiff_alpha_with_pillow(pixels, alpha)
+    else:
+        if pixels.ndim == 2 and alpha is not None:
+            logger.info("%s stores this gray+alpha image as RGBA", label)
+        # NOTE: OpenCV 5.1 writes RGBA TIFF, which reaches this line only at 16 bits,
+        # without the ExtraSamples tag, so other readers may not treat the fourth
+        # channel as alpha. read_image reads it back unchanged.
+        data = _encode_with_opencv(format, _to_opencv_layout(pixels, alpha), quality)
 
-    # NOTE: OpenCV 5.1 writes RGBA TIFF, which reaches this line only at 16 bits,
-    # without the ExtraSamples tag, so other readers may not treat the fourth channel
-    # as alpha. read_image reads it back unchanged.
-    return _encode_with_opencv(format, _to_opencv_layout(pixels, alpha), quality)
+    if format == "jpeg":
+        return _insert_jpeg_metadata(data, image.icc_profile, image.exif)
+    if format == "png":
+        return _insert_png_metadata(data, image.icc_profile, image.exif)
+    # NOTE: WebP, TIFF and BMP outputs are written without the ICC profile and EXIF.
+    return data
 
 
 def _to_8bit(samples: np.ndarray) -> np.ndarray:
@@ -695,6 +771,88 @@ def _encode_png_gray_alpha(gray: np.ndarray, alpha: np.ndarray) -> bytes:
         )
     parts.append(_png_chunk(b"IEND", b""))
     return b"".join(parts)
+
+
+def _insert_jpeg_metadata(
+    data: bytes, icc_profile: bytes | None, exif: bytes | None
+) -> bytes:
+    """Insert an APP1 EXIF segment and APP2 ICC_PROFILE segments into a JPEG file.
+
+    The segments follow the SOI marker and the JFIF APP0 segment that OpenCV writes
+    first, because JFIF requires APP0 right after SOI. An EXIF block or an ICC profile
+    too large for JPEG segments is dropped with a debug log.
+    """
+    segments: list[bytes] = []
+    if exif:
+        payload = exif if exif.startswith(EXIF_HEADER) else EXIF_HEADER + exif
+        if len(payload) > JPEG_MAX_SEGMENT_DATA:
+            logger.debug(
+                "dropping the EXIF block: %d bytes is above the JPEG maximum of %d",
+                len(payload),
+                JPEG_MAX_SEGMENT_DATA,
+            )
+        else:
+            segments.append(_jpeg_segment(JPEG_APP1, payload))
+    if icc_profile:
+        segments.extend(_jpeg_icc_segments(icc_profile))
+    if not segments:
+        return data
+    if not data.startswith(JPEG_SOI):
+        raise EncodeError("cannot add metadata: the JPEG encoder output has no SOI")
+
+    insert_at = len(JPEG_SOI)
+    if data[insert_at : insert_at + 2] == bytes([0xFF, JPEG_APP0]):
+        (app0_length,) = struct.unpack(">H", data[insert_at + 2 : insert_at + 4])
+        insert_at += 2 + app0_length
+    return data[:insert_at] + b"".join(segments) + data[insert_at:]
+
+
+def _jpeg_icc_segments(icc_profile: bytes) -> list[bytes]:
+    """Split an ICC profile into APP2 segments with 1-based sequence numbers."""
+    chunks = [
+        icc_profile[start : start + JPEG_ICC_CHUNK_BYTES]
+        for start in range(0, len(icc_profile), JPEG_ICC_CHUNK_BYTES)
+    ]
+    if len(chunks) > JPEG_ICC_MAX_CHUNKS:
+        logger.debug(
+            "dropping the ICC profile: %d bytes needs more than %d JPEG segments",
+            len(icc_profile),
+            JPEG_ICC_MAX_CHUNKS,
+        )
+        return []
+    return [
+        _jpeg_segment(
+            JPEG_APP2, JPEG_ICC_IDENTIFIER + bytes([number, len(chunks)]) + chunk
+        )
+        for number, chunk in enumerate(chunks, start=1)
+    ]
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _insert_png_metadata(
+    data: bytes, icc_profile: bytes | None, exif: bytes | None
+) -> bytes:
+    """Insert iCCP and eXIf chunks right after the IHDR chunk of a PNG file."""
+    chunks: list[bytes] = []
+    if icc_profile:
+        # Compression method 0 (zlib) is the only one that PNG defines.
+        iccp = PNG_ICC_PROFILE_NAME + b"\x00\x00" + zlib.compress(icc_profile)
+        chunks.append(_png_chunk(b"iCCP", iccp))
+    if exif:
+        # The eXIf chunk contains the TIFF-structured data without the APP1 identifier.
+        tiff_data = exif.removeprefix(EXIF_HEADER)
+        chunks.append(_png_chunk(b"eXIf", tiff_data))
+    if not chunks:
+        return data
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise EncodeError("cannot add metadata: the PNG encoder output has no IHDR")
+
+    (ihdr_length,) = struct.unpack(">I", data[8:12])
+    insert_at = len(PNG_SIGNATURE) + 12 + ihdr_length  # length, type, data and CRC
+    return data[:insert_at] + b"".join(chunks) + data[insert_at:]
 
 
 def _png_chunk(chunk_type: bytes, data: bytes) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -30,6 +30,9 @@ from edgefx.cli._common import (
     print_summary,
 )
 from edgefx.cli.train import train_app
+
+if TYPE_CHECKING:
+    from edgefx.classify import ClassifyRow
 
 app = typer.Typer(
     name="edgefx",
@@ -161,6 +164,167 @@ def denoise(
             )
     print_summary(summary)
     raise typer.Exit(summary.exit_code)
+
+
+class ResultFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+class Preset(str, Enum):
+    imagenet = "imagenet"
+    unit = "unit"
+
+
+@app.command()
+def classify(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, directories or glob patterns.",
+            show_default=False,
+            metavar="PATHS",
+        ),
+    ],
+    top_k: Annotated[
+        int,
+        typer.Option(
+            "--top-k", "-k", help="Labels listed per image, best first.", min=1
+        ),
+    ] = 5,
+    result_format: Annotated[
+        ResultFormat,
+        typer.Option(
+            "--format",
+            help="table (on stdout), or csv / jsonl (on stdout or to --out).",
+            case_sensitive=False,
+        ),
+    ] = ResultFormat.table,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the csv or jsonl results to this file instead of stdout.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Images per model call.", min=1),
+    ] = 8,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="Text file with one class label per line, in the model's class "
+            "order. Default: the labels in the model or its JSON sidecar.",
+        ),
+    ] = None,
+    preset: Annotated[
+        Preset | None,
+        typer.Option(
+            help="Preprocessing for a model without metadata: imagenet (224x224 "
+            "crop, ImageNet mean and std) or unit (pixels in [0, 1], stretched to "
+            "the model's fixed input size).",
+            case_sensitive=False,
+        ),
+    ] = None,
+    recursive: RecursiveOption = False,
+    model: ModelOption = None,
+    device: DeviceOption = Device.auto,
+    threads: ThreadsOption = 0,
+    graph_optimization: OptimizationOption = Optimization.all,
+    verbose: VerboseOption = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """Label images with an ONNX classifier and print the top-k labels per file.
+
+    Each image is resized as the model states: stretch resizes the whole image to the
+    model's input size, and crop resizes the shorter side to 256/224 of the input
+    size and takes the center (the ImageNet convention). Alpha is ignored and gray
+    images are repeated into three channels. The preprocessing comes from --preset
+    when given, else from a JSON sidecar (model.onnx -> model.json), else from the
+    model's metadata.
+    """
+    if verbose or quiet:
+        configure_logging(-1 if quiet else verbose)
+    from edgefx.classify import ClassifyOptions, classify_files
+    from edgefx.runtime import RuntimeOptions
+
+    with handle_errors():
+        if out is not None and result_format is ResultFormat.table:
+            from edgefx.errors import UsageError
+
+            raise UsageError("--out needs --format csv or --format jsonl")
+        if out is not None and out.is_dir():
+            from edgefx.errors import UsageError
+
+            raise UsageError(f"--out {out} is a directory; give a file path")
+        runtime = RuntimeOptions(
+            device=device.value,
+            threads=threads,
+            optimization=graph_optimization.value,
+        )
+        options = ClassifyOptions(top_k=top_k, batch_size=batch_size)
+        with ProgressReporter("classify") as reporter:
+            summary, rows = classify_files(
+                paths,
+                recursive=recursive,
+                options=options,
+                runtime=runtime,
+                model=model,
+                labels_path=labels,
+                preset=preset.value if preset else None,
+                reporter=reporter,
+            )
+        _write_classify_rows(rows, result_format, out)
+    print_summary(summary)
+    raise typer.Exit(summary.exit_code)
+
+
+def _write_classify_rows(
+    rows: list[ClassifyRow], result_format: ResultFormat, out: Path | None
+) -> None:
+    if result_format is ResultFormat.table:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="edgefx classify", title_justify="left")
+        for column in ("file", "label", "score", "top_k"):
+            table.add_column(column, justify="right" if column == "score" else "left")
+        for row in rows:
+            top = ", ".join(f"{label} {score:.3f}" for label, score in row.top_k)
+            table.add_row(str(row.file), row.label, f"{row.score:.4f}", top)
+        Console().print(table)
+        return
+
+    import csv
+    import io
+    import json
+
+    buffer = io.StringIO()
+    if result_format is ResultFormat.csv:
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["file", "label", "score", "top_k"])
+        for row in rows:
+            top = ";".join(f"{label}:{score:.6f}" for label, score in row.top_k)
+            writer.writerow([str(row.file), row.label, f"{row.score:.6f}", top])
+    else:
+        for row in rows:
+            record = {
+                "file": str(row.file),
+                "label": row.label,
+                "score": round(row.score, 6),
+                "top_k": [[label, round(score, 6)] for label, score in row.top_k],
+            }
+            buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if out is None:
+        typer.echo(buffer.getvalue(), nl=False)
+        return
+    from edgefx.fsutil import atomic_write_bytes
+
+    atomic_write_bytes(out, buffer.getvalue().encode("utf-8"))
 
 
 @app.command()

@@ -101,3 +101,84 @@ def train_denoise(
         if export is not None:
             export_best(best, export, options)
             typer.echo(f"exported: {export}")
+
+
+@train_app.command("classify")
+def train_classify(
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Training images: a zip or folder laid out as [SPLIT/]CLASS/IMAGE; "
+            "each image's parent folder names its class.",
+            exists=True,
+        ),
+    ],
+    test_data: Annotated[
+        Path | None,
+        typer.Option(help="Test images in the same layout, scored after training."),
+    ] = None,
+    work_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for checkpoints and the log; an existing checkpoint there is "
+            "resumed."
+        ),
+    ] = Path("runs/classify"),
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Write the best checkpoint as ONNX to this path when done."),
+    ] = None,
+    epochs: Annotated[
+        int, typer.Option(help="Passes over the training set.", min=1)
+    ] = 30,
+    batch_size: Annotated[int, typer.Option(help="Images per step.", min=2)] = 128,
+    size: Annotated[
+        int, typer.Option(help="Input side in pixels; images are resized to it.", min=8)
+    ] = 32,
+    width: Annotated[
+        int, typer.Option(help="Channels of the first stage (ResNet-20: 16).", min=4)
+    ] = 16,
+    blocks: Annotated[
+        int, typer.Option(help="Residual blocks per stage (ResNet-20: 3).", min=1)
+    ] = 3,
+    learning_rate: Annotated[float, typer.Option(help="Peak SGD learning rate.")] = 0.1,
+    threads: Annotated[
+        int, typer.Option(help="PyTorch CPU threads; 0 keeps its default.", min=0)
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the image classifier (a CIFAR-style ResNet) on labelled images."""
+    with handle_errors():
+        _require_torch()
+        from edgefx.errors import UsageError
+        from edgefx.train.classify import (
+            ClassifyTrainOptions,
+            evaluate_checkpoint,
+            export_best,
+            train,
+        )
+
+        options = ClassifyTrainOptions(
+            data=data,
+            work_dir=work_dir,
+            test_data=test_data,
+            epochs=epochs,
+            batch_size=batch_size,
+            size=size,
+            width=width,
+            blocks=blocks,
+            learning_rate=learning_rate,
+            threads=threads,
+            seed=seed,
+        )
+        try:
+            best = train(options)
+            typer.echo(f"best checkpoint: {best}")
+            if test_data is not None:
+                accuracy = evaluate_checkpoint(best, test_data)
+                typer.echo(f"test accuracy: {accuracy:.2f} %")
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        if export is not None:
+            export_best(best, export, data_description=data.name)
+            typer.echo(f"exported: {export}")

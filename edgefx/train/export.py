@@ -125,3 +125,60 @@ def denoiser_metadata(
         "macs_per_pixel": str(model.macs_per_pixel()),
         "training": json.dumps(training, sort_keys=True),
     }
+
+
+# Largest absolute difference accepted between torch and ONNX Runtime logits.
+CLASSIFY_PARITY_TOLERANCE = 1e-4
+
+
+def export_classifier(
+    model: torch.nn.Module, out_path: Path, metadata: dict[str, str], size: int
+) -> float:
+    """Write a classifier as ONNX with ``metadata`` and return the max parity error.
+
+    Raises RuntimeError when ONNX Runtime's logits differ from torch's by more than
+    CLASSIFY_PARITY_TOLERANCE on random inputs.
+    """
+    import onnxruntime
+
+    model = model.eval()
+    example = torch.randn(1, 3, size, size)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out_path.with_suffix(".tmp.onnx")
+    torch.onnx.export(
+        model,
+        (example,),
+        str(temporary),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,  # see export_denoiser
+    )
+    proto = onnx.load(str(temporary))
+    proto.ir_version = IR_VERSION
+    del proto.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        entry = proto.metadata_props.add()
+        entry.key = key
+        entry.value = value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(temporary))
+
+    images = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(images).numpy()
+    session = onnxruntime.InferenceSession(
+        str(temporary), providers=["CPUExecutionProvider"]
+    )
+    (actual,) = session.run(None, {"image": images.numpy()})
+    error = float(np.max(np.abs(actual - expected)))
+    if error > CLASSIFY_PARITY_TOLERANCE:
+        temporary.unlink()
+        raise RuntimeError(
+            f"ONNX export differs from torch by {error:.2e}, above the tolerance "
+            f"{CLASSIFY_PARITY_TOLERANCE:.2e}"
+        )
+    temporary.replace(out_path)
+    logger.info("exported %s (max logit difference to torch %.2e)", out_path, error)
+    return error

@@ -70,3 +70,58 @@ class DenoiseNet(nn.Module):
             + self.features * packed
         )
         return per_half_pixel // 4
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch normalization and a skip connection."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for small images (He et al. 2016, section 4.2): 6n+2 layers.
+
+    ``width`` 16 and ``blocks`` 3 give ResNet-20 with 0.27 M parameters.
+    """
+
+    def __init__(self, classes: int = 10, width: int = 16, blocks: int = 3) -> None:
+        super().__init__()
+        self.classes = classes
+        self.width = width
+        self.blocks = blocks
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        stages: list[nn.Module] = []
+        in_channels = width
+        for stage, channels in enumerate((width, 2 * width, 4 * width)):
+            for index in range(blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                stages.append(BasicBlock(in_channels, channels, stride))
+                in_channels = channels
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(in_channels, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # image: (N, 3, H, W) float32, normalized with the model's mean and std.
+        features = self.stages(self.stem(image))
+        return self.head(features.mean(dim=(2, 3)))  # (N, classes) logits

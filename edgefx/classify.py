@@ -1,0 +1,558 @@
+"""Image classification with an ONNX model: preprocessing, batching and top-k labels.
+
+A classifier takes one input (N, 3, H, W) float32, RGB, NCHW, scaled to [0, 1] and then
+normalized per channel as (x - mean) / std, and returns (N, K) logits. The
+preprocessing comes from the model's ``metadata_props``, from a JSON sidecar next to
+the model file (``model.onnx`` -> ``model.json``) or from a named preset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefx.batch import (
+    BatchItem,
+    BatchSummary,
+    Reporter,
+    collect_inputs,
+    run_batch,
+)
+from edgefx.errors import ModelError, UsageError
+from edgefx.registry import ModelInfo, resolve_model, shipped_models
+from edgefx.runtime import RuntimeOptions, create_session
+
+logger = logging.getLogger(__name__)
+
+RESIZE_POLICIES = ("stretch", "crop")
+COLOR_ORDERS = ("RGB", "BGR")
+PRESETS = ("imagenet", "unit")
+# The ImageNet convention resizes the shorter side to 256 pixels for a 224-pixel crop.
+CROP_RATIO = 256 / 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_INPUT_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """Result and batching settings: labels kept per image and images per model call."""
+
+    top_k: int = 5
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise UsageError(f"invalid top-k {self.top_k}; use 1 or more")
+        if self.batch_size < 1:
+            raise UsageError(f"invalid batch size {self.batch_size}; use 1 or more")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize, crop and normalization that turn an image into the model's input."""
+
+    size: tuple[int, int]  # model input (height, width) in pixels
+    mean: tuple[float, float, float]  # per channel on the 0-1 scale
+    std: tuple[float, float, float]
+    resize: str  # a value of RESIZE_POLICIES
+    color_order: str = "RGB"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_POLICIES:
+            raise ModelError(
+                f"invalid resize policy {self.resize!r}; expected one of "
+                f"{', '.join(RESIZE_POLICIES)}"
+            )
+        if self.color_order not in COLOR_ORDERS:
+            raise ModelError(
+                f"invalid color order {self.color_order!r}; expected one of "
+                f"{', '.join(COLOR_ORDERS)}"
+            )
+        if not all(1 <= side <= MAX_INPUT_SIDE for side in self.size):
+            raise ModelError(
+                f"invalid input size {list(self.size)}; expected [H, W] from 1 to "
+                f"{MAX_INPUT_SIDE}"
+            )
+        if any(value <= 0 for value in self.std):
+            raise ModelError(f"invalid std {list(self.std)}; every value must be > 0")
+
+
+@dataclass(frozen=True)
+class InputSignature:
+    """Name, shape and batch size of a classifier's image input."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    fixed_batch: int | None  # None when the batch dimension is dynamic
+    num_classes: int | None  # K of the (N, K) output, or None when it is dynamic
+
+
+@dataclass(frozen=True)
+class ClassifyRow:
+    """Classification of one file: best label, its probability and the top k."""
+
+    file: Path
+    label: str
+    score: float
+    top_k: list[tuple[str, float]]
+
+
+def _describe_input(node: Any) -> str:
+    return f"input {node.name!r} of shape {list(node.shape)} and type {node.type}"
+
+
+def read_signature(
+    info: ModelInfo, inputs: list[Any], outputs: list[Any]
+) -> InputSignature:
+    """Check that the graph's input and output fit a classifier and describe them."""
+    expected = "expected one float input (N, 3, H, W) and an (N, K) logits output"
+    if len(inputs) != 1:
+        described = "; ".join(_describe_input(node) for node in inputs)
+        raise ModelError(
+            f"{info.path}: the model has {len(inputs)} inputs ({described}); {expected}"
+        )
+    image = inputs[0]
+    shape = tuple(image.shape)
+    problem = None
+    if len(shape) != 4:
+        problem = f"{len(shape)}-D"
+    elif isinstance(shape[1], int) and shape[1] != 3:
+        problem = f"{shape[1]} channels"
+    elif image.type != "tensor(float)":
+        problem = f"of type {image.type}"
+    if problem is not None:
+        raise ModelError(
+            f"{info.path}: the model's {_describe_input(image)} is {problem}; "
+            f"{expected}"
+        )
+    if not outputs or len(outputs[0].shape) != 2:
+        shapes = ", ".join(f"{node.name}{list(node.shape)}" for node in outputs)
+        raise ModelError(f"{info.path}: outputs {shapes or 'none'}; {expected}")
+
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    classes = outputs[0].shape[1]
+    return InputSignature(
+        name=image.name,
+        shape=shape,
+        fixed_batch=batch,
+        num_classes=classes if isinstance(classes, int) and classes > 0 else None,
+    )
+
+
+def sidecar_path(model_path: Path) -> Path:
+    """Return the JSON sidecar path of a model: ``model.onnx`` -> ``model.json``."""
+    return model_path.with_suffix(".json")
+
+
+def read_sidecar(model_path: Path) -> dict[str, Any] | None:
+    """Read the model's JSON sidecar, or return None when it has none."""
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelError(f"{path}: invalid JSON sidecar: {err}") from err
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: invalid JSON sidecar; expected a JSON object")
+    logger.debug("using the preprocessing sidecar %s", path)
+    return data
+
+
+def _json_value(source: str, key: str, value: Any) -> Any:
+    """Decode a metadata value, which ONNX stores as a JSON string."""
+    if not isinstance(value, str):
+        return value  # sidecars store plain JSON values
+    try:
+        return json.loads(value)
+    except ValueError as err:
+        raise ModelError(f"{source}: invalid {key} {value!r}: not JSON") from err
+
+
+def _float_triple(source: str, key: str, value: Any) -> tuple[float, float, float]:
+    decoded = _json_value(source, key, value)
+    if (
+        not isinstance(decoded, list)
+        or len(decoded) != 3
+        or not all(isinstance(v, int | float) for v in decoded)
+    ):
+        raise ModelError(
+            f"{source}: invalid {key} {value!r}; expected a JSON list of 3 numbers "
+            "on the 0-1 scale"
+        )
+    return (float(decoded[0]), float(decoded[1]), float(decoded[2]))
+
+
+def preprocess_from_mapping(source: str, values: dict[str, Any]) -> Preprocess:
+    """Build a Preprocess from metadata or sidecar keys (input_size, mean, std, resize).
+
+    ``mean`` and ``std`` default to no normalization, ``resize`` to stretch and
+    ``color_order`` to RGB. Raises ModelError for a missing input_size or an invalid
+    value, naming ``source``.
+    """
+    if "input_size" not in values:
+        raise ModelError(f"{source}: input_size is missing; expected [H, W]")
+    size = _json_value(source, "input_size", values["input_size"])
+    if (
+        not isinstance(size, list)
+        or len(size) != 2
+        or not all(isinstance(side, int) for side in size)
+    ):
+        raise ModelError(
+            f"{source}: invalid input_size {values['input_size']!r}; expected [H, W]"
+        )
+    mean = _float_triple(source, "mean", values.get("mean", "[0, 0, 0]"))
+    std = _float_triple(source, "std", values.get("std", "[1, 1, 1]"))
+    layout = values.get("input_layout", "NCHW")
+    if layout != "NCHW":
+        raise ModelError(f"{source}: unsupported input_layout {layout!r}; use NCHW")
+    try:
+        return Preprocess(
+            size=(size[0], size[1]),
+            mean=mean,
+            std=std,
+            resize=str(values.get("resize", "stretch")),
+            color_order=str(values.get("color_order", "RGB")),
+        )
+    except ModelError as err:
+        raise ModelError(f"{source}: {err}") from err
+
+
+def preprocess_from_preset(
+    preset: str, signature: InputSignature, source: str
+) -> Preprocess:
+    """Build the Preprocess of a named preset: imagenet, or unit ([0, 1] input).
+
+    ``unit`` takes its size from the model's fixed input height and width, so a model
+    with a dynamic height or width needs metadata or a sidecar instead.
+    """
+    if preset == "imagenet":
+        return Preprocess((224, 224), IMAGENET_MEAN, IMAGENET_STD, "crop")
+    if preset == "unit":
+        height, width = signature.shape[2], signature.shape[3]
+        if not isinstance(height, int) or not isinstance(width, int):
+            raise ModelError(
+                f"{source}: --preset unit takes the size from the model's input, but "
+                f"input {signature.name!r} has a dynamic height or width "
+                f"{list(signature.shape)}; give input_size in a JSON sidecar"
+            )
+        return Preprocess((height, width), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "stretch")
+    raise UsageError(f"invalid preset {preset!r}; choose one of {', '.join(PRESETS)}")
+
+
+def read_labels_file(path: Path) -> list[str]:
+    """Read class labels, one per line, skipping blank lines."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise UsageError(f"--labels {path}: file not found") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--labels {path}: cannot read the file: {err}") from err
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise UsageError(f"--labels {path}: the file has no labels")
+    return labels
+
+
+def _labels_from_value(source: str, value: Any) -> list[str]:
+    decoded = _json_value(source, "labels", value)
+    if not isinstance(decoded, list) or not all(isinstance(v, str) for v in decoded):
+        raise ModelError(f"{source}: invalid labels; expected a JSON list of strings")
+    return list(decoded)
+
+
+def _check_size_fits(
+    info: ModelInfo, signature: InputSignature, size: tuple[int, int]
+) -> None:
+    for axis, side in zip((2, 3), size, strict=True):
+        declared = signature.shape[axis]
+        if isinstance(declared, int) and declared > 0 and declared != side:
+            raise ModelError(
+                f"{info.path}: the preprocessing size {list(size)} does not fit the "
+                f"model's input {signature.name!r} of shape {list(signature.shape)}"
+            )
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Return row-wise softmax probabilities of (N, K) logits, in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def _as_rgb_float(pixels: np.ndarray) -> np.ndarray:
+    """Convert an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image to float32 RGB."""
+    from edgefx.imageio import to_float
+
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = pixels[:, :, :3]  # alpha does not take part in classification
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise UsageError(
+            "expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, "
+            f"got shape {pixels.shape}"
+        )
+    if pixels.shape[0] < 1 or pixels.shape[1] < 1:
+        raise UsageError(f"the image is empty: shape {pixels.shape}")
+    if pixels.dtype == np.float32:
+        values = pixels
+    elif pixels.dtype in (np.uint8, np.uint16):
+        values = to_float(pixels)
+    else:
+        raise UsageError(f"unsupported pixel dtype {pixels.dtype}")
+    if values.ndim == 2:
+        values = np.repeat(values[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    import cv2
+
+    if (values.shape[0], values.shape[1]) == (height, width):
+        return values
+    shrinking = height <= values.shape[0] and width <= values.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized: np.ndarray = cv2.resize(
+        values, (width, height), interpolation=interpolation
+    )
+    return resized
+
+
+def prepare_image(pixels: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """Turn one image into a (3, H, W) float32 model input.
+
+    ``stretch`` resizes the whole image to the input size. ``crop`` resizes the shorter
+    side to round(side * 256 / 224), where side is the larger of the input height and
+    width, and then takes the center H x W, as ImageNet evaluation does. Shrinking uses
+    cv2.INTER_AREA and enlarging cv2.INTER_LINEAR.
+    """
+    values = _as_rgb_float(pixels)
+    height, width = preprocess.size
+    if preprocess.resize == "stretch":
+        values = _resize(values, height, width)
+    else:
+        short_side = round(max(height, width) * CROP_RATIO)
+        source_height, source_width = values.shape[:2]
+        scale = short_side / min(source_height, source_width)
+        scaled_height = max(height, round(source_height * scale))
+        scaled_width = max(width, round(source_width * scale))
+        values = _resize(values, scaled_height, scaled_width)
+        top = int(round((scaled_height - height) / 2))
+        left = int(round((scaled_width - width) / 2))
+        values = values[top : top + height, left : left + width]
+    if preprocess.color_order == "BGR":
+        values = values[:, :, ::-1]
+    mean = np.asarray(preprocess.mean, np.float32)
+    std = np.asarray(preprocess.std, np.float32)
+    normalized = (values - mean) / std
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1), dtype=np.float32)
+
+
+class Classifier:
+    """An ONNX classifier session with its preprocessing and labels."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        runtime: RuntimeOptions | None = None,
+        labels_path: Path | None = None,
+        preset: str | None = None,
+    ) -> None:
+        if preset is not None and preset not in PRESETS:
+            raise UsageError(
+                f"invalid preset {preset!r}; choose one of {', '.join(PRESETS)}"
+            )
+        if model is None and not shipped_models("classify"):
+            raise ModelError(
+                "no classify model is shipped with this edgefx build; give --model PATH"
+            )
+        file_labels = read_labels_file(labels_path) if labels_path else None
+        self.info = resolve_model(model, "classify")
+        self.session = create_session(self.info.path, runtime or RuntimeOptions())
+        self.signature = read_signature(
+            self.info, self.session.get_inputs(), self.session.get_outputs()
+        )
+        sidecar = None if self.info.shipped else read_sidecar(self.info.path)
+        self.preprocess = self._choose_preprocess(preset, sidecar)
+        _check_size_fits(self.info, self.signature, self.preprocess.size)
+        self.labels = self._choose_labels(file_labels, sidecar)
+        logger.debug(
+            "preprocessing %s, %d labels", self.preprocess, len(self.labels or [])
+        )
+
+    def _choose_preprocess(
+        self, preset: str | None, sidecar: dict[str, Any] | None
+    ) -> Preprocess:
+        if preset is not None:
+            return preprocess_from_preset(preset, self.signature, str(self.info.path))
+        if sidecar is not None:
+            source = str(sidecar_path(self.info.path))
+            return preprocess_from_mapping(source, sidecar)
+        if "input_size" in self.info.metadata:
+            metadata: dict[str, Any] = dict(self.info.metadata)
+            return preprocess_from_mapping(f"{self.info.path} metadata", metadata)
+        raise ModelError(
+            f"{self.info.path}: the model states no preprocessing (no input_size in "
+            f"its metadata and no {sidecar_path(self.info.path).name} next to it); "
+            "give --preset imagenet or --preset unit"
+        )
+
+    def _choose_labels(
+        self, file_labels: list[str] | None, sidecar: dict[str, Any] | None
+    ) -> list[str] | None:
+        labels = file_labels
+        if labels is None and sidecar is not None and "labels" in sidecar:
+            source = str(sidecar_path(self.info.path))
+            labels = _labels_from_value(source, sidecar["labels"])
+        if labels is None and "labels" in self.info.metadata:
+            source = f"{self.info.path} metadata"
+            labels = _labels_from_value(source, self.info.metadata["labels"])
+        classes = self.signature.num_classes
+        if labels is not None and classes is not None and len(labels) != classes:
+            raise ModelError(
+                f"{self.info.path}: the model has {classes} classes but "
+                f"{len(labels)} labels were given"
+            )
+        if labels is None:
+            logger.warning(
+                "%s: no labels in the model, a sidecar or --labels; classes are "
+                "named by their index",
+                self.info.path,
+            )
+        return labels
+
+    def _label(self, index: int) -> str:
+        if self.labels is None:
+            return str(index)
+        return self.labels[index]
+
+    def run_prepared(self, batch: np.ndarray) -> np.ndarray:
+        """Run (N, 3, H, W) model inputs and return (N, K) probabilities.
+
+        A model with a fixed batch size gets chunks of exactly that size. The last
+        chunk is padded with zeros, and the outputs of the padding are dropped.
+        """
+        step = self.signature.fixed_batch or len(batch)
+        results = []
+        for start in range(0, len(batch), step):
+            chunk = batch[start : start + step]
+            count = len(chunk)
+            if count < step:
+                padding = np.zeros((step - count, *chunk.shape[1:]), np.float32)
+                chunk = np.concatenate([chunk, padding])
+            try:
+                (logits,) = self.session.run(None, {self.signature.name: chunk})[:1]
+            except Exception as err:  # onnxruntime raises its own Fail/InvalidArgument
+                message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise ModelError(
+                    f"{self.info.path}: the model failed on an input of shape "
+                    f"{list(chunk.shape)}: {message or repr(err)}"
+                ) from err
+            logits = np.asarray(logits)
+            if logits.ndim != 2 or logits.shape[0] != len(chunk):
+                raise ModelError(
+                    f"{self.info.path}: output shape {list(logits.shape)} for an input "
+                    f"batch of {len(chunk)}; expected ({len(chunk)}, K) logits"
+                )
+            if self.labels is not None and logits.shape[1] != len(self.labels):
+                raise ModelError(
+                    f"{self.info.path}: the model returned {logits.shape[1]} classes "
+                    f"but {len(self.labels)} labels were given"
+                )
+            results.append(softmax(logits)[:count])
+        return np.concatenate(results)
+
+    def top_labels(
+        self, probabilities: np.ndarray, top_k: int
+    ) -> list[list[tuple[str, float]]]:
+        """Return the ``top_k`` (label, probability) pairs of each row, best first."""
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        return [
+            [(self._label(int(i)), float(row[i])) for i in indices]
+            for row, indices in zip(probabilities, order, strict=True)
+        ]
+
+    def classify(
+        self, images: list[np.ndarray], options: ClassifyOptions | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Classify images and return each one's top-k (label, probability) pairs.
+
+        ``images``: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA (alpha is ignored),
+        uint8, uint16 or float32 in [0, 1]. Up to ``options.batch_size`` images go into
+        one ONNX Runtime call.
+        """
+        options = options or ClassifyOptions()
+        results: list[list[tuple[str, float]]] = []
+        for start in range(0, len(images), options.batch_size):
+            chunk = images[start : start + options.batch_size]
+            batch = np.stack([prepare_image(image, self.preprocess) for image in chunk])
+            results.extend(self.top_labels(self.run_prepared(batch), options.top_k))
+        return results
+
+
+def classify_files(
+    paths: Sequence[str],
+    recursive: bool = False,
+    options: ClassifyOptions | None = None,
+    runtime: RuntimeOptions | None = None,
+    model: str | None = None,
+    labels_path: Path | None = None,
+    preset: str | None = None,
+    reporter: Reporter | None = None,
+) -> tuple[BatchSummary, list[ClassifyRow]]:
+    """Classify image files and return the per-file results and one row per good file.
+
+    A file that cannot be read is one failed result and the batch goes on; a ModelError
+    or DeviceError stops it. Rows follow the order of the inputs.
+    """
+    from edgefx import imageio
+
+    options = options or ClassifyOptions()
+    reporter = reporter or Reporter()
+    inputs, missing = collect_inputs(paths, imageio.FORMATS, recursive=recursive)
+    if not inputs:
+        reasons = "; ".join(m.error or "" for m in missing)
+        raise UsageError(reasons or f"no image files found in {', '.join(paths)}")
+
+    classifier = Classifier(model, runtime, labels_path=labels_path, preset=preset)
+    prepared: dict[Path, np.ndarray] = {}
+    rows: dict[Path, ClassifyRow] = {}
+
+    def flush() -> None:
+        sources = list(prepared)
+        probabilities = classifier.run_prepared(np.stack(list(prepared.values())))
+        prepared.clear()
+        tops = classifier.top_labels(probabilities, options.top_k)
+        for source, top in zip(sources, tops, strict=True):
+            rows[source] = ClassifyRow(source, top[0][0], top[0][1], top)
+
+    def process(item: BatchItem) -> float:
+        # Files are read one by one, so that a bad file fails alone; the model runs
+        # once per batch_size prepared images. NOTE: the time of each model call is
+        # counted in the file that filled the batch, so per-file rates are uneven.
+        image = imageio.read_image(item.source)
+        prepared[item.source] = prepare_image(image.pixels, classifier.preprocess)
+        if len(prepared) >= options.batch_size:
+            flush()
+        return image.height * image.width / 1e6
+
+    # The output of an item is its source, because classification writes no file;
+    # overwrite=True keeps run_batch from skipping it as an existing output.
+    items = [BatchItem(entry.path, entry.path) for entry in inputs]
+    reporter.start(len(items) + len(missing))
+    for failure in missing:
+        reporter.result(failure)
+    summary = run_batch(items, process, overwrite=True, reporter=reporter)
+    if prepared:
+        flush()
+    summary.results[:0] = missing
+    ordered = [rows[entry.path] for entry in inputs if entry.path in rows]
+    return summary, ordered

@@ -1,0 +1,355 @@
+"""Training recipe for the image classifier: CIFAR-style ResNet, resumable.
+
+Run through ``edgefx train classify``. The data is a zip file or a folder laid out as
+``[SPLIT/]CLASS/IMAGE``: the class is the name of each image's parent folder, so the
+CIFAR-10 zips and a user's own folder of labelled images both work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from edgefx.train.nets import CifarResNet
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class ClassifyTrainOptions:
+    data: Path
+    work_dir: Path
+    test_data: Path | None = None
+    epochs: int = 30
+    batch_size: int = 128
+    size: int = 32
+    width: int = 16
+    blocks: int = 3
+    learning_rate: float = 0.1
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    validation_fraction: float = 0.1
+    checkpoint_every: int = 100
+    seed: int = 0
+    threads: int = 0
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # (N, size, size, 3) uint8, RGB
+    labels: np.ndarray  # (N,) int64
+    classes: list[str]
+
+
+def _decode(data: bytes, size: int) -> np.ndarray | None:
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if pixels is None:
+        return None
+    if pixels.shape[:2] != (size, size):
+        shrink = min(pixels.shape[:2]) > size
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        pixels = cv2.resize(pixels, (size, size), interpolation=interpolation)
+    return np.ascontiguousarray(pixels[:, :, ::-1])
+
+
+def load_image_set(
+    source: Path, size: int, classes: list[str] | None = None
+) -> ImageSet:
+    """Read labelled images from a zip or a folder into memory.
+
+    ``classes`` fixes the label order (for a test set that must match the training set);
+    by default it is the sorted set of class folder names.
+    """
+    entries: list[tuple[str, bytes]] = []
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as archive:
+            for info in archive.infolist():
+                path = Path(info.filename)
+                if not info.is_dir() and path.suffix.lower() in IMAGE_SUFFIXES:
+                    entries.append((path.parent.name, archive.read(info)))
+    elif source.is_dir():
+        for path in sorted(source.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                entries.append((path.parent.name, path.read_bytes()))
+    else:
+        raise ValueError(f"{source}: not a zip file or a folder")
+    if not entries:
+        raise ValueError(f"{source}: no images found in CLASS/IMAGE layout")
+
+    names = classes or sorted({label for label, _ in entries})
+    index = {name: i for i, name in enumerate(names)}
+    images, labels = [], []
+    skipped = 0
+    for label, data in entries:
+        pixels = _decode(data, size)
+        if pixels is None or label not in index:
+            skipped += 1
+            continue
+        images.append(pixels)
+        labels.append(index[label])
+    if skipped:
+        logger.warning(
+            "%s: skipped %d unreadable or unknown-class images", source, skipped
+        )
+    if len(names) < 2:
+        raise ValueError(f"{source}: found {len(names)} class; at least 2 are needed")
+    return ImageSet(np.stack(images), np.asarray(labels, np.int64), names)
+
+
+def split_validation(
+    data: ImageSet, fraction: float, seed: int
+) -> tuple[ImageSet, ImageSet]:
+    """Hold out ``fraction`` of each class for validation, deterministically."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(data.labels), bool)
+    for label in range(len(data.classes)):
+        members = np.flatnonzero(data.labels == label)
+        count = max(1, int(round(len(members) * fraction))) if len(members) > 1 else 0
+        held[rng.choice(members, count, replace=False)] = True
+    train = ImageSet(data.images[~held], data.labels[~held], data.classes)
+    validation = ImageSet(data.images[held], data.labels[held], data.classes)
+    return train, validation
+
+
+def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Return per-channel mean and standard deviation on the 0-1 scale."""
+    sample = images[:: max(1, len(images) // 10000)].astype(np.float64) / 255
+    mean = sample.mean(axis=(0, 1, 2))
+    std = sample.std(axis=(0, 1, 2))
+    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
+
+
+def to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    # images: (N, H, W, 3) uint8 -> (N, 3, H, W) float32, normalized.
+    array = images.astype(np.float32) / 255
+    array = (array - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(array.transpose(0, 3, 1, 2).copy())
+
+
+def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random crop after 4 pixels of reflection padding, and horizontal flips."""
+    count, height, width, _ = images.shape
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+    ys = rng.integers(0, 9, size=(count,))
+    xs = rng.integers(0, 9, size=(count,))
+    out = np.empty_like(images)
+    for i in range(count):
+        y, x = int(ys[i]), int(xs[i])
+        crop = padded[i, y : y + height, x : x + width]
+        out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
+    return out
+
+
+def learning_rate_at(step: int, total: int, peak: float) -> float:
+    """Linear warm-up over the first 15 % of steps, then linear decay to zero."""
+    warmup = max(1, int(total * 0.15))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def evaluate(
+    model: nn.Module, data: ImageSet, mean: list[float], std: list[float]
+) -> float:
+    """Return top-1 accuracy in percent."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(data.labels), 500):
+            batch = to_tensor(data.images[start : start + 500], mean, std)
+            predicted = model(batch.contiguous(memory_format=torch.channels_last))
+            labels = torch.from_numpy(data.labels[start : start + 500])
+            correct += int((predicted.argmax(dim=1) == labels).sum())
+    model.train()
+    return 100.0 * correct / max(1, len(data.labels))
+
+
+def train(options: ClassifyTrainOptions) -> Path:
+    """Train (or resume) a classifier and return the path of its best checkpoint."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    data = load_image_set(options.data, options.size)
+    train_set, validation_set = split_validation(
+        data, options.validation_fraction, options.seed
+    )
+    mean, std = channel_statistics(train_set.images)
+    logger.info(
+        "%d training and %d validation images, %d classes",
+        len(train_set.labels),
+        len(validation_set.labels),
+        len(data.classes),
+    )
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = options.work_dir / "checkpoint.pt"
+    log_path = options.work_dir / "log.jsonl"
+
+    model = CifarResNet(len(data.classes), options.width, options.blocks)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD(
+        [
+            {"params": decay, "weight_decay": options.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=options.learning_rate,
+        momentum=0.9,
+        nesterov=True,
+    )
+    steps_per_epoch = math.ceil(len(train_set.labels) / options.batch_size)
+    total_steps = options.epochs * steps_per_epoch
+    step = 0
+    best_accuracy = -1.0
+    config = {
+        "classes": data.classes,
+        "width": options.width,
+        "blocks": options.blocks,
+        "size": options.size,
+        "mean": mean,
+        "std": std,
+    }
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if state.get("config") != config:
+            raise ValueError(
+                f"{checkpoint_path} was trained with other data or network options; "
+                "use another --work-dir or the same options"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        best_accuracy = float(state["best_accuracy"])
+        logger.info("resumed from %s at step %d", checkpoint_path, step)
+    (options.work_dir / "options.json").write_text(
+        json.dumps(asdict(options), default=str, indent=2)
+    )
+
+    def save(path: Path) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "best_accuracy": best_accuracy,
+            "config": config,
+        }
+        temporary = path.with_suffix(".tmp")
+        torch.save(state, temporary)
+        temporary.replace(path)
+
+    loss_function = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
+    started = time.monotonic()
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        # Each epoch has its own fixed order, so a resumed run continues the same one.
+        order = np.random.default_rng(options.seed * 1000 + epoch).permutation(
+            len(train_set.labels)
+        )
+        rng = np.random.default_rng(options.seed * 7919 + step)
+        running_loss = 0.0
+        steps_in_epoch = 0
+        for position in range(step % steps_per_epoch, steps_per_epoch):
+            indices = order[
+                position * options.batch_size : (position + 1) * options.batch_size
+            ]
+            images = augment(train_set.images[indices], rng)
+            batch = to_tensor(images, mean, std).contiguous(
+                memory_format=torch.channels_last
+            )
+            labels = torch.from_numpy(train_set.labels[indices])
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(step, total_steps, options.learning_rate)
+            loss = loss_function(model(batch), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            running_loss += loss.item()
+            steps_in_epoch += 1
+            if step % options.checkpoint_every == 0:
+                save(checkpoint_path)
+
+        accuracy = evaluate(model, validation_set, mean, std)
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            "loss": running_loss / max(1, steps_in_epoch),
+            "validation_accuracy": round(accuracy, 2),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        with log_path.open("a") as log:
+            log.write(json.dumps(record) + "\n")
+        logger.info("epoch %d: %s", epoch + 1, record)
+        if accuracy > best_accuracy:
+            best_accuracy = accuracy
+            save(options.work_dir / "best.pt")
+        save(checkpoint_path)
+    return options.work_dir / "best.pt"
+
+
+def load_classifier_checkpoint(path: Path) -> tuple[CifarResNet, dict]:
+    """Build the network from a checkpoint (loaded without pickle code)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config = state["config"]
+    model = CifarResNet(len(config["classes"]), config["width"], config["blocks"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def export_best(
+    checkpoint: Path,
+    out_path: Path,
+    name: str | None = None,
+    data_description: str | None = None,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """Export a classifier checkpoint to ONNX with its labels and preprocessing."""
+    from edgefx.train.export import export_classifier
+
+    model, state = load_classifier_checkpoint(checkpoint)
+    config = state["config"]
+    parameters = sum(p.numel() for p in model.parameters())
+    metadata = {
+        "task": "classify",
+        "name": name or out_path.stem,
+        "version": "1",
+        "labels": json.dumps(config["classes"]),
+        "input_size": json.dumps([config["size"], config["size"]]),
+        "input_layout": "NCHW",
+        "color_order": "RGB",
+        "mean": json.dumps(config["mean"]),
+        "std": json.dumps(config["std"]),
+        "resize": "stretch",
+        "parameters": str(parameters),
+        "training": json.dumps(
+            {
+                "data": data_description or "user data",
+                "steps": int(state["step"]),
+                "validation_accuracy": round(float(state["best_accuracy"]), 2),
+            },
+            sort_keys=True,
+        ),
+    }
+    metadata.update(extra_metadata or {})
+    export_classifier(model, out_path, metadata, config["size"])
+    return out_path
+
+
+def evaluate_checkpoint(checkpoint: Path, test_data: Path) -> float:
+    """Return the top-1 accuracy in percent of a checkpoint on a labelled test set."""
+    model, state = load_classifier_checkpoint(checkpoint)
+    config = state["config"]
+    data = load_image_set(test_data, config["size"], classes=config["classes"])
+    return evaluate(model, data, config["mean"], config["std"])

@@ -1,0 +1,131 @@
+"""Tests for the classifier training recipe: a tiny run on a folder of labelled images,
+export with the parity check, resume, and the exported model through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cli_helpers import run_edgefx  # noqa: E402
+
+from edgefx.registry import read_metadata  # noqa: E402
+from edgefx.train.classify import load_image_set, split_validation  # noqa: E402
+
+COLORS = {"red": (0, 0, 255), "blue": (255, 0, 0)}  # BGR, as cv2 writes
+
+
+def write_color_set(folder: Path, per_class: int = 12, size: int = 16) -> Path:
+    rng = np.random.default_rng(0)
+    for name, bgr in COLORS.items():
+        (folder / name).mkdir(parents=True)
+        for index in range(per_class):
+            noise = rng.normal(0, 20, (size, size, 3))
+            pixels = np.clip(np.asarray(bgr, float) * 0.8 + 25 + noise, 0, 255)
+            cv2.imwrite(
+                str(folder / name / f"{index:02d}.png"), pixels.astype(np.uint8)
+            )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
+    root = tmp_path_factory.mktemp("classify")
+    data = write_color_set(root / "data")
+    work = root / "work"
+    result = run_edgefx(
+        "train", "classify",
+        "--data", data, "--test-data", data, "--work-dir", work,
+        "--epochs", "8", "--batch-size", "8", "--size", "16",
+        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--export", work / "tiny.onnx",
+    )  # fmt: skip
+    return data, work, result
+
+
+def test_train_classify_exits_zero(trained) -> None:
+    _, _, result = trained
+
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy:" in result.stdout
+
+
+def test_train_classify_writes_files(trained) -> None:
+    _, work, _ = trained
+
+    assert (work / "checkpoint.pt").is_file()
+    assert (work / "best.pt").is_file()
+    assert (work / "tiny.onnx").is_file()
+    assert len((work / "log.jsonl").read_text().splitlines()) == 8
+
+
+def test_export_metadata_has_preprocessing(trained) -> None:
+    _, work, _ = trained
+
+    metadata = read_metadata(work / "tiny.onnx")
+
+    assert metadata["task"] == "classify"
+    assert json.loads(metadata["labels"]) == ["blue", "red"]
+    assert json.loads(metadata["input_size"]) == [16, 16]
+    assert len(json.loads(metadata["mean"])) == 3
+    assert len(json.loads(metadata["std"])) == 3
+    assert metadata["resize"] == "stretch"
+
+
+def test_exported_model_classifies(trained, tmp_path: Path) -> None:
+    data, work, _ = trained
+
+    result = run_edgefx(
+        "classify", data / "red" / "00.png", "--model", work / "tiny.onnx",
+        "--format", "jsonl",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout.splitlines()[0])
+    assert row["label"] in ("red", "blue")
+
+
+def test_train_classify_resumes(trained, tmp_path: Path) -> None:
+    import shutil
+
+    data, work, _ = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+
+    result = run_edgefx(
+        "train", "classify",
+        "--data", data, "--work-dir", copy,
+        "--epochs", "9", "--batch-size", "8", "--size", "16",
+        "--width", "4", "--blocks", "1", "--threads", "1",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert len((copy / "log.jsonl").read_text().splitlines()) == 9
+
+
+def test_train_classify_one_class_exit_2(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "only"
+    folder.mkdir(parents=True)
+    cv2.imwrite(str(folder / "a.png"), np.zeros((8, 8, 3), np.uint8))
+
+    result = run_edgefx(
+        "train", "classify", "--data", tmp_path / "data", "--work-dir", tmp_path / "w"
+    )
+
+    assert result.returncode == 2
+    assert "at least 2 are needed" in result.stderr
+
+
+def test_split_keeps_every_class(tmp_path: Path) -> None:
+    data = load_image_set(write_color_set(tmp_path / "data", per_class=10), 16)
+
+    train, validation = split_validation(data, 0.2, seed=0)
+
+    assert sorted(set(validation.labels.tolist())) == [0, 1]
+    assert len(train.labels) + len(validation.labels) == 20
+    assert len(validation.labels) == 4
