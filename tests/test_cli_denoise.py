@@ -593,3 +593,24 @@ def test_sigterm_leaves_no_partial(samples_dir: Path, tmp_path: Path) -> None:
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert rerun.returncode == 0, rerun.stderr
     assert len(list(out.glob("img*.png"))) == 12
+
+
+def test_denoise_keeps_icc_and_exif(run_cli, samples_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image, ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    photo = Image.open(samples_dir / "noisy" / "coffee.png").convert("RGB")
+    exif = Image.Exif()
+    exif[0x010F] = "TestMake"  # Make
+    exif[0x0132] = "2026:12:04 10:00:00"  # DateTime
+    source = tmp_path / "in" / "photo.jpg"
+    source.parent.mkdir()
+    photo.save(source, quality=95, icc_profile=profile, exif=exif.tobytes())
+
+    result = run_cli("denoise", source, "--out", tmp_path / "out")
+
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "out" / "photo.jpg") as output:
+        assert output.info.get("icc_profile") == profile
+        assert output.getexif().get(0x010F) == "TestMake"
+        assert output.getexif().get(0x0132) == "2026:12:04 10:00:00"
