@@ -24,6 +24,19 @@ IR_VERSION = 8
 DENOISE_PARITY_TOLERANCE = 0.1 / 255
 
 
+def finish_onnx_file(path: Path, metadata: dict[str, str]) -> None:
+    """Set the IR version and ``metadata`` of an exported file, check it, save it."""
+    proto = onnx.load(str(path))
+    proto.ir_version = IR_VERSION
+    del proto.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        entry = proto.metadata_props.add()
+        entry.key = key
+        entry.value = value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
 def load_denoiser_checkpoint(path: Path) -> DenoiseNet:
     """Build a DenoiseNet from a training checkpoint (loaded without pickle code)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -63,15 +76,7 @@ def export_denoiser(
         # which older ONNX Runtime builds on edge devices cannot load.
         dynamo=False,
     )
-    proto = onnx.load(str(temporary))
-    proto.ir_version = IR_VERSION
-    del proto.metadata_props[:]
-    for key, value in sorted(metadata.items()):
-        entry = proto.metadata_props.add()
-        entry.key = key
-        entry.value = value
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(temporary))
+    finish_onnx_file(temporary, metadata)
 
     error = denoiser_parity_error(model, temporary)
     if error > DENOISE_PARITY_TOLERANCE:
@@ -155,15 +160,7 @@ def export_classifier(
         opset_version=OPSET,
         dynamo=False,  # see export_denoiser
     )
-    proto = onnx.load(str(temporary))
-    proto.ir_version = IR_VERSION
-    del proto.metadata_props[:]
-    for key, value in sorted(metadata.items()):
-        entry = proto.metadata_props.add()
-        entry.key = key
-        entry.value = value
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(temporary))
+    finish_onnx_file(temporary, metadata)
 
     images = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
