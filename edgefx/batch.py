@@ -110,7 +110,7 @@ def collect_inputs(
 
     Returns the files found and a failed result for every named path that does not
     exist, so that the batch reports them and goes on. Directories contribute the files
-    with a known suffix (top level only unless ``recursive``); explicit files are taken
+    with a known suffix (top level only unless ``recursive``). Explicit files are taken
     whatever their suffix, so that a wrong extension gets a clear error from the reader.
     Files under ``exclude`` (the output directory) are left out, so that a rerun never
     takes its own outputs as inputs.

@@ -285,8 +285,8 @@ def denoise_files(
 
     items = plan_outputs(inputs, batch.out_dir, suffix_for)
     # The model is found and its checksum verified now, so a wrong --model is a usage
-    # error before any work; the session starts with the first file that needs work,
-    # so a rerun that only skips finished outputs does not load it.
+    # error before any work. The session starts with the first file that needs work,
+    # so a rerun that only skips finished outputs does not load the model.
     resolve_model(model, "denoise")
     sessions: list[Denoiser] = []
 

@@ -39,9 +39,9 @@ from edgefx.errors import EdgefxError, InputError, OutputError, UsageError
 from edgefx.fsutil import atomic_write_bytes, describe_os_error
 
 # OpenCV logs decoder warnings and errors straight to stderr, in lines that name no
-# file; every decode failure here becomes an InputError with the path instead.
-# TODO: libpng still prints "libpng error: ..." for some damaged PNG files, through a
-# callback that OpenCV does not route through its log level.
+# file. Every decode failure here becomes an InputError with the path instead.
+# TODO: libpng still prints "libpng error: ..." for some damaged PNG files, because
+# OpenCV does not route that callback through its log level.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 logger = logging.getLogger(__name__)
@@ -520,8 +520,8 @@ def _check_pixel_limit(path: Path, header: _Header, max_pixels: int) -> None:
 
 
 def _decode_with_opencv(path: Path, data: np.ndarray, file_format: str) -> np.ndarray:
-    # Python reads the file and OpenCV decodes it from memory, so OpenCV never sees
-    # the path, which keeps non-ASCII paths working on every platform.
+    # Python reads the file and OpenCV decodes it from memory. OpenCV never opens the
+    # path itself, which keeps non-ASCII paths working on every platform.
     try:
         decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as err:

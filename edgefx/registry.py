@@ -132,7 +132,7 @@ def verify_checksum(path: Path, expected: str) -> None:
 def resolve_model(name_or_path: str | None, task: str) -> ModelInfo:
     """Find the model to run for ``task``: a shipped name, a path, or the default.
 
-    A shipped model's checksum is verified; a path to another ONNX file is accepted as
+    A shipped model's checksum is verified. A path to another ONNX file is accepted as
     it is, and the task module checks that its inputs fit.
     """
     if task not in TASKS:

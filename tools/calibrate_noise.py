@@ -1,7 +1,7 @@
 """Measure the noise estimator's calibration table on training photos.
 
 Prints the median raw estimate for each true sigma over a fixed subset of the training
-photos, with noise added, clipped and rounded to 8 bits; paste the result into
+photos, with noise added, clipped and rounded to 8 bits. Paste the result into
 CALIBRATION_RAW in edgefx/noise.py. Use training photos only, never a test set:
 
     python tools/calibrate_noise.py ../shared/data/images/train/CBSD432

@@ -69,8 +69,8 @@ def load_image_set(
 ) -> ImageSet:
     """Read labelled images from a zip or a folder into memory.
 
-    ``classes`` fixes the label order (for a test set that must match the training set);
-    by default it is the sorted set of class folder names.
+    ``classes`` fixes the label order, so that a test set matches the training set. By
+    default it is the sorted set of class folder names.
     """
     entries: list[tuple[str, bytes]] = []
     if source.is_file() and zipfile.is_zipfile(source):

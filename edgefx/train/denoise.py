@@ -1,8 +1,8 @@
 """Training recipe for the image denoiser: Gaussian noise on clean photos, resumable.
 
-Run through ``edgefx train denoise --data DIR``. Any folder of clean images works;
-grayscale files become grayscale training samples (the same noise in the three
-channels), so one model serves color and grayscale photos.
+Run through ``edgefx train denoise --data DIR``. Any folder of clean images works.
+Grayscale files become grayscale training samples with the same noise in the three
+channels, so one model serves color and grayscale photos.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ class DenoiseNet(nn.Module):
     """Non-blind residual denoiser that works at half resolution.
 
     The image is pixel-unshuffled by 2, so every convolution runs on a quarter of the
-    pixels, and the noise level is fed in as an extra constant plane, so that one model
-    covers every noise level and the caller (or a noise estimator) picks the strength.
+    pixels. The noise level is fed in as an extra constant plane, so one model covers
+    every noise level and the caller (or a noise estimator) picks the strength.
     The network predicts the noise and subtracts it from its input.
     """
 
@@ -46,8 +46,8 @@ class DenoiseNet(nn.Module):
         nn.init.zeros_(self.head.bias)  # type: ignore[arg-type]
         self.body = nn.Sequential(*[ResidualBlock(features) for _ in range(blocks)])
         self.tail = nn.Conv2d(features, packed, 3, padding=1)
-        # A zero tail starts the model at the identity (no noise predicted); a random
-        # one adds noise at first and costs hundreds of steps to unlearn.
+        # A zero tail starts the model at the identity, with no noise predicted. A
+        # random one adds noise at first, which costs hundreds of steps to unlearn.
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)  # type: ignore[arg-type]
         self.relu = nn.ReLU(inplace=True)
