@@ -129,6 +129,16 @@ def verify_checksum(path: Path, expected: str) -> None:
         )
 
 
+def _with_article(word: str) -> str:
+    """Return ``word`` after "a", or after "an" when it starts with a vowel letter.
+
+    The choice follows the spelling, not the sound, which is right for every name in
+    TASKS.
+    """
+    article = "an" if word[:1].lower() in "aeiou" else "a"
+    return f"{article} {word}"
+
+
 def resolve_model(name_or_path: str | None, task: str) -> ModelInfo:
     """Find the model to run for ``task``: a shipped name, a path, or the default.
 
@@ -147,10 +157,13 @@ def resolve_model(name_or_path: str | None, task: str) -> ModelInfo:
         metadata = read_metadata(path)
         declared = metadata.get("task")
         if declared and declared != task:
-            raise ModelError(
-                f"{path}: this is a {declared} model, not a {task} model; "
-                f"use it with `edgefx {declared}`"
+            message = (
+                f"{path}: this is {_with_article(declared)} model, "
+                f"not {_with_article(task)} model"
             )
+            if declared in TASKS:
+                message += f"; use it with `edgefx {declared}`"
+            raise ModelError(message)
         logger.debug("using model file %s", path)
         return ModelInfo(
             name=metadata.get("name", path.stem),

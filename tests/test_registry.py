@@ -264,6 +264,35 @@ def test_random_bytes_cli_one_line(tmp_path: Path) -> None:
     assert "not a valid ONNX model" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ("enhance", "this is a denoise model, not an enhance model"),
+        ("classify", "this is a denoise model, not a classify model"),
+    ],
+)
+def test_path_model_of_other_task(tmp_path: Path, task: str, expected: str) -> None:
+    path = tmp_path / "copy.onnx"
+    shutil.copyfile(SHIPPED_MODELS / "denoise-s.onnx", path)
+    with pytest.raises(ModelError) as caught:
+        resolve_model(str(path), task)
+    assert str(caught.value) == f"{path}: {expected}; use it with `edgefx denoise`"
+
+
+def test_path_model_of_unknown_task(tmp_path: Path) -> None:
+    model = onnx.load(str(SHIPPED_MODELS / "denoise-s.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "task":
+            prop.value = "upscale"
+    path = tmp_path / "upscaler.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError) as caught:
+        resolve_model(str(path), "enhance")
+    assert str(caught.value) == (
+        f"{path}: this is an upscale model, not an enhance model"
+    )
+
+
 def test_path_model_is_not_shipped(tmp_path: Path) -> None:
     path = tmp_path / "copy.onnx"
     shutil.copyfile(SHIPPED_MODELS / "denoise-s.onnx", path)
