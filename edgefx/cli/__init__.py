@@ -55,6 +55,13 @@ class ImageFormat(str, Enum):
     bmp = "bmp"
 
 
+class AudioFormat(str, Enum):
+    wav = "wav"
+    flac = "flac"
+    ogg = "ogg"
+    mp3 = "mp3"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"edgefx {__version__}")
@@ -325,6 +332,88 @@ def _write_classify_rows(
     from edgefx.fsutil import atomic_write_bytes
 
     atomic_write_bytes(out, buffer.getvalue().encode("utf-8"))
+
+
+@app.command()
+def enhance(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Audio files (WAV, FLAC, Ogg, MP3, AIFF, AU), directories or glob "
+            "patterns.",
+            show_default=False,
+            metavar="PATHS",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output directory; the input tree is mirrored inside it.",
+        ),
+    ],
+    atten_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--atten-limit",
+            help="Turn no part of the sound down by more than this many dB, which "
+            "keeps some background for a natural result (e.g. 12). Default: remove "
+            "as much noise as the model finds.",
+            min=0,
+        ),
+    ] = None,
+    output_format: Annotated[
+        AudioFormat | None,
+        typer.Option(
+            "--format",
+            help="Output format. Default: the input's format and sample format.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    recursive: RecursiveOption = False,
+    overwrite: OverwriteOption = False,
+    model: ModelOption = None,
+    device: DeviceOption = Device.auto,
+    threads: ThreadsOption = 0,
+    graph_optimization: OptimizationOption = Optimization.all,
+    verbose: VerboseOption = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """Suppress background noise in speech recordings.
+
+    Each output keeps its input's sample rate, channel count and sample format. The
+    model works at 16 kHz; other rates are resampled (soxr) for it and back, and
+    content above its band is kept, turned down as much as the top of the band.
+    Files are processed in blocks, so memory stays bounded for long recordings.
+    Existing outputs are skipped, so an interrupted run resumes when started again.
+    """
+    if verbose or quiet:
+        configure_logging(-1 if quiet else verbose)
+    from edgefx.batch import BatchOptions
+    from edgefx.enhance import EnhanceOptions, enhance_files
+    from edgefx.runtime import RuntimeOptions
+
+    with handle_errors():
+        runtime = RuntimeOptions(
+            device=device.value,
+            threads=threads,
+            optimization=graph_optimization.value,
+        )
+        options = EnhanceOptions(atten_limit_db=atten_limit)
+        batch = BatchOptions(out_dir=out, recursive=recursive, overwrite=overwrite)
+        with ProgressReporter("enhance") as reporter:
+            summary = enhance_files(
+                paths,
+                batch,
+                options,
+                runtime,
+                model=model,
+                output_format=output_format.value if output_format else None,
+                reporter=reporter,
+            )
+    print_summary(summary)
+    raise typer.Exit(summary.exit_code)
 
 
 @app.command()

@@ -146,6 +146,13 @@ def train_classify(
         int, typer.Option(help="PyTorch CPU threads; 0 keeps its default.", min=0)
     ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Forward-pass precision: auto (bf16 where the CPU has native bf16), "
+            "bf16 or fp32. The exported model is float32 either way."
+        ),
+    ] = "auto",
 ) -> None:
     """Train the image classifier (a CIFAR-style ResNet) on labelled images."""
     with handle_errors():
@@ -170,6 +177,7 @@ def train_classify(
             learning_rate=learning_rate,
             threads=threads,
             seed=seed,
+            precision=precision,
         )
         try:
             best = train(options)
@@ -181,4 +189,113 @@ def train_classify(
             raise UsageError(str(err)) from err
         if export is not None:
             export_best(best, export, data_description=data.name)
+            typer.echo(f"exported: {export}")
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    from edgefx.train.audio_split import AUDIO_SUFFIXES
+
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+    )
+
+
+@train_app.command("enhance")
+def train_enhance(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="The project's shared audio folder (shared/data/audio): its "
+            "training speakers and training noises are used, its test ones are not.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    speech: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own folder of clean speech recordings (searched recursively), "
+            "instead of --data.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    noise: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own folder of noise recordings, with --speech.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    work_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for checkpoints and the log; an existing checkpoint there is "
+            "resumed."
+        ),
+    ] = Path("runs/enhance"),
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Write the best checkpoint as ONNX to this path when done."),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Training steps (batches).", min=1)] = 8000,
+    batch_size: Annotated[int, typer.Option(help="Mixtures per step.", min=1)] = 24,
+    seconds: Annotated[
+        float, typer.Option(help="Length of each training mixture.", min=0.1)
+    ] = 2.5,
+    hidden: Annotated[int, typer.Option(help="GRU state size.", min=4)] = 72,
+    learning_rate: Annotated[
+        float, typer.Option(help="Peak AdamW learning rate.")
+    ] = 2e-3,
+    snr_low: Annotated[float, typer.Option(help="Lowest mixing SNR in dB.")] = -5.0,
+    snr_high: Annotated[float, typer.Option(help="Highest mixing SNR in dB.")] = 20.0,
+    threads: Annotated[
+        int, typer.Option(help="PyTorch CPU threads; 0 keeps its default.", min=0)
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the speech enhancer on clean speech mixed with noise on the fly."""
+    with handle_errors():
+        _require_torch()
+        from edgefx.errors import UsageError
+        from edgefx.train import audio_split
+        from edgefx.train.enhance import EnhanceTrainOptions, export_best, train
+
+        if speech is not None or noise is not None:
+            if speech is None or noise is None or data is not None:
+                raise UsageError("give --speech and --noise together, without --data")
+            speech_files, noise_files = _audio_files(speech), _audio_files(noise)
+            description = f"{speech.name} + {noise.name}"
+        elif data is not None:
+            speech_files = audio_split.train_speech(data)
+            noise_files = audio_split.train_noise(data)
+            description = "shared/data/audio training split"
+        else:
+            raise UsageError("give --data, or --speech and --noise")
+        if not speech_files or not noise_files:
+            raise UsageError("no audio files found in the speech or the noise folder")
+        options = EnhanceTrainOptions(
+            speech=speech_files,
+            noise=noise_files,
+            work_dir=work_dir,
+            steps=steps,
+            batch_size=batch_size,
+            seconds=seconds,
+            hidden=hidden,
+            learning_rate=learning_rate,
+            snr_low=snr_low,
+            snr_high=snr_high,
+            threads=threads,
+            seed=seed,
+        )
+        try:
+            best = train(options)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        typer.echo(f"best checkpoint: {best}")
+        if export is not None:
+            export_best(best, export, data_description=description)
             typer.echo(f"exported: {export}")

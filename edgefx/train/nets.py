@@ -125,3 +125,131 @@ class CifarResNet(nn.Module):
         # image: (N, 3, H, W) float32, normalized with the model's mean and std.
         features = self.stages(self.stem(image))
         return self.head(features.mean(dim=(2, 3)))  # (N, classes) logits
+
+
+class SpeechEnhancerNet(nn.Module):
+    """Causal spectral-gain network for speech enhancement, streamable hop by hop.
+
+    The audio is cut into frames of ``2 * hop`` samples every ``hop`` samples, with a
+    square-root Hann window for analysis and synthesis, so that overlap-add rebuilds
+    the input exactly when every gain is 1. The network maps the log power spectrum
+    of each frame through a linear layer and two GRU layers to one gain in [0, 1] per
+    frequency bin. Nothing looks ahead: the output lags the input by one hop.
+
+    ``forward`` takes a block of whole hops and the state left by the previous block,
+    and returns the enhanced block and the new state. Feeding a signal hop by hop or
+    in one block gives the same output, which is what lets the exported ONNX graph
+    run as a stream on an embedded caller.
+
+    The discrete Fourier transform is written as matrix products with fixed cosine and
+    sine tables, so the exported graph needs no signal-processing operators and runs on
+    every ONNX Runtime build.
+    """
+
+    analysis_cos: torch.Tensor
+    analysis_sin: torch.Tensor
+    synthesis_cos: torch.Tensor
+    synthesis_sin: torch.Tensor
+    feature_mean: torch.Tensor
+    feature_scale: torch.Tensor
+
+    def __init__(self, hop: int = 160, hidden: int = 72, embedding: int = 64) -> None:
+        super().__init__()
+        self.hop = hop
+        self.hidden = hidden
+        self.embedding = embedding
+        window_length = 2 * hop
+        self.bins = hop + 1
+        samples = torch.arange(window_length, dtype=torch.float64)
+        window = torch.sin(torch.pi * (samples + 0.5) / window_length)  # sqrt-Hann
+        frequencies = torch.arange(self.bins, dtype=torch.float64)
+        angles = 2 * torch.pi * samples[:, None] * frequencies[None, :] / window_length
+        # Analysis: windowed frame (.., 2 hop) @ (2 hop, bins) gives the real and
+        # imaginary parts of the one-sided spectrum.
+        self.register_buffer(
+            "analysis_cos", (window[:, None] * torch.cos(angles)).float()
+        )
+        self.register_buffer(
+            "analysis_sin", (-window[:, None] * torch.sin(angles)).float()
+        )
+        # Synthesis: inverse real DFT with the one-sided bins weighted (DC and Nyquist
+        # once, the others twice), then the synthesis window.
+        weights = torch.full((self.bins,), 2.0, dtype=torch.float64)
+        weights[0] = 1.0
+        weights[-1] = 1.0
+        inverse_cos = weights[:, None] * torch.cos(angles.T) / window_length
+        inverse_sin = -weights[:, None] * torch.sin(angles.T) / window_length
+        self.register_buffer("synthesis_cos", (inverse_cos * window[None, :]).float())
+        self.register_buffer("synthesis_sin", (inverse_sin * window[None, :]).float())
+        # Per-bin normalization of the log power features, set from training data.
+        self.register_buffer("feature_mean", torch.zeros(self.bins))
+        self.register_buffer("feature_scale", torch.ones(self.bins))
+        self.encoder = nn.Linear(self.bins, embedding)
+        self.gru1 = nn.GRU(embedding, hidden, batch_first=True)
+        self.gru2 = nn.GRU(hidden, hidden, batch_first=True)
+        self.decoder = nn.Linear(hidden + embedding, self.bins)
+        nn.init.zeros_(self.decoder.weight)
+        # Gains start near 0.9, close to passing the input through.
+        nn.init.constant_(self.decoder.bias, 2.2)
+
+    @property
+    def state_size(self) -> int:
+        """Floats of state per channel: analysis and synthesis tails, two GRU states."""
+        return 2 * self.hop + 2 * self.hidden
+
+    def spectrum(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # frames: (B, T, 2 hop) -> real and imaginary parts, each (B, T, bins)
+        return frames @ self.analysis_cos, frames @ self.analysis_sin
+
+    def gains(
+        self,
+        real: torch.Tensor,
+        imag: torch.Tensor,
+        h1: torch.Tensor | None = None,
+        h2: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return per-bin gains (B, T, bins) and the final GRU states (1, B, hidden)."""
+        power = real * real + imag * imag
+        features = (torch.log(power + 1e-10) - self.feature_mean) * self.feature_scale
+        embedded = torch.relu(self.encoder(features))
+        out1, h1 = self.gru1(embedded, h1)
+        out2, h2 = self.gru2(out1, h2)
+        logits = self.decoder(torch.cat([out2, embedded], dim=-1))
+        return torch.sigmoid(logits), h1, h2
+
+    def synthesize(self, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+        # (B, T, bins) twice -> windowed time frames (B, T, 2 hop)
+        return real @ self.synthesis_cos + imag @ self.synthesis_sin
+
+    def forward(
+        self, audio: torch.Tensor, state: torch.Tensor, min_gain: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # audio: (B, T * hop) float32 at the model's rate; state: (B, state_size);
+        # min_gain: (1,) lower bound of every gain (0 removes as much as it can).
+        # Returns the enhanced block (B, T * hop), delayed by one hop, the new state,
+        # and the mean gain of the top quarter of the band per hop (B, T), which the
+        # runtime applies to content above the model's band.
+        hop, hidden = self.hop, self.hidden
+        batch = audio.shape[0]
+        analysis_tail = state[:, :hop]
+        synthesis_tail = state[:, hop : 2 * hop]
+        h1 = state[:, 2 * hop : 2 * hop + hidden].unsqueeze(0).contiguous()
+        h2 = state[:, 2 * hop + hidden :].unsqueeze(0).contiguous()
+
+        chunks = torch.cat([analysis_tail, audio], dim=1).reshape(batch, -1, hop)
+        frames = torch.cat([chunks[:, :-1], chunks[:, 1:]], dim=2)  # (B, T, 2 hop)
+        real, imag = self.spectrum(frames)
+        gains, h1, h2 = self.gains(real, imag, h1, h2)
+        gains = torch.maximum(gains, min_gain)
+        output_frames = self.synthesize(real * gains, imag * gains)
+        first_halves = output_frames[:, :, :hop]
+        second_halves = output_frames[:, :, hop:]
+        previous = torch.cat(
+            [synthesis_tail.unsqueeze(1), second_halves[:, :-1]], dim=1
+        )
+        enhanced = (first_halves + previous).reshape(batch, -1)
+        new_state = torch.cat(
+            [chunks[:, -1], second_halves[:, -1], h1.squeeze(0), h2.squeeze(0)], dim=1
+        )
+        high_gain = gains[:, :, -(self.bins // 4) :].mean(dim=2)
+        return enhanced, new_state, high_gain

@@ -1,0 +1,464 @@
+"""End-to-end tests of ``edgefx enhance`` and ``edgefx train enhance``.
+
+Every run starts ``python -m edgefx`` in a subprocess. No enhancer is shipped yet, so
+``edgefx enhance`` runs with ``--model`` on an untrained network with random gains
+(see test_enhance.export_random_enhancer), or on one that ``edgefx train enhance``
+trains for two steps. The inputs are real recordings copied from the shared data and
+files that the tests write in the formats a user may bring.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("torch")
+
+from test_enhance import export_random_enhancer  # noqa: E402
+
+from edgefx.fsutil import TEMP_PREFIX  # noqa: E402
+from edgefx.registry import read_metadata  # noqa: E402
+
+# Real recordings, by the name they get in the input folder. The 48 kHz WAV is longer
+# than edgefx.enhance.BLOCK_SECONDS, so it is read and enhanced in two blocks.
+REAL_FILES = {
+    "street_48k.wav": "deepfilternet_assets/noisy_snr0.wav",
+    "speech_16k.flac": "librispeech_resemblyzer/librispeech_test-other/3005/"
+    "3005-163389-0000.flac",
+    "czech_22k.ogg": "fillets_ng_data_cs/city/cs/vit-m-nebo.ogg",
+    "fish_44k.wav": "noisereduce_assets/fish.wav",
+}
+
+# Files that the tests write: name -> (rate, channels, frames, subtype).
+GENERATED_FILES = {
+    "stereo_24bit.wav": (44100, 2, 22050, "PCM_24"),
+    "six_float.wav": (96000, 6, 9600, "FLOAT"),
+    "eight_bit.wav": (8000, 1, 4000, "PCM_U8"),
+    "one_sample.wav": (16000, 1, 1, "PCM_16"),
+    "silent.flac": (16000, 1, 16000, "PCM_16"),
+}
+
+SPEECH_FILES = (
+    "librispeech_resemblyzer/librispeech_train-clean-100/5339-14133-0000.flac",
+    "librispeech_resemblyzer/librispeech_train-clean-100/5561-39621-0000.flac",
+    "librispeech_resemblyzer/librispeech_train-clean-100/7190-90542-0000.flac",
+)
+NOISE_FILES = (
+    "audiomentations_demo/short_noises/friction0.wav",
+    "audiomentations_demo/short_noises/"
+    "130921_laptopmic-dell_tap_channel0_chunk200_aug0.wav",
+)
+
+
+def tones(frames: int, channels: int, rate: int, seed: int = 0) -> np.ndarray:
+    """Return (frames, channels) float32 of a different tone and noise per channel."""
+    rng = np.random.default_rng(seed)
+    time = np.arange(frames)[:, None] / rate
+    frequencies = rng.uniform(150, min(6000, rate / 3), size=(1, channels))
+    signal = 0.3 * np.sin(2 * np.pi * frequencies * time)
+    signal += 0.02 * rng.standard_normal((frames, channels))
+    return signal.astype(np.float32)
+
+
+def write_generated(folder: Path, name: str) -> Path:
+    rate, channels, frames, subtype = GENERATED_FILES[name]
+    samples = tones(frames, channels, rate)
+    if name.startswith("silent"):
+        samples[:] = 0
+    path = folder / name
+    sf.write(path, samples, rate, subtype=subtype)
+    return path
+
+
+def copy_shared(data_dir: Path, relative: str, target: Path) -> Path:
+    source = data_dir / "audio" / relative
+    if not source.is_file():
+        pytest.skip(f"shared recording not found: {source}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {
+        path.relative_to(folder).as_posix(): path.stat().st_mtime_ns
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+
+
+def failure_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("failed: ")]
+
+
+def enhance(run_cli, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("enhance", *args, "--device", "cpu", "--threads", "1")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli_model") / "random.onnx"
+    export_random_enhancer(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def input_folder(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with the real recordings and the generated files."""
+    folder = tmp_path_factory.mktemp("enhance_inputs") / "in"
+    for name, relative in REAL_FILES.items():
+        copy_shared(data_dir, relative, folder / name)
+    for name in GENERATED_FILES:
+        write_generated(folder, name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def batch_run(
+    run_cli, model: Path, input_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path_factory.mktemp("enhance_batch") / "out"
+    result = enhance(run_cli, input_folder, "--out", out, "--model", model)
+    return result, out
+
+
+ALL_NAMES = sorted([*REAL_FILES, *GENERATED_FILES])
+
+
+# --------------------------------------------------------------------------------------
+# A batch of real and generated files
+
+
+def test_batch_exit_0(batch_run) -> None:
+    result, _ = batch_run
+
+    summary = f"{len(ALL_NAMES)} done, 0 skipped (output exists), 0 failed"
+    assert result.returncode == 0, result.stderr
+    assert summary in result.stderr
+
+
+def test_batch_one_output_each(batch_run) -> None:
+    _, out = batch_run
+
+    assert sorted(path.name for path in out.iterdir()) == ALL_NAMES
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_batch_keeps_audio_properties(batch_run, input_folder: Path, name: str) -> None:
+    _, out = batch_run
+    source = sf.info(input_folder / name)
+    output = sf.info(out / name)
+
+    assert output.samplerate == source.samplerate
+    assert output.channels == source.channels
+    assert output.frames == source.frames
+    assert output.format == source.format
+    assert output.subtype == source.subtype
+
+
+def test_batch_changes_noisy_speech(batch_run, input_folder: Path) -> None:
+    # The random model turns most hops down, so an output as loud as its input would
+    # mean that the model was not applied.
+    _, out = batch_run
+    before, _ = sf.read(input_folder / "street_48k.wav")
+    after, _ = sf.read(out / "street_48k.wav")
+
+    assert np.std(after) < 0.8 * np.std(before)
+
+
+def test_batch_silent_stays_silent(batch_run) -> None:
+    _, out = batch_run
+    samples, _ = sf.read(out / "silent.flac")
+
+    assert not np.any(samples)
+
+
+def test_batch_no_temporaries(batch_run) -> None:
+    _, out = batch_run
+
+    assert sorted(out.rglob(f"{TEMP_PREFIX}*")) == []
+
+
+# --------------------------------------------------------------------------------------
+# --format and --atten-limit
+
+
+FLAC_INPUTS = {
+    "fish_44k.wav": "PCM_16",
+    "stereo_24bit.wav": "PCM_24",
+    "six_float.wav": "PCM_24",  # FLAC cannot store float, so 24-bit PCM is used
+}
+
+
+@pytest.fixture(scope="module")
+def flac_run(
+    run_cli, model: Path, input_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``--format flac --atten-limit 0`` on three WAV files."""
+    out = tmp_path_factory.mktemp("enhance_flac") / "out"
+    sources = [input_folder / name for name in FLAC_INPUTS]
+    result = enhance(
+        run_cli,
+        *sources,
+        "--out",
+        out,
+        "--model",
+        model,
+        "--format",
+        "flac",
+        "--atten-limit",
+        "0",
+    )
+    return result, out
+
+
+def test_format_flac_changes_suffix(flac_run) -> None:
+    result, out = flac_run
+
+    assert result.returncode == 0, result.stderr
+    expected = sorted(Path(name).with_suffix(".flac").name for name in FLAC_INPUTS)
+    assert sorted(path.name for path in out.iterdir()) == expected
+
+
+@pytest.mark.parametrize("name", sorted(FLAC_INPUTS))
+def test_format_flac_keeps_audio_properties(
+    flac_run, input_folder: Path, name: str
+) -> None:
+    _, out = flac_run
+    source = sf.info(input_folder / name)
+    output = sf.info(out / Path(name).with_suffix(".flac").name)
+
+    assert output.format == "FLAC"
+    assert output.subtype == FLAC_INPUTS[name]
+    assert output.samplerate == source.samplerate
+    assert output.channels == source.channels
+    assert output.frames == source.frames
+
+
+def test_zero_limit_keeps_stereo_file(flac_run, input_folder: Path) -> None:
+    # At 0 dB the output equals the input, channel for channel, apart from the first
+    # and last 2 ms (see test_enhance) and 24-bit rounding.
+    _, out = flac_run
+    before, rate = sf.read(input_folder / "stereo_24bit.wav", dtype="float32")
+    after, _ = sf.read(out / "stereo_24bit.flac", dtype="float32")
+    edge = int(0.002 * rate)
+
+    assert after.shape == before.shape
+    assert np.max(np.abs(after - before)[edge:-edge]) <= 1e-4
+
+
+# --------------------------------------------------------------------------------------
+# Bad inputs, skipping and option errors
+
+
+@pytest.fixture(scope="module")
+def bad_batch_run(
+    run_cli, model: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """One good FLAC, text named .wav, a zero-byte .flac and a FLAC cut in half."""
+    root = tmp_path_factory.mktemp("enhance_bad")
+    folder = root / "in"
+    copy_shared(data_dir, REAL_FILES["speech_16k.flac"], folder / "good.flac")
+    (folder / "notes.wav").write_text("these are notes, not audio\n")
+    (folder / "empty.flac").write_bytes(b"")
+    whole = (folder / "good.flac").read_bytes()
+    (folder / "cut.flac").write_bytes(whole[: len(whole) // 2])
+    out = root / "out"
+    result = enhance(run_cli, folder, "--out", out, "--model", model)
+    return result, folder, out
+
+
+def test_bad_files_exit_1(bad_batch_run) -> None:
+    result, _, _ = bad_batch_run
+
+    assert result.returncode == 1, result.stderr
+    assert "1 done, 0 skipped (output exists), 3 failed" in result.stderr
+
+
+def test_bad_files_good_one_written(bad_batch_run) -> None:
+    _, folder, out = bad_batch_run
+
+    assert sorted(path.name for path in out.iterdir()) == ["good.flac"]
+    assert sf.info(out / "good.flac").frames == sf.info(folder / "good.flac").frames
+
+
+@pytest.mark.parametrize("name", ["notes.wav", "empty.flac", "cut.flac"])
+def test_bad_file_named_once(bad_batch_run, name: str) -> None:
+    result, folder, _ = bad_batch_run
+    named = [line for line in result.stderr.splitlines() if name in line]
+
+    assert len(named) == 1, result.stderr
+    assert named[0].startswith(f"failed: {folder / name}: "), named[0]
+    assert len(failure_lines(result.stderr)) == 3
+
+
+def test_truncated_wav_fails(run_cli, model: Path, tmp_path: Path) -> None:
+    whole = write_generated(tmp_path, "stereo_24bit.wav").read_bytes()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "cut.wav").write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out"
+
+    result = enhance(run_cli, folder, "--out", out, "--model", model)
+
+    assert result.returncode == 1, result.stderr
+    assert not (out / "cut.wav").exists()
+
+
+def test_rerun_skips_finished(
+    run_cli, model: Path, input_folder: Path, batch_run, tmp_path: Path
+) -> None:
+    _, first_out = batch_run
+    out = tmp_path / "out"
+    shutil.copytree(first_out, out)
+    before = mtimes(out)
+    (out / "fish_44k.wav").unlink()
+
+    result = enhance(run_cli, input_folder, "--out", out, "--model", model)
+
+    assert result.returncode == 0, result.stderr
+    skipped = len(ALL_NAMES) - 1
+    assert f"1 done, {skipped} skipped (output exists), 0 failed" in result.stderr
+    after = mtimes(out)
+    assert sorted(after) == ALL_NAMES
+    for name, mtime in before.items():
+        if name != "fish_44k.wav":
+            assert after[name] == mtime, f"{name} was rewritten"
+
+
+def test_negative_atten_limit_exit_2(run_cli, model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    source = write_generated(tmp_path, "one_sample.wav")
+
+    result = enhance(
+        run_cli, source, "--out", out, "--model", model, "--atten-limit", "-3"
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "--atten-limit" in result.stderr
+    assert not out.exists()
+
+
+def test_denoise_model_rejected_exit_2(
+    run_cli, repo_root: Path, tmp_path: Path
+) -> None:
+    denoiser = repo_root / "models" / "denoise-s.onnx"
+    out = tmp_path / "out"
+    source = write_generated(tmp_path, "one_sample.wav")
+
+    result = enhance(run_cli, source, "--out", out, "--model", denoiser)
+
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith(f"error: {denoiser}: "), result.stderr
+    assert "denoise model" in lines[-1]
+    assert "edgefx denoise" in lines[-1]
+    assert not out.exists()
+
+
+def test_enhance_help_lists_options(run_cli) -> None:
+    result = run_cli("enhance", "--help")
+
+    assert result.returncode == 0, result.stderr
+    for option in ("--out", "--atten-limit", "--format", "--model", "--overwrite"):
+        assert option in result.stdout, option
+
+
+# --------------------------------------------------------------------------------------
+# edgefx train enhance
+
+
+@pytest.fixture(scope="module")
+def train_folders(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """Folders with three speech files (one in a subfolder) and two noise files."""
+    root = tmp_path_factory.mktemp("enhance_train_data")
+    for index, relative in enumerate(SPEECH_FILES):
+        subfolder = "more" if index == 2 else ""
+        copy_shared(
+            data_dir, relative, root / "speech" / subfolder / Path(relative).name
+        )
+    for relative in NOISE_FILES:
+        copy_shared(data_dir, relative, root / "noise" / Path(relative).name)
+    return root / "speech", root / "noise"
+
+
+@pytest.fixture(scope="module")
+def train_run(
+    run_cli, train_folders, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    speech, noise = train_folders
+    work_dir = tmp_path_factory.mktemp("enhance_train") / "W"
+    export = work_dir.parent / "tiny.onnx"
+    result = run_cli(
+        "train", "enhance",
+        "--speech", speech, "--noise", noise, "--work-dir", work_dir,
+        "--steps", "2", "--batch-size", "2", "--seconds", "0.5", "--hidden", "8",
+        "--threads", "1", "--export", export,
+    )  # fmt: skip
+    return result, work_dir, export
+
+
+def test_train_cli_exit_0(train_run) -> None:
+    result, work_dir, export = train_run
+
+    assert result.returncode == 0, result.stderr
+    assert f"best checkpoint: {work_dir / 'best.pt'}" in result.stdout
+    assert f"exported: {export}" in result.stdout
+
+
+def test_train_cli_uses_every_file(train_run) -> None:
+    # The speech folder is searched recursively, so the file in its subfolder counts.
+    result, _, _ = train_run
+
+    assert "2 training and 1 validation speech files" in result.stderr
+    assert "2 noise files" in result.stderr
+
+
+def test_train_cli_export_metadata(train_run) -> None:
+    _, _, export = train_run
+    metadata = read_metadata(export)
+
+    assert metadata["task"] == "enhance"
+    assert metadata["name"] == "tiny"
+    assert metadata["state_size"] == str(2 * 160 + 2 * 8)
+    assert json.loads(metadata["training"])["data"] == "speech + noise"
+
+
+def test_trained_model_enhances(
+    run_cli, train_run, input_folder: Path, tmp_path: Path
+) -> None:
+    _, _, export = train_run
+    out = tmp_path / "out"
+    sources = [input_folder / "speech_16k.flac", input_folder / "stereo_24bit.wav"]
+
+    result = enhance(run_cli, *sources, "--out", out, "--model", export)
+
+    assert result.returncode == 0, result.stderr
+    for source in sources:
+        assert sf.info(out / source.name).frames == sf.info(source).frames
+
+
+@pytest.mark.parametrize("given", ["--speech", "--noise"])
+def test_train_cli_needs_both_folders(
+    run_cli, train_folders, tmp_path: Path, given: str
+) -> None:
+    speech, noise = train_folders
+    folder = speech if given == "--speech" else noise
+    work_dir = tmp_path / "W"
+
+    result = run_cli(
+        "train", "enhance", given, folder, "--work-dir", work_dir, "--steps", "2"
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "give --speech and --noise together" in result.stderr
+    assert not work_dir.exists()

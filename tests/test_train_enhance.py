@@ -1,0 +1,400 @@
+"""Tests of the speech enhancer's training recipe (edgefx.train.enhance) and its export.
+
+The training runs are tiny: 4 to 6 steps of two half-second mixtures, with 8 GRU units,
+on a few real recordings from the shared data. They check the files, resume, rejection
+of other network options and the export, not the quality of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+torch = pytest.importorskip("torch")
+
+from edgefx.enhance import Enhancer  # noqa: E402
+from edgefx.registry import read_metadata  # noqa: E402
+from edgefx.runtime import RuntimeOptions  # noqa: E402
+from edgefx.train.enhance import (  # noqa: E402
+    SAMPLE_RATE,
+    EnhanceTrainOptions,
+    draw_mixtures,
+    export_best,
+    load_enhancer_checkpoint,
+    load_recordings,
+    split_recordings,
+    train,
+)
+from edgefx.train.export import (  # noqa: E402
+    ENHANCE_PARITY_TOLERANCE,
+    export_enhancer,
+)
+
+# Short recordings from the training split of the shared data: three LibriSpeech
+# train-clean-100 utterances of under 3 s, and noises in three rates and formats.
+SPEECH_FILES = (
+    "librispeech_resemblyzer/librispeech_train-clean-100/5339-14133-0000.flac",
+    "librispeech_resemblyzer/librispeech_train-clean-100/5561-39621-0000.flac",
+    "librispeech_resemblyzer/librispeech_train-clean-100/7190-90542-0000.flac",
+)
+NOISE_FILES = (
+    "audiomentations_demo/short_noises/friction0.wav",
+    "audiomentations_demo/short_noises/"
+    "130921_laptopmic-dell_tap_channel0_chunk200_aug0.wav",
+    "blanket_sounds/wind.ogg",
+)
+
+TINY = {
+    "steps": 4,
+    "batch_size": 2,
+    "seconds": 0.5,
+    "hidden": 8,
+    "embedding": 8,
+    "validate_every": 4,
+    "threads": 1,
+}
+TINY_CONFIG = {"hidden": 8, "embedding": 8, "hop": 160}
+METADATA_KEYS = ("task", "sample_rate", "hop", "state_size", "delay", "parameters")
+
+
+def shared_files(data_dir: Path, names: tuple[str, ...]) -> list[Path]:
+    paths = [data_dir / "audio" / name for name in names]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        pytest.skip(f"shared recordings not found: {', '.join(missing)}")
+    return paths
+
+
+def log_steps(work_dir: Path) -> list[int]:
+    lines = (work_dir / "log.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines]
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def recordings(data_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Paths of the speech and noise recordings used for training."""
+    return shared_files(data_dir, SPEECH_FILES), shared_files(data_dir, NOISE_FILES)
+
+
+@pytest.fixture(scope="session")
+def trained(
+    recordings, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[EnhanceTrainOptions, Path]:
+    """A 4-step run. Tests that change its work dir copy it first."""
+    speech, noise = recordings
+    work_dir = tmp_path_factory.mktemp("enhance_run") / "W"
+    options = EnhanceTrainOptions(speech=speech, noise=noise, work_dir=work_dir, **TINY)
+    best = train(options)
+    return options, best
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, best = trained
+    path = tmp_path_factory.mktemp("enhance_export") / "tiny.onnx"
+    export_best(best, path, data_description="three LibriSpeech files")
+    return path
+
+
+def copied_options(trained, tmp_path: Path, **changes) -> EnhanceTrainOptions:
+    """The first run's options on a private copy of its work dir."""
+    options, _ = trained
+    work_dir = tmp_path / "W"
+    shutil.copytree(options.work_dir, work_dir)
+    return replace(options, work_dir=work_dir, **changes)
+
+
+# --------------------------------------------------------------------------------------
+# The first run
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "best.pt", "log.jsonl"])
+def test_train_writes_file(trained, name: str) -> None:
+    options, _ = trained
+
+    assert (options.work_dir / name).is_file()
+
+
+def test_train_returns_best(trained) -> None:
+    options, best = trained
+
+    assert best == options.work_dir / "best.pt"
+
+
+def test_train_checkpoint_at_last_step(trained) -> None:
+    options, _ = trained
+    state = load_checkpoint(options.work_dir / "checkpoint.pt")
+
+    assert state["step"] == 4
+    assert state["config"] == TINY_CONFIG
+
+
+def test_train_log_records(trained) -> None:
+    options, _ = trained
+    lines = (options.work_dir / "log.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+
+    assert [record["step"] for record in records] == [4]
+    for key in ("loss", "validation_si_sdr", "validation_si_sdr_gain"):
+        assert math.isfinite(records[0][key]), key
+
+
+def test_best_score_is_logged_score(trained) -> None:
+    options, best = trained
+    record = json.loads((options.work_dir / "log.jsonl").read_text().splitlines()[-1])
+
+    assert load_checkpoint(best)["best_score"] == record["validation_si_sdr"]
+
+
+# --------------------------------------------------------------------------------------
+# Resume
+
+
+def test_resume_continues_from_step(trained, tmp_path: Path, caplog) -> None:
+    options = copied_options(trained, tmp_path, steps=6)
+    checkpoint = options.work_dir / "checkpoint.pt"
+
+    with caplog.at_level(logging.INFO, logger="edgefx.train.enhance"):
+        train(options)
+
+    assert f"resumed from {checkpoint} at step 4" in caplog.text
+    assert log_steps(options.work_dir) == [4, 6]
+    state = load_checkpoint(checkpoint)
+    assert state["step"] == 6
+    # AdamW counts its own steps, so 6 shows that its state was restored too.
+    assert int(state["optimizer"]["state"][0]["step"]) == 6
+
+
+@pytest.mark.parametrize("changes", [{"hidden": 12}, {"embedding": 16}])
+def test_resume_other_options_raises(trained, tmp_path: Path, changes: dict) -> None:
+    options = copied_options(trained, tmp_path, steps=6, **changes)
+    checkpoint = options.work_dir / "checkpoint.pt"
+
+    with pytest.raises(ValueError, match="other network options") as caught:
+        train(options)
+
+    assert str(checkpoint) in str(caught.value)
+    assert load_checkpoint(checkpoint)["step"] == 4
+    assert log_steps(options.work_dir) == [4]
+
+
+# --------------------------------------------------------------------------------------
+# Export
+
+
+def test_export_metadata(trained, exported: Path) -> None:
+    _, best = trained
+    metadata = read_metadata(exported)
+    model, _ = load_enhancer_checkpoint(best)
+
+    for key in METADATA_KEYS:
+        assert key in metadata, key
+    assert metadata["task"] == "enhance"
+    assert metadata["name"] == "tiny"
+    assert metadata["sample_rate"] == str(SAMPLE_RATE)
+    assert metadata["hop"] == "160"
+    assert metadata["state_size"] == str(2 * 160 + 2 * 8)
+    assert metadata["delay"] == "160"
+    assert metadata["parameters"] == str(sum(p.numel() for p in model.parameters()))
+
+
+def test_export_training_record(exported: Path) -> None:
+    training = json.loads(read_metadata(exported)["training"])
+
+    assert training["steps"] == 4
+    assert training["data"] == "three LibriSpeech files"
+    assert math.isfinite(training["validation_si_sdr"])
+
+
+def test_export_passes_parity_check(trained, tmp_path: Path) -> None:
+    _, best = trained
+    model, _ = load_enhancer_checkpoint(best)
+
+    error = export_enhancer(model, tmp_path / "parity.onnx", {"task": "enhance"})
+
+    assert error <= ENHANCE_PARITY_TOLERANCE
+
+
+def test_export_matches_torch_hop_by_hop(trained, exported: Path, recordings) -> None:
+    import onnxruntime
+
+    _, best = trained
+    model, _ = load_enhancer_checkpoint(best)
+    speech, noise = recordings
+    rng = np.random.default_rng(3)
+    noisy, _ = draw_mixtures(
+        load_recordings(speech), load_recordings(noise, 0.1), 2, 16000, rng
+    )
+    state = np.zeros((2, model.state_size), np.float32)
+    min_gain = np.zeros(1, np.float32)
+    with torch.no_grad():
+        expected = model(
+            torch.from_numpy(noisy), torch.from_numpy(state), torch.from_numpy(min_gain)
+        )[0].numpy()
+    session = onnxruntime.InferenceSession(
+        str(exported), providers=["CPUExecutionProvider"]
+    )
+
+    pieces = []
+    for start in range(0, noisy.shape[1], model.hop):
+        feeds = {
+            "audio": noisy[:, start : start + model.hop],
+            "state": state,
+            "min_gain": min_gain,
+        }
+        piece, state, _ = session.run(None, feeds)
+        pieces.append(piece)
+
+    streamed = np.concatenate(pieces, axis=1)
+    assert np.max(np.abs(streamed - expected)) <= ENHANCE_PARITY_TOLERANCE
+
+
+def test_exported_model_enhances(exported: Path, recordings) -> None:
+    speech, _ = recordings
+    audio, rate = sf.read(speech[0], dtype="float32")
+    enhancer = Enhancer(str(exported), RuntimeOptions(device="cpu", threads=1))
+
+    result = enhancer.enhance(audio, rate)
+
+    assert result.shape == audio.shape
+    assert np.all(np.isfinite(result))
+    assert not np.array_equal(result, audio)
+
+
+# --------------------------------------------------------------------------------------
+# Data
+
+
+@pytest.fixture(scope="module")
+def loaded(recordings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    speech, noise = recordings
+    return load_recordings(speech), load_recordings(noise, minimum_seconds=0.1)
+
+
+def test_draw_mixtures_shapes(loaded) -> None:
+    speech, noise = loaded
+
+    noisy, clean = draw_mixtures(speech, noise, 8, 8000, np.random.default_rng(0))
+
+    assert noisy.shape == (8, 8000)
+    assert clean.shape == (8, 8000)
+    assert noisy.dtype == np.float32
+    assert clean.dtype == np.float32
+    assert np.max(np.abs(noisy)) <= 0.99 + 1e-6
+
+
+def test_draw_mixtures_snr_in_range(loaded) -> None:
+    speech, noise = loaded
+    rng = np.random.default_rng(1)
+
+    noisy, clean = draw_mixtures(
+        speech, noise, 12, 8000, rng, snr_low=0.0, snr_high=10.0, extremes=False
+    )
+
+    for index, (mixture, voice) in enumerate(zip(noisy, clean, strict=True)):
+        background = mixture.astype(np.float64) - voice
+        snr = 10 * np.log10(
+            np.sum(voice.astype(np.float64) ** 2) / np.sum(background**2)
+        )
+        assert -0.01 <= snr <= 10.01, f"pair {index}: SNR {snr:.2f} dB"
+
+
+def test_draw_mixtures_repeat_with_seed(loaded) -> None:
+    speech, noise = loaded
+
+    first = draw_mixtures(speech, noise, 4, 4000, np.random.default_rng(7))
+    second = draw_mixtures(speech, noise, 4, 4000, np.random.default_rng(7))
+
+    assert np.array_equal(first[0], second[0])
+    assert np.array_equal(first[1], second[1])
+
+
+def test_load_recordings_resamples_to_16k(recordings) -> None:
+    _, noise = recordings
+    friction = noise[0]  # 44.1 kHz WAV
+    info = sf.info(friction)
+
+    (audio,) = load_recordings([friction], minimum_seconds=0.1)
+
+    assert info.samplerate == 44100
+    assert audio.dtype == np.float32
+    assert abs(len(audio) - info.frames * SAMPLE_RATE / 44100) <= 1
+
+
+def test_load_recordings_averages_channels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    left = 0.1 * rng.standard_normal(16000)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, 0.5 * left], axis=1), 16000, subtype="FLOAT")
+
+    (audio,) = load_recordings([path])
+
+    np.testing.assert_allclose(audio, 0.75 * left, atol=1e-6)
+
+
+def test_load_recordings_skips_unreadable(recordings, tmp_path: Path, caplog) -> None:
+    speech, _ = recordings
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    empty = tmp_path / "empty.flac"
+    empty.write_bytes(b"")
+
+    with caplog.at_level(logging.WARNING, logger="edgefx.train.enhance"):
+        loaded = load_recordings([text, speech[0], empty])
+
+    assert len(loaded) == 1
+    assert str(text) in caplog.text
+    assert str(empty) in caplog.text
+
+
+def test_load_recordings_none_usable_raises(tmp_path: Path) -> None:
+    short = tmp_path / "short.wav"
+    sf.write(short, np.full(1600, 0.1, np.float32), 16000)  # 0.1 s
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000, np.float32), 16000)
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+
+    with pytest.raises(ValueError, match="no usable recordings"):
+        load_recordings([short, silent, text])
+
+
+def test_split_holds_out_speech(recordings) -> None:
+    speech, _ = recordings
+
+    train_paths, validation_paths = split_recordings(speech, 0.05, seed=0)
+
+    assert len(validation_paths) == 1
+    assert sorted(train_paths + validation_paths) == sorted(speech)
+    assert not set(train_paths) & set(validation_paths)
+
+
+def test_train_survives_unreadable_validation_file(recordings, tmp_path: Path) -> None:
+    speech, noise = recordings
+    folder = tmp_path / "speech"
+    folder.mkdir()
+    shutil.copyfile(speech[0], folder / "a.flac")
+    shutil.copyfile(speech[1], folder / "b.flac")
+    # With seed 0, split_recordings holds out the last of three sorted paths.
+    (folder / "c.wav").write_text("not audio")
+    paths = sorted(folder.iterdir())
+    assert split_recordings(paths, 0.05, seed=0)[1] == [folder / "c.wav"]
+    options = EnhanceTrainOptions(
+        speech=paths, noise=noise, work_dir=tmp_path / "W", **{**TINY, "steps": 1}
+    )
+
+    best = train(options)
+
+    assert best.is_file()
