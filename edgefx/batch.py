@@ -377,3 +377,49 @@ def _process_one(item: BatchItem, process: Callable[[BatchItem], float]) -> File
         seconds=time.perf_counter() - started,
         units=units,
     )
+
+
+def plan_batch(
+    paths: Sequence[str],
+    suffixes: Iterable[str],
+    batch: BatchOptions,
+    suffix_for: Callable[[Path], str],
+    kind: str,
+) -> tuple[list[BatchItem], list[FileResult]]:
+    """Check the output folder, list the inputs and plan one output for each.
+
+    Returns the planned items and a failed result for each named path that is missing.
+    Raises UsageError when no input of ``kind`` ("image", "audio") is found, or when
+    plan_outputs finds a clash, before any file is touched.
+    """
+    check_out_dir(batch.out_dir)
+    inputs, missing = collect_inputs(
+        paths, suffixes, recursive=batch.recursive, exclude=batch.out_dir
+    )
+    if not inputs:
+        reasons = "; ".join(m.error or "" for m in missing)
+        raise UsageError(reasons or f"no {kind} files found in {', '.join(paths)}")
+    return plan_outputs(inputs, batch.out_dir, suffix_for), missing
+
+
+def execute_batch(
+    items: Sequence[BatchItem],
+    missing: Sequence[FileResult],
+    process: Callable[[BatchItem], float],
+    batch: BatchOptions,
+    reporter: Reporter,
+    unit: str = "MP",
+) -> BatchSummary:
+    """Remove stale temporaries, run ``process`` on every item and report all results.
+
+    The missing inputs are reported first and listed first in the summary.
+    """
+    remove_stale_temporaries(batch.out_dir)
+    reporter.start(len(items) + len(missing))
+    for failure in missing:
+        reporter.result(failure)
+    summary = run_batch(
+        items, process, overwrite=batch.overwrite, reporter=reporter, unit=unit
+    )
+    summary.results[:0] = missing
+    return summary

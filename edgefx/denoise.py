@@ -15,11 +15,8 @@ from edgefx.batch import (
     BatchOptions,
     BatchSummary,
     Reporter,
-    check_out_dir,
-    collect_inputs,
-    plan_outputs,
-    remove_stale_temporaries,
-    run_batch,
+    execute_batch,
+    plan_batch,
 )
 from edgefx.errors import InputError, ModelError, UsageError
 from edgefx.noise import estimate_sigma
@@ -270,20 +267,12 @@ def denoise_files(
             f"{', '.join(imageio.SUFFIX_FOR_FORMAT)}"
         )
 
-    check_out_dir(batch.out_dir)
-    inputs, missing = collect_inputs(
-        paths, imageio.FORMATS, recursive=batch.recursive, exclude=batch.out_dir
-    )
-    if not inputs:
-        reasons = "; ".join(m.error or "" for m in missing)
-        raise UsageError(reasons or f"no image files found in {', '.join(paths)}")
-
     def suffix_for(source: Path) -> str:
         if output_format is not None:
             return imageio.SUFFIX_FOR_FORMAT[output_format]
         return source.suffix
 
-    items = plan_outputs(inputs, batch.out_dir, suffix_for)
+    items, missing = plan_batch(paths, imageio.FORMATS, batch, suffix_for, "image")
     # The model is found and its checksum verified now, so a wrong --model is a usage
     # error before any work. The session starts with the first file that needs work,
     # so a rerun that only skips finished outputs does not load the model.
@@ -312,13 +301,7 @@ def denoise_files(
         imageio.write_image(item.output, result, format=target_format, quality=quality)
         return image.height * image.width / 1e6
 
-    remove_stale_temporaries(batch.out_dir)
-    reporter.start(len(items) + len(missing))
-    for failure in missing:
-        reporter.result(failure)
-    summary = run_batch(items, process, overwrite=batch.overwrite, reporter=reporter)
-    summary.results[:0] = missing
-    return summary
+    return execute_batch(items, missing, process, batch, reporter)
 
 
 _default_denoisers: dict[tuple[str | None, str], Denoiser] = {}

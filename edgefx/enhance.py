@@ -1,8 +1,8 @@
 """Speech enhancement with a streaming ONNX model, for audio at any rate and width.
 
-The model runs at its own rate (16 kHz for the shipped one) on whole hops of audio and
+The model runs at its own rate (16 kHz for the shipped one) on whole hops of audio. It
 carries its state from one call to the next, so a file is processed block by block with
-bounded memory and the result does not depend on the block size.
+bounded memory, and the result does not depend on the block size.
 
 Audio at another rate is resampled with libsoxr (the soxr package) in streaming mode.
 Above the model's band, the input is kept rather than cut off: the part of the signal
@@ -25,11 +25,8 @@ from edgefx.batch import (
     BatchOptions,
     BatchSummary,
     Reporter,
-    check_out_dir,
-    collect_inputs,
-    plan_outputs,
-    remove_stale_temporaries,
-    run_batch,
+    execute_batch,
+    plan_batch,
 )
 from edgefx.errors import ModelError, UsageError
 from edgefx.registry import ModelInfo, resolve_model
@@ -153,10 +150,9 @@ class _Fifo:
 class EnhanceStream:
     """Enhance audio pushed block by block; the output keeps the input's rate.
 
-    ``process`` returns as many frames as are ready, which lag the input by a few
-    milliseconds; ``flush`` returns the rest, so the total output has exactly as many
-    frames as the input. The output does not depend on how the input is cut into
-    blocks.
+    ``process`` returns the frames that are ready, a few milliseconds behind the input.
+    ``flush`` returns the rest, so the output has exactly as many frames as the input.
+    The output does not depend on how the input is cut into blocks.
     """
 
     def __init__(
@@ -184,8 +180,8 @@ class EnhanceStream:
             self.down = soxr.ResampleStream(rate, model_rate, channels, dtype="float32")
             self.up = soxr.ResampleStream(model_rate, rate, channels, dtype="float32")
         if self.high_band:
-            # The input's own round trip through the model's rate, brought back to
-            # the input's rate: the input minus it is what the model never sees.
+            # The input's round trip through the model's rate, back at the input's
+            # rate. The input minus this round trip is the band the model skips.
             self.up_round_trip = soxr.ResampleStream(
                 model_rate, rate, channels, dtype="float32"
             )
@@ -269,8 +265,8 @@ class EnhanceStream:
     def _high_band_gain(self, start: int, count: int, last: bool) -> np.ndarray:
         """Gains for output frames ``start`` to ``start + count``, at the input rate.
 
-        Each hop's gain belongs to the middle of its hop; between two middles the gain
-        is interpolated linearly, and before the first or after the last it is held.
+        Each gain belongs to the middle of its hop. Between two middles the gain is
+        interpolated linearly. Before the first middle and after the last, it is held.
         """
         hop = self.enhancer.hop
         scale = self.enhancer.rate / self.rate  # model samples per input sample
@@ -414,13 +410,6 @@ def enhance_files(
             f"invalid format {output_format!r}; choose one of "
             f"{', '.join(audioio.SUFFIX_FOR_FORMAT)}"
         )
-    check_out_dir(batch.out_dir)
-    inputs, missing = collect_inputs(
-        paths, audioio.AUDIO_SUFFIXES, recursive=batch.recursive, exclude=batch.out_dir
-    )
-    if not inputs:
-        reasons = "; ".join(m.error or "" for m in missing)
-        raise UsageError(reasons or f"no audio files found in {', '.join(paths)}")
 
     def suffix_for(source: Path) -> str:
         if output_format is not None:
@@ -429,7 +418,9 @@ def enhance_files(
             return source.suffix
         return ".wav"
 
-    items = plan_outputs(inputs, batch.out_dir, suffix_for)
+    items, missing = plan_batch(
+        paths, audioio.AUDIO_SUFFIXES, batch, suffix_for, "audio"
+    )
     resolve_model(model, "enhance")  # a wrong --model fails before any work
     sessions: list[Enhancer] = []
 
@@ -450,12 +441,4 @@ def enhance_files(
             _write_ready(writer, stream.flush())
         return info.duration
 
-    remove_stale_temporaries(batch.out_dir)
-    reporter.start(len(items) + len(missing))
-    for failure in missing:
-        reporter.result(failure)
-    summary = run_batch(
-        items, process, overwrite=batch.overwrite, reporter=reporter, unit="audio s"
-    )
-    summary.results[:0] = missing
-    return summary
+    return execute_batch(items, missing, process, batch, reporter, unit="audio s")
