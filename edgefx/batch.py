@@ -161,7 +161,13 @@ def collect_inputs(
 
     unique: dict[Path, InputFile] = {}
     for item in found:
-        unique.setdefault(item.path.resolve(), item)
+        first = unique.setdefault(item.path.resolve(), item)
+        if first is not item and first.path != item.path:
+            logger.warning(
+                "%s is the same file as %s (a link), so it is processed once",
+                item.path,
+                first.path,
+            )
     return list(unique.values()), missing
 
 

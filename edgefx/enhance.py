@@ -429,6 +429,14 @@ def enhance_files(
             sessions.append(Enhancer(model, runtime))
         enhancer = sessions[0]
         info = audioio.probe(item.source)
+        logger.debug(
+            "%s: %d Hz, %d channels, %.1f s, %s",
+            item.source,
+            info.rate,
+            info.channels,
+            info.duration,
+            info.subtype,
+        )
         target = output_format or audioio.FORMAT_FOR_SUFFIX[item.output.suffix.lower()]
         subtype = audioio.output_subtype(info, target)
         stream = enhancer.stream(info.rate, info.channels, options)

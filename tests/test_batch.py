@@ -578,3 +578,18 @@ def test_run_usage_error_fails_one_file(tmp_path: Path) -> None:
 
     assert summary.failed == 1
     assert summary.done == 1
+
+
+def test_collect_warns_about_linked_copy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "take1.wav").write_bytes(b"x")
+    (tmp_path / "take2.wav").symlink_to(tmp_path / "take1.wav")
+
+    with caplog.at_level("WARNING", logger="edgefx.batch"):
+        found, missing = collect_inputs([str(tmp_path)], {".wav"})
+
+    assert [f.path.name for f in found] == ["take1.wav"]
+    assert missing == []
+    assert "take2.wav is the same file as" in caplog.text
+    assert "take1.wav" in caplog.text

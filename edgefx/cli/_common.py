@@ -73,7 +73,11 @@ ModelOption = Annotated[
 VerboseOption = Annotated[
     int,
     typer.Option(
-        "--verbose", "-v", count=True, help="Log debug details, such as each sigma."
+        "--verbose",
+        "-v",
+        count=True,
+        help="Log debug details, such as the estimated sigma of each photo or the rate "
+        "and length of each recording.",
     ),
 ]
 QuietOption = Annotated[
