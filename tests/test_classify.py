@@ -229,6 +229,8 @@ def test_cli_bad_file_fails_alone(
     failures = [line for line in result.stderr.splitlines() if "failed:" in line]
     assert len(failures) == 1
     assert "broken.png" in failures[0]
+    assert "4 done, 1 failed in" in result.stderr
+    assert "skipped" not in result.stderr
     records = parse_jsonl(result.stdout)
     assert sorted(Path(str(r["file"])).name for r in records) == [
         "blue.png",

@@ -286,7 +286,7 @@ def classify(
                 reporter=reporter,
             )
         _write_classify_rows(rows, result_format, out)
-    print_summary(summary)
+    print_summary(summary, writes_outputs=False)
     raise typer.Exit(summary.exit_code)
 
 

@@ -238,9 +238,11 @@ class ProgressReporter(Reporter):
         )
 
 
-def print_summary(summary: BatchSummary) -> None:
+def print_summary(summary: BatchSummary, writes_outputs: bool = True) -> None:
+    """Print the one-line batch summary; commands without per-file outputs skip none."""
+    skipped = f"{summary.skipped} skipped (output exists), " if writes_outputs else ""
     stderr_console().print(
-        f"{summary.done} done, {summary.skipped} skipped (output exists), "
-        f"{summary.failed} failed in {summary.seconds:.1f} s",
+        f"{summary.done} done, {skipped}{summary.failed} failed in "
+        f"{summary.seconds:.2f} s",
         markup=False,
     )
