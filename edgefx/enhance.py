@@ -5,8 +5,8 @@ carries its state from one call to the next, so a file is processed block by blo
 bounded memory, and the result does not depend on the block size.
 
 Audio at another rate is resampled with libsoxr (the soxr package) in streaming mode.
-Above the model's band, the input is kept rather than cut off: the part of the signal
-that the model never sees (the input minus its own round trip through the model's rate)
+Above the model's band, the input is kept rather than cut off. The part of the signal
+outside the model's band (the input minus its own round trip through the model's rate)
 is added back, scaled per hop by the gain that the model applied to the top of its
 band. Each channel is enhanced on its own.
 """
@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from edgefx.batch import (
 from edgefx.errors import ModelError, UsageError
 from edgefx.registry import ModelInfo, resolve_model
 from edgefx.runtime import RuntimeOptions, create_session
+
+if TYPE_CHECKING:
+    from edgefx.audioio import AudioWriter
 
 logger = logging.getLogger(__name__)
 
@@ -381,9 +385,9 @@ def limit_peaks(block: np.ndarray, ceiling: float = 0.999) -> np.ndarray:
     return PeakLimiter(block.shape[1], ceiling).process(block, last=True)
 
 
-def _write_ready(writer: object, block: np.ndarray) -> None:
+def _write_ready(writer: AudioWriter, block: np.ndarray) -> None:
     if len(block):
-        writer.write(block)  # type: ignore[attr-defined]
+        writer.write(block)
 
 
 def enhance_files(

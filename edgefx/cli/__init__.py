@@ -383,8 +383,8 @@ def enhance(
     """Suppress background noise in speech recordings.
 
     Each output keeps its input's sample rate, channel count and sample format. The
-    model works at 16 kHz; other rates are resampled (soxr) for it and back, and
-    content above its band is kept, turned down as much as the top of the band.
+    model works at 16 kHz, so other rates are resampled (soxr) for it and back.
+    Content above its band is kept, turned down as much as the top of the band.
     Files are processed in blocks, so memory stays bounded for long recordings.
     Existing outputs are skipped, so an interrupted run resumes when started again.
     """

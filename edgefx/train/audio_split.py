@@ -1,10 +1,9 @@
 """Which recordings under ``shared/data/audio`` are for training and which for testing.
 
-The split follows the data's SOURCES.md: speakers and noises used for testing never
-appear in training. Test speech is the LibriSpeech test-other speakers (disjoint from
-train-clean-100) and the three librosa clips; test noise is the SpeechBrain test noises,
-the Picovoice and noisereduce noise clips, the DeepFilterNet noise clip and the Moodist
-"transport" category, none of which are mixed into training.
+Speakers and noises used for testing never appear in training. Test speech is the
+LibriSpeech test-other speakers (disjoint from train-clean-100) and the three librosa
+clips. Test noise is the SpeechBrain test noises, the Picovoice and noisereduce noise
+clips, the DeepFilterNet noise clip and the Moodist "transport" category.
 
 This module imports neither torch nor numpy, so the bench can use it on its own.
 """

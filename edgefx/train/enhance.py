@@ -2,10 +2,10 @@
 
 Run through ``edgefx train enhance``. Every step draws fresh mixtures: a random stretch
 of clean speech at a random level, with one or two noise recordings at a random
-signal-to-noise ratio, each through a random spectral tilt so the model does not learn
-one microphone's response. The loss compares the output with the clean speech on
-power-compressed spectra at three resolutions, in magnitude and in complex value
-(the compressed spectral loss that DeepFilterNet and others train with).
+signal-to-noise ratio. Each source goes through a random spectral tilt, so the model
+does not learn one microphone's response. The loss compares the output with the clean
+speech on power-compressed spectra at three resolutions, in magnitude and in complex
+value.
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ def draw_mixtures(
     """Return ``count`` (noisy, clean) pairs of ``length`` samples each.
 
     With ``extremes``, about one pair in twenty is noise alone and one in twenty is
-    clean speech alone, so the model learns to silence pure noise and to leave clean
-    speech alone; validation sets leave them out, since SI-SDR is undefined or
+    clean speech alone, so the model learns to silence pure noise and to pass clean
+    speech unchanged. Validation sets leave them out, because SI-SDR is undefined or
     unbounded there.
     """
     weights = np.asarray([len(s) for s in speech], np.float64)
@@ -348,7 +348,7 @@ def train(options: EnhanceTrainOptions) -> Path:
     count = 0
     model.train()
     while step < options.steps:
-        # Each step draws from its own seed, so a resumed run sees the same data.
+        # Each step draws from its own seed, so a resumed run gets the same data.
         rng = np.random.default_rng(options.seed * 1_000_003 + step)
         noisy, clean = draw_mixtures(
             speech,
