@@ -1,0 +1,325 @@
+"""Events during a batch: Ctrl-C and SIGTERM, output name clashes, full and read-only
+output file systems.
+
+An interrupted batch must leave only complete outputs, and the same command run again
+must skip them and finish the rest. A full disk and a read-only output folder must
+give one `failed:` line per file that could not be written, not a traceback, and no
+partial file. The file system cases mount a small tmpfs, which needs root; they are
+skipped with the reason elsewhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+from cli_helpers import CLI_TIMEOUT_SECONDS, run_edgefx
+from PIL import Image
+from reliability_helpers import (
+    empty_files,
+    failure_lines,
+    lines_naming,
+    run_edgefx_unprivileged,
+    temporaries,
+    tmpfs_mount,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PHOTO = REPO_ROOT / "samples" / "noisy" / "astronaut.png"
+
+
+def tones(frames: int, channels: int, rate: int) -> np.ndarray:
+    time_axis = np.arange(frames)[:, None] / rate
+    frequencies = 200.0 * (1 + np.arange(channels))[None, :]
+    noise = 0.02 * np.random.default_rng(0).standard_normal((frames, channels))
+    return (0.3 * np.sin(2 * np.pi * frequencies * time_axis) + noise).astype(
+        np.float32
+    )
+
+
+def interrupt_batch(
+    command: list[str], out: Path, pattern: str, signum: int
+) -> subprocess.CompletedProcess[str]:
+    """Start ``command``, send ``signum`` once the first output exists, and wait."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + CLI_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and not any(out.glob(pattern)):
+        if process.poll() is not None:
+            break
+        time.sleep(0.02)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+    return subprocess.CompletedProcess(command, process.returncode, "", stderr)
+
+
+# --------------------------------------------------------------------------------------
+# Interruptions
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["sigint", "sigterm"],
+)
+def test_denoise_interrupt_then_resume(
+    signum: int, status: int, word: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    count = 8
+    for index in range(count):
+        shutil.copy(PHOTO, folder / f"img{index:02d}.png")
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "edgefx",
+        "denoise",
+        str(folder),
+        "--out",
+        str(out),
+    ]
+
+    stopped = interrupt_batch(command, out, "img*.png", signum)
+
+    assert stopped.returncode == status, stopped.stderr
+    assert word in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert temporaries(out) == []
+    finished = sorted(out.glob("img*.png"))
+    assert 0 < len(finished) < count, "the signal did not land mid-batch"
+    shape = cv2.imread(str(PHOTO), cv2.IMREAD_UNCHANGED).shape
+    for path in finished:
+        pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert pixels is not None and pixels.shape == shape, path
+
+    rerun = subprocess.run(
+        command, capture_output=True, text=True, timeout=CLI_TIMEOUT_SECONDS
+    )
+
+    assert rerun.returncode == 0, rerun.stderr
+    done = count - len(finished)
+    expected = f"{done} done, {len(finished)} skipped (output exists), 0 failed"
+    assert expected in rerun.stderr, rerun.stderr
+    assert len(list(out.glob("img*.png"))) == count
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+    ids=["sigint", "sigterm"],
+)
+def test_enhance_interrupt_then_resume(signum: int, status: int, tmp_path: Path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    count, rate, frames = 10, 48000, 48000 * 20
+    samples = tones(frames, 2, rate)
+    for index in range(count):
+        sf.write(folder / f"take{index:02d}.wav", samples, rate, subtype="PCM_24")
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "edgefx",
+        "enhance",
+        str(folder),
+        "--out",
+        str(out),
+    ]
+
+    stopped = interrupt_batch(command, out, "take*.wav", signum)
+
+    assert stopped.returncode == status, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert temporaries(out) == []
+    finished = sorted(out.glob("take*.wav"))
+    assert 0 < len(finished) < count, "the signal did not land mid-batch"
+    for path in finished:
+        info = sf.info(str(path))
+        assert (info.frames, info.channels, info.subtype) == (frames, 2, "PCM_24")
+
+    rerun = subprocess.run(
+        command, capture_output=True, text=True, timeout=CLI_TIMEOUT_SECONDS
+    )
+
+    assert rerun.returncode == 0, rerun.stderr
+    done = count - len(finished)
+    expected = f"{done} done, {len(finished)} skipped (output exists), 0 failed"
+    assert expected in rerun.stderr, rerun.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Output name clashes
+
+
+def test_enhance_name_clash_before_work(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "take.wav", tones(1600, 1, 16000), 16000)
+    sf.write(folder / "take.flac", tones(1600, 1, 16000), 16000)
+    out = tmp_path / "out"
+
+    result = run_edgefx("enhance", folder, "--format", "wav", "--out", out)
+
+    assert result.returncode == 2, result.stderr
+    assert "would both be written" in result.stderr
+    assert str(folder / "take.wav") in result.stderr
+    assert str(folder / "take.flac") in result.stderr
+    assert not out.exists()
+
+
+def test_denoise_name_clash_across_folders(tmp_path: Path) -> None:
+    # Two explicit files from different folders keep only their names, so they clash.
+    first, second = tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png"
+    for path in (first, second):
+        path.parent.mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    out = tmp_path / "out"
+
+    result = run_edgefx("denoise", first, second, "--out", out)
+
+    assert result.returncode == 2, result.stderr
+    assert "would both be written" in result.stderr
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------
+# Full disk
+
+
+def write_small_and_large_photos(folder: Path) -> tuple[Path, Path]:
+    """A 16x16 crop (a 1 KB output) and the whole photo (a 250 KB output)."""
+    folder.mkdir(parents=True)
+    pixels = cv2.imread(str(PHOTO), cv2.IMREAD_UNCHANGED)
+    small = folder / "a_small.png"
+    assert cv2.imwrite(str(small), pixels[:16, :16])
+    large = folder / "b_large.png"
+    shutil.copy(PHOTO, large)
+    return small, large
+
+
+def test_denoise_full_disk(tmp_path: Path) -> None:
+    small, large = write_small_and_large_photos(tmp_path / "in")
+    with tmpfs_mount(tmp_path / "out", size_kib=128) as out:
+        result = run_edgefx("denoise", small.parent, "--out", out, "--device", "cpu")
+
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert (out / small.name).is_file()
+        assert not (out / large.name).exists()
+        named = lines_naming(result.stderr, out / large.name)
+        assert len(named) == 1, result.stderr
+        assert named[0].endswith("no space left on the device"), named[0]
+        assert len(failure_lines(result.stderr)) == 1, result.stderr
+        assert temporaries(out) == []
+        assert empty_files(out) == []
+
+
+def test_enhance_full_disk(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "a_short.wav", tones(8000, 1, 16000), 16000)
+    sf.write(folder / "b_long.wav", tones(480000, 2, 48000), 48000)
+    with tmpfs_mount(tmp_path / "out", size_kib=128) as out:
+        result = run_edgefx("enhance", folder, "--out", out, "--device", "cpu")
+
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert sf.info(str(out / "a_short.wav")).frames == 8000
+        assert not (out / "b_long.wav").exists()
+        named = lines_naming(result.stderr, out / "b_long.wav")
+        assert len(named) == 1, result.stderr
+        assert named[0].endswith("no space left on the device"), named[0]
+        assert temporaries(out) == []
+        assert empty_files(out) == []
+
+
+def fill_file_system(path: Path) -> None:
+    """Write zeros to ``path`` until the file system has no space left."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with pytest.raises(OSError) as caught:
+            while True:
+                os.write(descriptor, b"\0" * 4096)
+        assert caught.value.errno == errno.ENOSPC
+    finally:
+        os.close(descriptor)
+
+
+def test_classify_results_full_disk(tmp_path: Path) -> None:
+    small, _ = write_small_and_large_photos(tmp_path / "in")
+    with tmpfs_mount(tmp_path / "mnt", size_kib=16) as mount:
+        fill_file_system(mount / "filler")
+        rows = mount / "rows.csv"
+
+        result = run_edgefx("classify", small, "--format", "csv", "--out", rows)
+
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1, result.stderr
+        assert lines[-1] == f"error: {rows}: no space left on the device", lines
+        assert "Traceback" not in result.stderr
+        assert not rows.exists()
+        assert temporaries(mount) == []
+
+
+# --------------------------------------------------------------------------------------
+# Read-only output folder
+
+
+def test_denoise_read_only_mount(tmp_path: Path) -> None:
+    small, large = write_small_and_large_photos(tmp_path / "in")
+    with tmpfs_mount(tmp_path / "out", size_kib=1024, read_only=True) as out:
+        result = run_edgefx("denoise", small.parent, "--out", out, "--device", "cpu")
+
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        for source in (small, large):
+            named = lines_naming(result.stderr, out / source.name)
+            assert len(named) == 1, result.stderr
+            assert named[0].endswith("read-only file system"), named[0]
+        assert list(out.iterdir()) == []
+
+
+def test_enhance_read_only_mount(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "take.wav", tones(8000, 1, 16000), 16000)
+    with tmpfs_mount(tmp_path / "out", size_kib=1024, read_only=True) as out:
+        result = run_edgefx("enhance", folder, "--out", out, "--device", "cpu")
+
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        named = lines_naming(result.stderr, out / "take.wav")
+        assert len(named) == 1, result.stderr
+        assert named[0].endswith("read-only file system"), named[0]
+        assert list(out.iterdir()) == []
+
+
+def test_denoise_output_folder_without_write_permission(tmp_path: Path) -> None:
+    small, _ = write_small_and_large_photos(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        result = run_edgefx_unprivileged(
+            "denoise", small, "--out", out, "--device", "cpu"
+        )
+    finally:
+        out.chmod(0o755)
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    named = lines_naming(result.stderr, out / small.name)
+    assert len(named) == 1, result.stderr
+    assert named[0].endswith("permission denied"), named[0]
+    assert list(out.iterdir()) == []
