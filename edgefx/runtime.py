@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgefx.errors import DeviceError, ModelError, UsageError
+from edgefx.external_data import check_external_data
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -137,6 +138,9 @@ def create_session(
     CPU, logging which one runs. An explicit ``cuda`` or ``tensorrt`` that cannot start
     raises DeviceError with the reason instead of silently running on the CPU.
     """
+    # A model's external-data entries may name any file; those outside its folder are
+    # rejected before ONNX Runtime opens anything.
+    check_external_data(model_path)
     ort = _import_onnxruntime()
     available = ort.get_available_providers()
     session_options = _session_options(options)
