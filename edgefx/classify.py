@@ -375,7 +375,8 @@ class Classifier:
                 "no classify model is shipped with this edgefx build; give --model PATH"
             )
         file_labels = read_labels_file(labels_path) if labels_path else None
-        self.info = resolve_model(model, "classify")
+        runtime = runtime or RuntimeOptions()
+        self.info = resolve_model(model, "classify", runtime.device)
         self.session = create_session(self.info.path, runtime or RuntimeOptions())
         self.signature = read_signature(
             self.info, self.session.get_inputs(), self.session.get_outputs()

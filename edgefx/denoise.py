@@ -137,7 +137,8 @@ class Denoiser:
     def __init__(
         self, model: str | None = None, runtime: RuntimeOptions | None = None
     ) -> None:
-        self.info = resolve_model(model, "denoise")
+        runtime = runtime or RuntimeOptions()
+        self.info = resolve_model(model, "denoise", runtime.device)
         self.session = create_session(self.info.path, runtime or RuntimeOptions())
         self.signature = read_signature(self.info, self.session.get_inputs())
 

@@ -88,7 +88,8 @@ class Enhancer:
     def __init__(
         self, model: str | None = None, runtime: RuntimeOptions | None = None
     ) -> None:
-        self.info = resolve_model(model, "enhance")
+        runtime = runtime or RuntimeOptions()
+        self.info = resolve_model(model, "enhance", runtime.device)
         self.rate = _metadata_int(self.info, "sample_rate")
         self.hop = _metadata_int(self.info, "hop")
         self.state_size = _metadata_int(self.info, "state_size")

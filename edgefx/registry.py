@@ -54,6 +54,11 @@ class ModelEntry:
     file: str
     sha256: str
     default: bool = False
+    # A variant (int8, fp16) names the model it was made from. ``cpu_default`` marks
+    # the variant that runs by default when the model runs on the CPU.
+    precision: str = "fp32"
+    variant_of: str | None = None
+    cpu_default: bool = False
 
 
 @dataclass
@@ -139,11 +144,27 @@ def _with_article(word: str) -> str:
     return f"{article} {word}"
 
 
-def resolve_model(name_or_path: str | None, task: str) -> ModelInfo:
+def _runs_on_cpu(device: str) -> bool:
+    """Return whether a session for ``device`` will run on the CPU."""
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    from edgefx.runtime import cuda_usable
+
+    return not cuda_usable()
+
+
+def resolve_model(
+    name_or_path: str | None, task: str, device: str = "auto"
+) -> ModelInfo:
     """Find the model to run for ``task``: a shipped name, a path, or the default.
 
-    A shipped model's checksum is verified. A path to another ONNX file is accepted as
-    it is, and the task module checks that its inputs fit.
+    Without a name, a model that runs on the CPU (``device`` cpu, or auto without a
+    usable CUDA) is the task's ``cpu_default`` variant where the manifest names one,
+    and the task's default otherwise. A shipped model's checksum is verified. A path to
+    another ONNX file is accepted as it is, and the task module checks that its inputs
+    fit.
     """
     if task not in TASKS:
         raise UsageError(f"unknown task {task!r}")
@@ -186,6 +207,9 @@ def resolve_model(name_or_path: str | None, task: str) -> ModelInfo:
         entry = matches[0]
     else:
         defaults = [e for e in candidates if e.default] or candidates
+        cpu_defaults = [e for e in candidates if e.cpu_default]
+        if cpu_defaults and _runs_on_cpu(device):
+            defaults = cpu_defaults
         if not defaults:
             raise ModelError(f"no {task} model is shipped with this edgefx build")
         entry = defaults[0]
@@ -203,6 +227,33 @@ def resolve_model(name_or_path: str | None, task: str) -> ModelInfo:
     )
 
 
+def resolve_any_model(name_or_path: str) -> ModelInfo:
+    """Find a shipped model by name, or open a model file, whatever its task.
+
+    The task comes from the manifest for a shipped name and from the file's metadata
+    for a path.
+    """
+    if name_or_path.endswith(".onnx") or "/" in name_or_path:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found")
+        task = read_metadata(path).get("task")
+        if task not in TASKS:
+            raise ModelError(
+                f"{path}: the model's metadata names no edgefx task (task={task!r}); "
+                f"expected one of {', '.join(TASKS)}"
+            )
+        return resolve_model(name_or_path, task)
+    for entry in load_manifest():
+        if entry.name == name_or_path:
+            return resolve_model(entry.name, entry.task)
+    names = ", ".join(e.name for e in load_manifest())
+    raise UsageError(
+        f"no shipped model is named {name_or_path!r}; available: {names} "
+        "(or give a path to an .onnx file)"
+    )
+
+
 @dataclass(frozen=True)
 class ModelSummary:
     """One row of ``edgefx models``."""
@@ -213,6 +264,12 @@ class ModelSummary:
     size_bytes: int
     parameters: int
     key_metric: str
+    precision: str = "fp32"
+    cpu_default: bool = False
+    variant_of: str | None = None
+    # Where the model runs when no --model is given: "yes" (everywhere), "CPU",
+    # "CUDA" (its task has a CPU variant) or "" (only when named).
+    default_on: str = ""
 
 
 def model_summaries(task: str | None = None) -> list[ModelSummary]:
@@ -220,10 +277,17 @@ def model_summaries(task: str | None = None) -> list[ModelSummary]:
     if task is not None and task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     folder = models_directory()
+    entries = shipped_models(task)
+    # A task whose CPU default is another variant runs its default on CUDA only.
+    split_tasks = {e.task for e in entries if e.cpu_default and not e.default}
     rows = []
-    for entry in shipped_models(task):
+    for entry in entries:
         path = folder / entry.file
         metadata = read_metadata(path) if path.is_file() else {}
+        if entry.default:
+            default_on = "CUDA" if entry.task in split_tasks else "yes"
+        else:
+            default_on = "CPU" if entry.cpu_default else ""
         rows.append(
             ModelSummary(
                 name=entry.name,
@@ -234,6 +298,10 @@ def model_summaries(task: str | None = None) -> list[ModelSummary]:
                 key_metric=metadata.get(
                     "key_metric", "missing file" if not metadata else ""
                 ),
+                precision=entry.precision,
+                cpu_default=entry.cpu_default,
+                variant_of=entry.variant_of,
+                default_on=default_on,
             )
         )
     return rows

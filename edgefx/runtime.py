@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import io
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -127,6 +128,23 @@ def diagnose_cuda() -> str:
                 'pip install "onnxruntime-gpu[cuda,cudnn]"'
             )
     return "the CUDA execution provider failed to initialize (see the log at --verbose)"
+
+
+def cuda_usable() -> bool:
+    """Return whether CUDA can run here: the provider is built in and a driver loads.
+
+    This is cheaper than starting a session and decides which shipped variant runs by
+    default; a session that then fails on CUDA still falls back to the CPU.
+    """
+    ort = _import_onnxruntime()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    driver = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        ctypes.CDLL(driver)
+    except OSError:
+        return False
+    return True
 
 
 def create_session(

@@ -29,6 +29,7 @@ from edgefx.cli._common import (
     handle_errors,
     print_summary,
 )
+from edgefx.cli.edge import export, quantize
 from edgefx.cli.train import train_app
 
 if TYPE_CHECKING:
@@ -423,7 +424,11 @@ def models(
         typer.Option(help="Show only this task: denoise, classify, enhance."),
     ] = None,
 ) -> None:
-    """List the shipped models with their size, parameters and key metric."""
+    """List the shipped models with their size, parameters and key metric.
+
+    The default column says which model runs without --model: "yes" everywhere, or
+    "CPU" and "CUDA" where an int8 variant is the CPU default.
+    """
     from rich.table import Table
 
     from edgefx.registry import model_summaries
@@ -431,7 +436,8 @@ def models(
     with handle_errors():
         rows = model_summaries(task)
     table = Table(title="edgefx models", title_justify="left")
-    for column in ("name", "task", "default", "size", "parameters", "key metric"):
+    columns = ("name", "task", "precision", "default", "size", "parameters")
+    for column in (*columns, "key metric"):
         table.add_column(
             column, justify="right" if column in ("size", "parameters") else "left"
         )
@@ -439,14 +445,28 @@ def models(
         table.add_row(
             row.name,
             row.task,
-            "yes" if row.default else "",
+            row.precision,
+            row.default_on,
             f"{row.size_bytes / 1e6:.2f} MB",
             f"{row.parameters:,}",
             row.key_metric,
         )
     from rich.console import Console
 
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for row in rows:
+        if row.default_on == "CPU":
+            console.print(
+                f"{row.task}: {row.name} runs by default on the CPU (faster here and "
+                f"within tolerance of {row.variant_of}); {row.variant_of} runs on CUDA",
+                markup=False,
+                soft_wrap=True,
+            )
+
+
+app.command()(quantize)
+app.command()(export)
 
 
 def main() -> None:

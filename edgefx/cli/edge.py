@@ -1,0 +1,189 @@
+"""``edgefx quantize`` and ``edgefx export``: model files for edge deployment."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgefx.cli._common import (
+    QuietOption,
+    ThreadsOption,
+    VerboseOption,
+    configure_logging,
+    handle_errors,
+    stderr_console,
+)
+
+ModelArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Shipped model name (see `edgefx models`) or path to an .onnx file.",
+        show_default=False,
+        metavar="MODEL",
+    ),
+]
+
+
+def _default_output(model: str, suffix: str) -> Path:
+    """``NAME<suffix>`` in the current folder, NAME being the model's file stem."""
+    stem = Path(model).stem if model.endswith(".onnx") or "/" in model else model
+    return Path(stem + suffix)
+
+
+def quantize(
+    model: ModelArgument,
+    calibrate: Annotated[
+        Path,
+        typer.Option(
+            "--calibrate",
+            help="Training data to calibrate on: a folder (or zip) of images for the "
+            "denoiser and the classifier, a folder of recordings for the enhancer "
+            "(the shared/data/audio folder is split by edgefx.train.audio_split). "
+            "Never the test set.",
+            show_default=False,
+        ),
+    ],
+    test_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--test-data",
+            help="Test data to score both models on: clean photos (noise sigma 25 is "
+            "added), a folder or zip of labelled images (one subfolder per class), "
+            "or the shared audio folder (PESQ). The result goes into the model's "
+            "metadata.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output file. Default: ./NAME-int8.onnx."),
+    ] = None,
+    samples: Annotated[
+        int, typer.Option(help="Calibration photos, images or recordings.", min=1)
+    ] = 64,
+    test_limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Score on this many test images (or utterances), evenly spread. "
+            "Default: all.",
+            min=1,
+        ),
+    ] = None,
+    per_channel: Annotated[
+        bool,
+        typer.Option(help="One weight scale per output channel (else per tensor)."),
+    ] = True,
+    threads: ThreadsOption = 0,
+    verbose: VerboseOption = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """Write a static int8 (QDQ) model, calibrated on real inputs.
+
+    With --test-data, both models are scored on it and timed on this CPU, and the
+    change in quality (PSNR, top-1 accuracy or PESQ) and speed is recorded in the new
+    model's metadata and printed.
+    """
+    if verbose or quiet:
+        configure_logging(-1 if quiet else verbose)
+    from edgefx.quantize import QuantizeOptions, describe, quantize_model
+
+    with handle_errors():
+        options = QuantizeOptions(
+            calibration=calibrate,
+            test_data=test_data,
+            samples=samples,
+            test_limit=test_limit,
+            per_channel=per_channel,
+            threads=threads,
+        )
+        output = out or _default_output(model, "-int8.onnx")
+        result = quantize_model(model, output, options)
+    ops = ", ".join(
+        f"{op} {count}" for op, count in sorted(result.quantized_nodes.items())
+    )
+    console = stderr_console()
+    console.print(
+        f"wrote {result.output} (int8 operators: {ops})", markup=False, soft_wrap=True
+    )
+    if result.comparison is not None:
+        comparison = result.comparison
+        console.print(describe(comparison), markup=False, soft_wrap=True)
+        verdict = (
+            "faster and within tolerance: fit to be the CPU default"
+            if comparison.ship_for_cpu
+            else "not fit to be the CPU default: "
+            + (
+                "slower than fp32"
+                if comparison.within_tolerance
+                else f"quality drops more than {comparison.tolerance:g}"
+            )
+        )
+        console.print(verdict, markup=False, soft_wrap=True)
+
+
+class ExportFormat(str, Enum):
+    ort = "ort"
+    onnx = "onnx"
+
+
+def export(
+    model: ModelArgument,
+    export_format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="ort: ORT format for minimal ONNX Runtime builds, with its "
+            "required-operators config; onnx: an ONNX file (needs --fp16).",
+            case_sensitive=False,
+        ),
+    ],
+    fp16: Annotated[
+        bool,
+        typer.Option(
+            "--fp16",
+            help="Convert weights and arithmetic to float16 for GPUs; inputs and "
+            "outputs stay float32.",
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output file. Default: ./NAME.ort or ./NAME-fp16.onnx.",
+        ),
+    ] = None,
+    verbose: VerboseOption = 0,
+    quiet: QuietOption = False,
+) -> None:
+    """Export a model as ORT format (minimal builds) or as float16 ONNX (GPUs)."""
+    if verbose or quiet:
+        configure_logging(-1 if quiet else verbose)
+    from edgefx.convert import export_fp16, export_ort
+    from edgefx.errors import UsageError
+
+    with handle_errors():
+        if export_format is ExportFormat.ort:
+            if fp16:
+                raise UsageError(
+                    "--fp16 makes an ONNX file for GPUs; use --format onnx --fp16"
+                )
+            result = export_ort(model, out or _default_output(model, ".ort"))
+        else:
+            if not fp16:
+                raise UsageError(
+                    "--format onnx converts to float16; add --fp16 (the input is "
+                    "already a float32 ONNX file)"
+                )
+            result = export_fp16(model, out or _default_output(model, "-fp16.onnx"))
+    console = stderr_console()
+    console.print(f"wrote {result.output}", markup=False, soft_wrap=True)
+    if result.operators_config is not None:
+        console.print(
+            f"wrote {result.operators_config} (for a minimal build: "
+            "--include_ops_by_config)",
+            markup=False,
+            soft_wrap=True,
+        )

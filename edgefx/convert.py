@@ -1,0 +1,137 @@
+"""Export a model for deployment: ORT format for minimal builds, float16 for GPUs.
+
+Both conversions are ONNX Runtime's own tools: ``onnxruntime.tools.
+convert_onnx_models_to_ort`` writes the ``.ort`` file and the required-operators
+config that a minimal ONNX Runtime build takes (``--include_ops_by_config``), and
+``onnxruntime.transformers.float16`` converts the weights and arithmetic to float16
+while the inputs and outputs stay float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefx.errors import ModelError, OutputError, UsageError
+from edgefx.registry import ModelInfo, resolve_any_model
+
+logger = logging.getLogger(__name__)
+
+CONFIG_SUFFIX = ".required_operators.config"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    output: Path
+    source: ModelInfo
+    operators_config: Path | None = None  # ORT format only
+
+
+def _check_output(info: ModelInfo, output: Path) -> None:
+    if output.is_dir():
+        raise UsageError(f"--out {output} is a directory; give a file path")
+    if output.resolve() == info.path.resolve():
+        raise UsageError(f"{output}: the output would replace its input")
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    """Copy next to ``target`` under a temporary name, then rename over it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        shutil.copyfile(source, partial)
+        partial.replace(target)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise OutputError(target, err.strerror or str(err)) from err
+
+
+def operators_config_path(output: Path) -> Path:
+    """Where the required-operators config of the ORT file ``output`` is written."""
+    return output.with_name(output.stem + CONFIG_SUFFIX)
+
+
+def export_ort(model: str, output: Path) -> ExportResult:
+    """Convert ``model`` to ORT format and write its required-operators config.
+
+    The graph is optimized at the "Fixed" style, as for a minimal build without runtime
+    optimizations; the config lists every operator (with opset) the file uses.
+    """
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
+
+    info = resolve_any_model(model)
+    if output.suffix != ".ort":
+        raise UsageError(f"--out {output}: an ORT-format file must end in .ort")
+    _check_output(info, output)
+    with tempfile.TemporaryDirectory(prefix="edgefx-export-") as work:
+        source = Path(work, "in", output.stem + ".onnx")
+        source.parent.mkdir()
+        shutil.copyfile(info.path, source)
+        converted = Path(work, "out")
+        # The converter logs and prints each step; those go to the debug log.
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                convert_onnx_models_to_ort(
+                    source,
+                    output_dir=converted,
+                    optimization_styles=[OptimizationStyle.Fixed],
+                )
+        except Exception as err:  # the converter raises many types
+            raise ModelError(
+                f"{info.path}: ORT-format conversion failed: {err}"
+            ) from err
+        logger.debug("ORT converter: %s", printed.getvalue().strip())
+        ort_file = converted / (output.stem + ".ort")
+        config = converted / (output.stem + CONFIG_SUFFIX)
+        if not ort_file.is_file() or not config.is_file():
+            found = ", ".join(p.name for p in converted.iterdir()) or "nothing"
+            raise ModelError(
+                f"{info.path}: the ORT converter wrote {found}, not {ort_file.name} "
+                f"and {config.name}"
+            )
+        # The config's header names the converter's temporary file; name ours.
+        lines = config.read_text(encoding="utf-8").splitlines()
+        lines = [f"# - {output.name}" if x.startswith("# - ") else x for x in lines]
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        config_output = operators_config_path(output)
+        _move_into_place(config, config_output)
+        _move_into_place(ort_file, output)
+    return ExportResult(output, info, config_output)
+
+
+def export_fp16(model: str, output: Path) -> ExportResult:
+    """Write a float16 copy of ``model`` whose inputs and outputs stay float32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    info = resolve_any_model(model)
+    if info.metadata.get("precision", "fp32") != "fp32":
+        raise UsageError(
+            f"{info.path}: this model is {info.metadata['precision']}; convert the "
+            "float32 model"
+        )
+    _check_output(info, output)
+    proto = onnx.load(str(info.path))
+    try:
+        converted = convert_float_to_float16(proto, keep_io_types=True)
+    except Exception as err:  # the converter raises many types
+        raise ModelError(f"{info.path}: float16 conversion failed: {err}") from err
+    values = {p.key: p.value for p in converted.metadata_props}
+    values.update(name=f"{info.name}-fp16", precision="fp16", variant_of=info.name)
+    del converted.metadata_props[:]
+    for key, value in sorted(values.items()):
+        converted.metadata_props.add(key=key, value=value)
+    with tempfile.TemporaryDirectory(prefix="edgefx-export-") as work:
+        written = Path(work, output.name)
+        onnx.save(converted, str(written))
+        _move_into_place(written, output)
+    return ExportResult(output, info)

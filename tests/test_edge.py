@@ -1,0 +1,320 @@
+"""edgefx quantize and edgefx export through the CLI, variants in the registry, and
+the lean install: what a plain ``pip install edgefx`` imports and requires."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from importlib.metadata import requires
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgefx.imageio import read_image
+from edgefx.registry import resolve_model, sha256_of
+
+FEATURES = 16
+
+
+def build_denoiser(path: Path) -> Path:
+    """Write a small residual denoiser: two 3x3 convolutions and a subtraction."""
+    rng = np.random.default_rng(7)
+    first = rng.normal(0, 0.2, (FEATURES, 3, 3, 3)).astype(np.float32)
+    second = rng.normal(0, 0.05, (3, FEATURES, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["noise"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sub", ["image", "noise"], ["denoised"]),
+    ]
+    shape = ["batch", 3, "height", "width"]
+    graph = helper.make_graph(
+        nodes,
+        "small_denoiser",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("denoised", TensorProto.FLOAT, shape)],
+        initializer=[
+            numpy_helper.from_array(first, "w1"),
+            numpy_helper.from_array(np.zeros(FEATURES, np.float32), "b1"),
+            numpy_helper.from_array(second, "w2"),
+            numpy_helper.from_array(np.zeros(3, np.float32), "b2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    parameters = first.size + FEATURES + second.size + 3
+    for key, value in {
+        "task": "denoise",
+        "name": "small-denoiser",
+        "parameters": str(parameters),
+        "key_metric": "none (test model)",
+    }.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_denoiser(tmp_path_factory.mktemp("model") / "small-denoiser.onnx")
+
+
+@pytest.fixture(scope="module")
+def sample_batch(samples_dir: Path) -> np.ndarray:
+    """A 96x96 crop of a real noisy sample photo: (1, 3, 96, 96) float32 in [0, 1]."""
+    pixels = read_image(samples_dir / "noisy" / "astronaut.png").pixels[:96, :96, :3]
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None] / 255.0, np.float32)
+
+
+def run_model(path: Path, batch: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": batch})[0]
+
+
+def test_quantize_writes_close_int8_model(
+    run_cli, small_model, samples_dir, sample_batch, tmp_path
+):
+    output = tmp_path / "small-int8.onnx"
+    result = run_cli(
+        "quantize",
+        small_model,
+        "--calibrate",
+        samples_dir / "clean",
+        "--test-data",
+        samples_dir / "clean",
+        "--samples",
+        "4",
+        "--test-limit",
+        "2",
+        "--out",
+        output,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {output}" in result.stderr
+    assert "vs fp32" in result.stderr
+
+    proto = onnx.load(str(output))
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert metadata["precision"] == "int8"
+    assert metadata["variant_of"] == "small-denoiser"
+    assert metadata["name"] == "small-denoiser-int8"
+    test = json.loads(metadata["quantization"])["test"]
+    assert test["metric"] == "psnr_db" and test["count"] == 2
+    assert test["delta"] == pytest.approx(test["int8"] - test["fp32"], abs=1e-3)
+    assert test["fp32_seconds"] > 0 and test["int8_seconds"] > 0
+
+    reference = run_model(small_model, sample_batch)
+    quantized = run_model(output, sample_batch)
+    assert quantized.shape == reference.shape
+    error = float(np.sqrt(np.mean((quantized - reference) ** 2)))
+    assert error < 0.01, f"int8 output differs from fp32 by RMS {error:.4f}"
+
+
+def test_quantize_missing_calibration_folder(run_cli, small_model, tmp_path):
+    result = run_cli(
+        "quantize",
+        small_model,
+        "--calibrate",
+        tmp_path / "absent",
+        "-o",
+        tmp_path / "x",
+    )
+    assert result.returncode == 2
+    assert "absent: not found" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_ort_with_operator_config(run_cli, small_model, sample_batch, tmp_path):
+    output = tmp_path / "deploy" / "small.ort"
+    result = run_cli("export", small_model, "--format", "ort", "--out", output)
+    assert result.returncode == 0, result.stderr
+
+    config = tmp_path / "deploy" / "small.required_operators.config"
+    assert output.is_file() and config.is_file()
+    operators = config.read_text()
+    assert "Conv" in operators and "Sub" in operators
+    assert str(tmp_path) not in operators.replace(str(output), "")
+    assert sorted(p.name for p in output.parent.iterdir()) == sorted(
+        [config.name, output.name]
+    )
+    np.testing.assert_allclose(
+        run_model(output, sample_batch),
+        run_model(small_model, sample_batch),
+        atol=1e-5,
+    )
+
+
+def test_export_fp16_keeps_float32_io(run_cli, small_model, sample_batch, tmp_path):
+    output = tmp_path / "small-fp16.onnx"
+    result = run_cli("export", small_model, "--format", "onnx", "--fp16", "-o", output)
+    assert result.returncode == 0, result.stderr
+
+    proto = onnx.load(str(output))
+    for value in (*proto.graph.input, *proto.graph.output):
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT, value.name
+    weights = {i.name: i.data_type for i in proto.graph.initializer}
+    assert weights["w1"] == TensorProto.FLOAT16
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert metadata["precision"] == "fp16"
+    np.testing.assert_allclose(
+        run_model(output, sample_batch), run_model(small_model, sample_batch), atol=5e-3
+    )
+
+
+def test_export_rejects_fp16_ort(run_cli, small_model, tmp_path):
+    result = run_cli(
+        "export", small_model, "--format", "ort", "--fp16", "-o", tmp_path / "m.ort"
+    )
+    assert result.returncode == 2
+    assert "--format onnx --fp16" in result.stderr
+
+
+@pytest.mark.slow
+def test_quantize_shipped_classifier_cifar10(run_cli, data_dir, tmp_path):
+    output = tmp_path / "classify-int8.onnx"
+    result = run_cli(
+        "quantize",
+        "classify-cifar10",
+        "--calibrate",
+        data_dir / "cifar10" / "train.zip",
+        "--test-data",
+        data_dir / "cifar10" / "test.zip",
+        "--samples",
+        "32",
+        "--test-limit",
+        "300",
+        "-o",
+        output,
+    )
+    assert result.returncode == 0, result.stderr
+    metadata = {p.key: p.value for p in onnx.load(str(output)).metadata_props}
+    test = json.loads(metadata["quantization"])["test"]
+    assert test["metric"] == "top1_percent" and test["count"] == 300
+    # The float model scores 88 % on CIFAR-10; int8 must stay near it.
+    assert test["int8"] > 80.0
+    assert abs(test["delta"]) < 3.0
+
+
+# --------------------------------------------------------------------------------------
+# Variants in the registry and in `edgefx models`
+
+
+@pytest.fixture()
+def variant_folder(tmp_path: Path, small_model: Path) -> Path:
+    """A model folder with a float denoiser and its int8 variant as the CPU default."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copyfile(small_model, folder / "small-denoiser.onnx")
+    variant = onnx.load(str(small_model))
+    values = {p.key: p.value for p in variant.metadata_props}
+    values.update(name="small-denoiser-int8", precision="int8")
+    values.update(variant_of="small-denoiser")
+    del variant.metadata_props[:]
+    for key, value in values.items():
+        variant.metadata_props.add(key=key, value=value)
+    onnx.save(variant, str(folder / "small-denoiser-int8.onnx"))
+    rows = [
+        {
+            "name": "small-denoiser",
+            "task": "denoise",
+            "file": "small-denoiser.onnx",
+            "sha256": sha256_of(folder / "small-denoiser.onnx"),
+            "default": True,
+        },
+        {
+            "name": "small-denoiser-int8",
+            "task": "denoise",
+            "file": "small-denoiser-int8.onnx",
+            "sha256": sha256_of(folder / "small-denoiser-int8.onnx"),
+            "precision": "int8",
+            "variant_of": "small-denoiser",
+            "cpu_default": True,
+        },
+    ]
+    (folder / "manifest.json").write_text(json.dumps({"models": rows}))
+    return folder
+
+
+def test_cpu_default_picks_int8_variant(variant_folder, monkeypatch):
+    monkeypatch.setenv("EDGEFX_MODELS_DIR", str(variant_folder))
+    assert resolve_model(None, "denoise", "cpu").name == "small-denoiser-int8"
+    assert resolve_model(None, "denoise", "cuda").name == "small-denoiser"
+    assert resolve_model("small-denoiser", "denoise", "cpu").name == "small-denoiser"
+
+
+def test_models_shows_default_variant(run_cli, variant_folder):
+    result = run_cli("models", models_dir=variant_folder, env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    cells = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in result.stdout.splitlines()
+        if line.startswith("│")
+    ]
+    rows = {row[0]: row[1:4] for row in cells}
+    assert rows == {
+        "small-denoiser": ["denoise", "fp32", "CUDA"],
+        "small-denoiser-int8": ["denoise", "int8", "CPU"],
+    }
+    assert (
+        "small-denoiser-int8 runs by default on the CPU (faster here and within "
+        "tolerance of small-denoiser)"
+    ) in result.stdout
+
+
+# --------------------------------------------------------------------------------------
+# Lean install
+
+TRAINING_PACKAGES = {"torch", "torchvision", "torchaudio", "onnxscript", "pytorch"}
+HEAVY_MODULES = ("torch", "onnxruntime")
+
+
+def test_base_install_has_no_training_packages():
+    base = [
+        line.split(";")[0]
+        for line in requires("edgefx") or []
+        if "extra ==" not in line
+    ]
+    names = {
+        requirement.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip()
+        for requirement in base
+    }
+    assert names, "edgefx declares no base requirements"
+    assert not names & TRAINING_PACKAGES, sorted(names & TRAINING_PACKAGES)
+
+
+CHECK_IMPORTS = """
+import json, sys
+import edgefx
+import edgefx.cli
+sys.argv = ["edgefx", *sys.argv[1:]]
+try:
+    edgefx.cli.main()
+except SystemExit:
+    pass
+print(json.dumps([m for m in {heavy!r} if m in sys.modules]))
+"""
+
+
+@pytest.mark.parametrize(
+    "arguments", [["--help"], ["quantize", "--help"], ["export", "--help"]]
+)
+def test_help_imports_no_torch_or_onnxruntime(arguments):
+    script = CHECK_IMPORTS.format(heavy=HEAVY_MODULES)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"edgefx {' '.join(arguments)} imported {loaded}"

@@ -1,0 +1,108 @@
+"""Quantize a shipped model to int8, measure it, and ship it only where it earns it.
+
+One command redoes the whole step for a model, for example after retraining it:
+
+    python tools/edge_variant.py enhance-speech
+    python tools/edge_variant.py denoise-s --dry-run
+
+It runs ``edgefx quantize`` on the shared training data (calibration) and test data
+(quality, speed), then keeps models/NAME-int8.onnx as the CPU default only when the
+int8 model is faster on this CPU and within tolerance of the float32 model: 0.1 dB
+PSNR, 0.5 points of top-1 accuracy, 0.05 PESQ. Otherwise any older NAME-int8.onnx is
+removed. Either way models/manifest.json is rewritten. --dry-run writes the int8 model
+to a temporary folder and changes nothing under models/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from edgefx.quantize import QuantizeOptions, describe, quantize_model
+from edgefx.registry import load_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "models"
+
+# (calibration data, test data, test items) per task, relative to the data folder.
+# The denoiser is scored on the first 12 CBSD68 photos to keep the run short.
+DATA_FOR_TASK = {
+    "denoise": ("images/train/CBSD432", "images/test/CBSD68", 12),
+    "classify": ("cifar10/train.zip", "cifar10/test.zip", None),
+    "enhance": ("audio", "audio", 20),
+}
+
+
+def data_folder() -> Path:
+    configured = os.environ.get("EDGEFX_DATA")
+    return Path(configured) if configured else REPO.parent / "shared" / "data"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="shipped float32 model name, e.g. denoise-s")
+    parser.add_argument("--calibrate", type=Path, help="training data to calibrate on")
+    parser.add_argument("--test-data", type=Path, help="test data to score on")
+    parser.add_argument("--test-limit", type=int, help="test images or utterances")
+    parser.add_argument("--samples", type=int, default=64, help="calibration inputs")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="measure only; leave models/ as it is"
+    )
+    args = parser.parse_args()
+
+    entries = {e.name: e for e in load_manifest(MODELS)}
+    if args.model not in entries:
+        parser.error(f"no shipped model {args.model!r}; have {', '.join(entries)}")
+    entry = entries[args.model]
+    if entry.precision != "fp32":
+        parser.error(f"{args.model} is {entry.precision}; give the float32 model")
+    calibration, test_data, test_limit = DATA_FOR_TASK[entry.task]
+    options = QuantizeOptions(
+        calibration=args.calibrate or data_folder() / calibration,
+        test_data=args.test_data or data_folder() / test_data,
+        samples=args.samples,
+        test_limit=args.test_limit or test_limit,
+    )
+
+    target = MODELS / f"{args.model}-int8.onnx"
+    with tempfile.TemporaryDirectory(prefix="edgefx-variant-") as work:
+        written = Path(work, target.name)
+        result = quantize_model(args.model, written, options)
+        comparison = result.comparison
+        assert comparison is not None  # test data was given
+        print(f"{args.model}: {describe(comparison)}")
+        print(
+            f"  quality on {comparison.count} items of {comparison.data}; time per "
+            f"{comparison.unit}: fp32 {comparison.fp32_seconds * 1000:.1f} ms, "
+            f"int8 {comparison.int8_seconds * 1000:.1f} ms"
+        )
+        if comparison.ship_for_cpu:
+            print(f"  decision: ship {target.name} as the CPU default")
+        elif not comparison.within_tolerance:
+            print(
+                f"  decision: do not ship; quality drops by more than "
+                f"{comparison.tolerance:g}"
+            )
+        else:
+            print("  decision: do not ship; int8 is not faster on this CPU")
+        if args.dry_run:
+            print("  --dry-run: models/ left as it is")
+            return 0
+        if comparison.ship_for_cpu:
+            shutil.move(written, target)
+        else:
+            target.unlink(missing_ok=True)
+
+    command = [sys.executable, str(REPO / "tools" / "update_manifest.py")]
+    if comparison.ship_for_cpu:
+        command += ["--cpu-default", f"{args.model}-int8"]
+    return subprocess.run(command, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
