@@ -71,6 +71,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    context: typer.Context,
     verbose: VerboseOption = 0,
     quiet: QuietOption = False,
     version: Annotated[
@@ -82,6 +83,10 @@ def root(
 ) -> None:
     """ONNX edge inference: denoise photos, classify images, enhance speech."""
     configure_logging(-1 if quiet else verbose)
+    if context.invoked_subcommand != "train":
+        from edgefx.threads import limit_library_threads
+
+        limit_library_threads()
 
 
 @app.command()
