@@ -22,9 +22,9 @@ from edgefx.batch import (
     BatchSummary,
     Reporter,
     collect_inputs,
-    run_batch,
 )
 from edgefx.errors import ModelError, UsageError
+from edgefx.pipeline import EngineOptions, Stages, execute_task
 from edgefx.registry import ModelInfo, resolve_model, shipped_models
 from edgefx.runtime import RuntimeOptions, create_session
 
@@ -499,6 +499,53 @@ class Classifier:
         return results
 
 
+@dataclass(frozen=True)
+class ClassifyTask:
+    """The settings a worker needs to classify files; picklable, so Ray can ship it."""
+
+    options: ClassifyOptions
+    runtime: RuntimeOptions
+    model: str | None = None
+    labels_path: Path | None = None
+    preset: str | None = None
+
+    def open(self) -> Stages[tuple[np.ndarray, float], tuple[list[Any], float]]:
+        """Load the model and return the read, classify and record stages."""
+        classifier = Classifier(
+            self.model, self.runtime, labels_path=self.labels_path, preset=self.preset
+        )
+        return self.stages(classifier)
+
+    def stages(
+        self, classifier: Classifier
+    ) -> Stages[tuple[np.ndarray, float], tuple[list[Any], float]]:
+        """Return the stages around an already-loaded classifier."""
+        from edgefx import imageio
+
+        records: dict[Path, Any] = {}
+
+        def load(item: BatchItem) -> tuple[np.ndarray, float]:
+            # (3, H, W) float32 model input, and the image's megapixels.
+            image = imageio.read_image(item.source)
+            prepared = prepare_image(image.pixels, classifier.preprocess)
+            return prepared, image.height * image.width / 1e6
+
+        def infer(
+            loaded: list[tuple[np.ndarray, float]],
+        ) -> list[tuple[list[Any], float]]:
+            batch = np.stack([prepared for prepared, _ in loaded])
+            probabilities = classifier.run_prepared(batch)
+            tops = classifier.top_labels(probabilities, self.options.top_k)
+            return [(top, units) for top, (_, units) in zip(tops, loaded, strict=True)]
+
+        def save(item: BatchItem, result: tuple[list[Any], float]) -> float:
+            top, units = result
+            records[item.source] = ClassifyRow(item.source, top[0][0], top[0][1], top)
+            return units
+
+        return Stages(load, infer, save, self.options.batch_size, records)
+
+
 def classify_files(
     paths: Sequence[str],
     recursive: bool = False,
@@ -508,52 +555,34 @@ def classify_files(
     labels_path: Path | None = None,
     preset: str | None = None,
     reporter: Reporter | None = None,
+    engine: EngineOptions | None = None,
 ) -> tuple[BatchSummary, list[ClassifyRow]]:
     """Classify image files and return the per-file results and one row per good file.
 
     A file that cannot be read is one failed result and the batch goes on; a ModelError
-    or DeviceError stops it. Rows follow the order of the inputs.
+    or DeviceError stops it. Rows follow the order of the inputs. The model runs once
+    per ``options.batch_size`` decoded images.
     """
     from edgefx import imageio
 
     options = options or ClassifyOptions()
     reporter = reporter or Reporter()
+    engine = engine or EngineOptions()
     inputs, missing = collect_inputs(paths, imageio.FORMATS, recursive=recursive)
     if not inputs:
         reasons = "; ".join(m.error or "" for m in missing)
         raise UsageError(reasons or f"no image files found in {', '.join(paths)}")
 
-    classifier = Classifier(model, runtime, labels_path=labels_path, preset=preset)
-    prepared: dict[Path, np.ndarray] = {}
-    rows: dict[Path, ClassifyRow] = {}
-
-    def flush() -> None:
-        sources = list(prepared)
-        probabilities = classifier.run_prepared(np.stack(list(prepared.values())))
-        prepared.clear()
-        tops = classifier.top_labels(probabilities, options.top_k)
-        for source, top in zip(sources, tops, strict=True):
-            rows[source] = ClassifyRow(source, top[0][0], top[0][1], top)
-
-    def process(item: BatchItem) -> float:
-        # Files are read one by one, so that a bad file fails alone; the model runs
-        # once per batch_size prepared images. NOTE: the time of each model call is
-        # counted in the file that filled the batch, so per-file rates are uneven.
-        image = imageio.read_image(item.source)
-        prepared[item.source] = prepare_image(image.pixels, classifier.preprocess)
-        if len(prepared) >= options.batch_size:
-            flush()
-        return image.height * image.width / 1e6
-
-    # The output of an item is its source, because classification writes no file;
-    # overwrite=True keeps run_batch from skipping it as an existing output.
+    task = ClassifyTask(
+        options, runtime or RuntimeOptions(), model, labels_path, preset
+    )
+    # The local engine loads the model now, so that a bad model, labels file or
+    # preset is an error before any file is read. Ray workers load their own.
+    stages = task.open() if engine.engine == "local" else None
+    # The output of an item is its source, because classification writes no file.
     items = [BatchItem(entry.path, entry.path) for entry in inputs]
-    reporter.start(len(items) + len(missing))
-    for failure in missing:
-        reporter.result(failure)
-    summary = run_batch(items, process, overwrite=True, reporter=reporter)
-    if prepared:
-        flush()
-    summary.results[:0] = missing
-    ordered = [rows[entry.path] for entry in inputs if entry.path in rows]
+    summary, records = execute_task(
+        items, missing, task, reporter, engine, stages=stages
+    )
+    ordered = [records[entry.path] for entry in inputs if entry.path in records]
     return summary, ordered

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,13 +15,16 @@ from edgefx.batch import (
     BatchOptions,
     BatchSummary,
     Reporter,
-    execute_batch,
     plan_batch,
 )
 from edgefx.errors import InputError, ModelError, UsageError
 from edgefx.noise import estimate_sigma
+from edgefx.pipeline import EngineOptions, Stages, execute_task
 from edgefx.registry import ModelInfo, resolve_model
 from edgefx.runtime import RuntimeOptions, create_session
+
+if TYPE_CHECKING:
+    from edgefx.imageio import ImageData
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +245,58 @@ class Denoiser:
         return np.round(result * scale).astype(window.dtype)
 
 
+@dataclass(frozen=True)
+class DenoiseTask:
+    """The settings a worker needs to denoise files; picklable, so Ray can ship it."""
+
+    options: DenoiseOptions
+    runtime: RuntimeOptions
+    model: str | None = None
+    output_format: str | None = None
+    quality: int | None = None
+
+    def open(self) -> Stages[tuple[Path, ImageData], ImageData]:
+        """Load the model and return the read, denoise and write stages."""
+        from edgefx import imageio
+
+        denoiser = Denoiser(self.model, self.runtime)
+
+        def target_format(item: BatchItem) -> str:
+            return self.output_format or imageio.FORMATS[item.output.suffix.lower()]
+
+        def load(item: BatchItem) -> tuple[Path, ImageData]:
+            image = imageio.read_image(item.source)
+            if image.alpha is not None and target_format(item) == "jpeg":
+                raise InputError(
+                    item.source, "JPEG cannot store an alpha channel; use --format png"
+                )
+            return item.source, image
+
+        def infer(loaded: list[tuple[Path, ImageData]]) -> list[ImageData]:
+            results = []
+            for source, image in loaded:
+                restored, sigma = denoiser.denoise(image.pixels, self.options)
+                logger.debug("%s: noise sigma %.1f", source, sigma)
+                results.append(
+                    imageio.ImageData(
+                        restored,
+                        image.alpha,
+                        image.format,
+                        icc_profile=image.icc_profile,
+                        exif=image.exif,
+                    )
+                )
+            return results
+
+        def save(item: BatchItem, result: ImageData) -> float:
+            imageio.write_image(
+                item.output, result, format=target_format(item), quality=self.quality
+            )
+            return result.height * result.width / 1e6
+
+        return Stages(load, infer, save)
+
+
 def denoise_files(
     paths: Sequence[str],
     batch: BatchOptions,
@@ -251,16 +306,17 @@ def denoise_files(
     output_format: str | None = None,
     quality: int | None = None,
     reporter: Reporter | None = None,
+    engine: EngineOptions | None = None,
 ) -> BatchSummary:
     """Denoise image files into ``batch.out_dir`` and return the per-file results.
 
     Outputs keep the input's format, bit depth, size and alpha unless ``output_format``
     names another format. Usage errors (an output that would replace its input, two
     inputs with one output name, no input at all) are raised before any file is touched.
+    ``engine`` chooses the local pipeline (the default) or a Ray cluster.
     """
     from edgefx import imageio
 
-    options = options or DenoiseOptions()
     reporter = reporter or Reporter()
     if output_format is not None and output_format not in imageio.SUFFIX_FOR_FORMAT:
         raise UsageError(
@@ -278,31 +334,15 @@ def denoise_files(
     # error before any work. The session starts with the first file that needs work,
     # so a rerun that only skips finished outputs does not load the model.
     resolve_model(model, "denoise")
-    sessions: list[Denoiser] = []
-
-    def process(item: BatchItem) -> float:
-        if not sessions:
-            sessions.append(Denoiser(model, runtime))
-        denoiser = sessions[0]
-        image = imageio.read_image(item.source)
-        target_format = output_format or imageio.FORMATS[item.output.suffix.lower()]
-        if image.alpha is not None and target_format == "jpeg":
-            raise InputError(
-                item.source, "JPEG cannot store an alpha channel; use --format png"
-            )
-        restored, sigma = denoiser.denoise(image.pixels, options)
-        logger.debug("%s: noise sigma %.1f", item.source, sigma)
-        result = imageio.ImageData(
-            restored,
-            image.alpha,
-            image.format,
-            icc_profile=image.icc_profile,
-            exif=image.exif,
-        )
-        imageio.write_image(item.output, result, format=target_format, quality=quality)
-        return image.height * image.width / 1e6
-
-    return execute_batch(items, missing, process, batch, reporter)
+    task = DenoiseTask(
+        options or DenoiseOptions(),
+        runtime or RuntimeOptions(),
+        model,
+        output_format,
+        quality,
+    )
+    summary, _ = execute_task(items, missing, task, reporter, engine, batch)
+    return summary
 
 
 _default_denoisers: dict[tuple[str | None, str], Denoiser] = {}

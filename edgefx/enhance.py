@@ -26,15 +26,15 @@ from edgefx.batch import (
     BatchOptions,
     BatchSummary,
     Reporter,
-    execute_batch,
     plan_batch,
 )
 from edgefx.errors import ModelError, UsageError
+from edgefx.pipeline import EngineOptions, Stages, execute_task, read_ahead
 from edgefx.registry import ModelInfo, resolve_model
 from edgefx.runtime import RuntimeOptions, create_session
 
 if TYPE_CHECKING:
-    from edgefx.audioio import AudioWriter
+    from edgefx.audioio import AudioInfo, AudioWriter
 
 logger = logging.getLogger(__name__)
 
@@ -391,6 +391,69 @@ def _write_ready(writer: AudioWriter, block: np.ndarray) -> None:
         writer.write(block)
 
 
+@dataclass(frozen=True)
+class EnhanceTask:
+    """The settings a worker needs to enhance files; picklable, so Ray can ship it."""
+
+    options: EnhanceOptions
+    runtime: RuntimeOptions
+    model: str | None = None
+    output_format: str | None = None
+
+    def open(self) -> Stages[tuple[BatchItem, AudioInfo], float]:
+        """Load the model and return the probe, enhance-and-write and count stages.
+
+        A recording is streamed block by block, so its decoding, enhancement and
+        writing cannot be split into whole-file stages as images are. The model
+        stage reads blocks ahead in a thread (read_ahead), so decoding overlaps with
+        the model. NOTE: encoding and writing still run between model calls, in the
+        model's thread.
+        """
+        from edgefx import audioio
+
+        enhancer = Enhancer(self.model, self.runtime)
+
+        def load(item: BatchItem) -> tuple[BatchItem, AudioInfo]:
+            info = audioio.probe(item.source)
+            logger.debug(
+                "%s: %d Hz, %d channels, %.1f s, %s",
+                item.source,
+                info.rate,
+                info.channels,
+                info.duration,
+                info.subtype,
+            )
+            return item, info
+
+        def infer(loaded: list[tuple[BatchItem, AudioInfo]]) -> list[float]:
+            return [self.enhance_file(enhancer, item, info) for item, info in loaded]
+
+        def save(item: BatchItem, duration: float) -> float:
+            return duration  # the model stage has written the output already
+
+        return Stages(load, infer, save)
+
+    def enhance_file(
+        self, enhancer: Enhancer, item: BatchItem, info: AudioInfo
+    ) -> float:
+        """Enhance one recording into ``item.output``; return its length in seconds."""
+        from edgefx import audioio
+
+        suffix = item.output.suffix.lower()
+        target = self.output_format or audioio.FORMAT_FOR_SUFFIX[suffix]
+        subtype = audioio.output_subtype(info, target)
+        stream = enhancer.stream(info.rate, info.channels, self.options)
+        block_frames = max(1, int(BLOCK_SECONDS * info.rate))
+        blocks = audioio.read_blocks(item.source, block_frames)
+        with audioio.AudioWriter(
+            item.output, info.rate, info.channels, target, subtype
+        ) as writer:
+            for block in read_ahead(blocks):
+                _write_ready(writer, stream.process(block))
+            _write_ready(writer, stream.flush())
+        return info.duration
+
+
 def enhance_files(
     paths: Sequence[str],
     batch: BatchOptions,
@@ -399,16 +462,16 @@ def enhance_files(
     model: str | None = None,
     output_format: str | None = None,
     reporter: Reporter | None = None,
+    engine: EngineOptions | None = None,
 ) -> BatchSummary:
     """Enhance audio files into ``batch.out_dir`` and return the per-file results.
 
     Outputs keep the input's rate, channel count and sample format (the nearest one
     when ``output_format`` cannot store it). Usage errors are raised before any file
-    is touched.
+    is touched. ``engine`` chooses the local pipeline (the default) or a Ray cluster.
     """
     from edgefx import audioio
 
-    options = options or EnhanceOptions()
     reporter = reporter or Reporter()
     if output_format is not None and output_format not in audioio.SUFFIX_FOR_FORMAT:
         raise UsageError(
@@ -427,31 +490,10 @@ def enhance_files(
         paths, audioio.AUDIO_SUFFIXES, batch, suffix_for, "audio"
     )
     resolve_model(model, "enhance")  # a wrong --model fails before any work
-    sessions: list[Enhancer] = []
-
-    def process(item: BatchItem) -> float:
-        if not sessions:
-            sessions.append(Enhancer(model, runtime))
-        enhancer = sessions[0]
-        info = audioio.probe(item.source)
-        logger.debug(
-            "%s: %d Hz, %d channels, %.1f s, %s",
-            item.source,
-            info.rate,
-            info.channels,
-            info.duration,
-            info.subtype,
-        )
-        target = output_format or audioio.FORMAT_FOR_SUFFIX[item.output.suffix.lower()]
-        subtype = audioio.output_subtype(info, target)
-        stream = enhancer.stream(info.rate, info.channels, options)
-        block_frames = max(1, int(BLOCK_SECONDS * info.rate))
-        with audioio.AudioWriter(
-            item.output, info.rate, info.channels, target, subtype
-        ) as writer:
-            for block in audioio.read_blocks(item.source, block_frames):
-                _write_ready(writer, stream.process(block))
-            _write_ready(writer, stream.flush())
-        return info.duration
-
-    return execute_batch(items, missing, process, batch, reporter, unit="audio s")
+    task = EnhanceTask(
+        options or EnhanceOptions(), runtime or RuntimeOptions(), model, output_format
+    )
+    summary, _ = execute_task(
+        items, missing, task, reporter, engine, batch, unit="audio s"
+    )
+    return summary

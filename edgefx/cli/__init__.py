@@ -16,12 +16,16 @@ from edgefx import __version__
 from edgefx.cli._common import (
     Device,
     DeviceOption,
+    Engine,
+    EngineOption,
+    JobsOption,
     ModelOption,
     Optimization,
     OptimizationOption,
     OverwriteOption,
     ProgressReporter,
     QuietOption,
+    RayAddressOption,
     RecursiveOption,
     ThreadsOption,
     VerboseOption,
@@ -142,6 +146,9 @@ def denoise(
     device: DeviceOption = Device.auto,
     threads: ThreadsOption = 0,
     graph_optimization: OptimizationOption = Optimization.all,
+    jobs: JobsOption = 0,
+    engine: EngineOption = Engine.local,
+    ray_address: RayAddressOption = None,
     verbose: VerboseOption = 0,
     quiet: QuietOption = False,
 ) -> None:
@@ -154,6 +161,7 @@ def denoise(
         configure_logging(-1 if quiet else verbose)
     from edgefx.batch import BatchOptions
     from edgefx.denoise import DenoiseOptions, denoise_files
+    from edgefx.pipeline import EngineOptions
     from edgefx.runtime import RuntimeOptions
 
     with handle_errors():
@@ -162,6 +170,7 @@ def denoise(
             threads=threads,
             optimization=graph_optimization.value,
         )
+        engine_options = EngineOptions(engine.value, jobs, ray_address)
         options = DenoiseOptions(sigma=sigma, tile=tile)
         batch = BatchOptions(out_dir=out, recursive=recursive, overwrite=overwrite)
         with ProgressReporter("denoise") as reporter:
@@ -174,6 +183,7 @@ def denoise(
                 output_format=output_format.value if output_format else None,
                 quality=quality,
                 reporter=reporter,
+                engine=engine_options,
             )
     print_summary(summary)
     raise typer.Exit(summary.exit_code)
@@ -248,6 +258,9 @@ def classify(
     device: DeviceOption = Device.auto,
     threads: ThreadsOption = 0,
     graph_optimization: OptimizationOption = Optimization.all,
+    jobs: JobsOption = 0,
+    engine: EngineOption = Engine.local,
+    ray_address: RayAddressOption = None,
     verbose: VerboseOption = 0,
     quiet: QuietOption = False,
 ) -> None:
@@ -263,6 +276,7 @@ def classify(
     if verbose or quiet:
         configure_logging(-1 if quiet else verbose)
     from edgefx.classify import ClassifyOptions, classify_files
+    from edgefx.pipeline import EngineOptions
     from edgefx.runtime import RuntimeOptions
 
     with handle_errors():
@@ -279,6 +293,7 @@ def classify(
             threads=threads,
             optimization=graph_optimization.value,
         )
+        engine_options = EngineOptions(engine.value, jobs, ray_address)
         options = ClassifyOptions(top_k=top_k, batch_size=batch_size)
         with ProgressReporter("classify") as reporter:
             summary, rows = classify_files(
@@ -290,6 +305,7 @@ def classify(
                 labels_path=labels,
                 preset=preset.value if preset else None,
                 reporter=reporter,
+                engine=engine_options,
             )
         _write_classify_rows(rows, result_format, out)
     print_summary(summary, writes_outputs=False)
@@ -383,6 +399,9 @@ def enhance(
     device: DeviceOption = Device.auto,
     threads: ThreadsOption = 0,
     graph_optimization: OptimizationOption = Optimization.all,
+    jobs: JobsOption = 0,
+    engine: EngineOption = Engine.local,
+    ray_address: RayAddressOption = None,
     verbose: VerboseOption = 0,
     quiet: QuietOption = False,
 ) -> None:
@@ -398,6 +417,7 @@ def enhance(
         configure_logging(-1 if quiet else verbose)
     from edgefx.batch import BatchOptions
     from edgefx.enhance import EnhanceOptions, enhance_files
+    from edgefx.pipeline import EngineOptions
     from edgefx.runtime import RuntimeOptions
 
     with handle_errors():
@@ -406,6 +426,7 @@ def enhance(
             threads=threads,
             optimization=graph_optimization.value,
         )
+        engine_options = EngineOptions(engine.value, jobs, ray_address)
         options = EnhanceOptions(atten_limit_db=atten_limit)
         batch = BatchOptions(out_dir=out, recursive=recursive, overwrite=overwrite)
         with ProgressReporter("enhance") as reporter:
@@ -417,6 +438,7 @@ def enhance(
                 model=model,
                 output_format=output_format.value if output_format else None,
                 reporter=reporter,
+                engine=engine_options,
             )
     print_summary(summary)
     raise typer.Exit(summary.exit_code)

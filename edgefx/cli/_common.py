@@ -63,6 +63,40 @@ OptimizationOption = Annotated[
         case_sensitive=False,
     ),
 ]
+JobsOption = Annotated[
+    int,
+    typer.Option(
+        "--jobs",
+        "-j",
+        help="Worker threads that decode and encode files while the model runs; "
+        "0 uses half the CPU cores, 1 to 4. With --engine ray: worker actors; 0 "
+        "starts as many as the cluster's CPUs (or GPUs with --device cuda) allow.",
+        min=0,
+    ),
+]
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        help="Where the batch runs: local (this process) or ray (a Ray cluster; "
+        'needs pip install "edgefx[ray]").',
+        case_sensitive=False,
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Address of a running Ray cluster, e.g. ray://head:10001 or auto. "
+        "Default: start a local Ray instance.",
+    ),
+]
 ModelOption = Annotated[
     str | None,
     typer.Option(

@@ -1,0 +1,384 @@
+"""Pipelined batch execution: decode ahead, run the model in order, encode behind.
+
+A task splits the work on one file into three stages. ``load`` reads and decodes a
+file, ``infer`` runs the model on a list of loaded files, and ``save`` encodes and
+writes one result. Loads and saves run in a pool of worker threads while the calling
+thread runs ONNX Runtime. The number of files loaded ahead and saves queued behind is
+bounded, so memory stays flat however long the batch is.
+
+Results are reported in input order. Errors map to per-file results exactly as
+``edgefx.batch.run_batch`` maps them: ModelError and DeviceError stop the batch, any
+other error fails one file. On Ctrl-C or SIGTERM the queued work is dropped and the
+saves already running finish, so every output is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from edgefx.batch import (
+    BatchItem,
+    BatchOptions,
+    BatchSummary,
+    FileResult,
+    Reporter,
+    _is_finished_output,
+    _process_one,
+    remove_stale_temporaries,
+)
+from edgefx.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+# Cap on the default worker count, so that a many-core machine does not hold dozens of
+# decoded files in memory at once. --jobs sets more.
+MAX_DEFAULT_JOBS = 4
+
+Loaded = TypeVar("Loaded")
+Inferred = TypeVar("Inferred")
+
+
+@dataclass
+class Stages(Generic[Loaded, Inferred]):
+    """The three stages of a task, bound to one loaded model.
+
+    ``load`` runs in worker threads, ``infer`` in the calling thread with up to
+    ``batch_size`` loaded files at a time and in input order, and ``save`` in worker
+    threads. ``save`` returns the work done (megapixels, audio seconds). ``records``
+    collects what a task returns besides files, such as classification rows, keyed
+    by source path.
+    """
+
+    load: Callable[[BatchItem], Loaded]
+    infer: Callable[[list[Loaded]], list[Inferred]]
+    save: Callable[[BatchItem, Inferred], float]
+    batch_size: int = 1
+    records: dict[Path, Any] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """A picklable description of a command's work; ``open`` loads the model."""
+
+    def open(self) -> Stages[Any, Any]: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Engine choice: this process (local) or a Ray cluster (ray).
+
+    ``jobs`` is the number of decode/encode worker threads for the local engine and
+    the number of worker actors for the Ray engine; 0 picks a default.
+    ``ray_address`` is an existing cluster's address; None starts a local Ray
+    instance.
+    """
+
+    engine: str = "local"
+    jobs: int = 0
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise UsageError(
+                f"invalid engine {self.engine!r}; choose one of {', '.join(ENGINES)}"
+            )
+        if self.jobs < 0:
+            raise UsageError(f"invalid job count {self.jobs}; use 0 or more")
+        if self.ray_address is not None and self.engine != "ray":
+            raise UsageError("--ray-address needs --engine ray")
+
+
+def available_cores() -> int:
+    """Return the CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def default_jobs(cores: int | None = None) -> int:
+    """Return the default worker-thread count: half the cores, from 1 to 4.
+
+    ONNX Runtime's intra-op threads (one per physical core by default) take the cores
+    while the model runs. The workers decode and encode while the model thread
+    prepares and finishes its calls, so half the cores keeps both busy without
+    oversubscribing them.
+    """
+    cores = cores or available_cores()
+    return max(1, min(MAX_DEFAULT_JOBS, cores // 2))
+
+
+def execute_task(
+    items: Sequence[BatchItem],
+    missing: Sequence[FileResult],
+    task: Task,
+    reporter: Reporter,
+    engine: EngineOptions | None = None,
+    batch: BatchOptions | None = None,
+    unit: str = "MP",
+    stages: Stages[Any, Any] | None = None,
+) -> tuple[BatchSummary, dict[Path, Any]]:
+    """Run ``task`` on every item on the chosen engine and report all results.
+
+    ``batch`` is None for commands that write no per-file output (classify), which
+    then never skip an item. ``stages`` are already-opened stages to use instead of
+    opening the task when the first file needs work. Returns the summary, with the
+    missing inputs first, and the task's records.
+    """
+    engine = engine or EngineOptions()
+    if batch is not None:
+        remove_stale_temporaries(batch.out_dir)
+    reporter.start(len(items) + len(missing))
+    for failure in missing:
+        reporter.result(failure)
+
+    overwrite = True if batch is None else batch.overwrite
+    if engine.engine == "ray":
+        from edgefx.ray_engine import run_on_ray
+
+        summary, records = run_on_ray(items, task, engine, overwrite, reporter, unit)
+    else:
+        opened: list[Stages[Any, Any]] = [stages] if stages is not None else []
+
+        def open_stages() -> Stages[Any, Any]:
+            if not opened:
+                opened.append(task.open())
+            return opened[0]
+
+        jobs = engine.jobs or default_jobs()
+        summary = run_pipeline(items, open_stages, jobs, overwrite, reporter, unit)
+        records = opened[0].records if opened else {}
+    summary.results[:0] = missing
+    return summary, records
+
+
+@dataclass
+class _Pending:
+    index: int
+    item: BatchItem
+    future: Future[Any]
+    seconds: float = 0.0  # time this file spent in the stages so far
+
+
+def _timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = function(*args)
+    return value, time.perf_counter() - started
+
+
+def _guard(item: BatchItem, step: Callable[[], Any]) -> tuple[FileResult, Any]:
+    """Run one stage of one file; map its error to a failed result as run_batch does.
+
+    ModelError and DeviceError are raised again, because every other file would fail
+    on them too.
+    """
+    values: list[Any] = []
+
+    def process(_: BatchItem) -> float:
+        values.append(step())
+        return 0.0
+
+    result = _process_one(item, process)
+    return result, values[0] if values else None
+
+
+def run_pipeline(
+    items: Sequence[BatchItem],
+    open_stages: Callable[[], Stages[Any, Any]],
+    jobs: int,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+    unit: str = "MP",
+) -> BatchSummary:
+    """Process every item through the stages with ``jobs`` worker threads.
+
+    ``open_stages`` is called when the first file needs work, so a rerun that only
+    skips finished outputs does not load the model. An item whose output exists is
+    skipped unless ``overwrite``.
+    """
+    reporter = reporter or Reporter()
+    summary = BatchSummary()
+    started = time.perf_counter()
+    results: dict[int, FileResult] = {}
+    reported = 0
+
+    def report_ready() -> None:
+        nonlocal reported
+        while reported in results:
+            result = results.pop(reported)
+            summary.results.append(result)
+            reporter.result(result)
+            reported += 1
+
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="edgefx")
+    loads: deque[_Pending] = deque()
+    saves: deque[_Pending] = deque()
+    todo = iter(enumerate(items))
+    stages: Stages[Any, Any] | None = None
+
+    def finish_save(pending: _Pending) -> None:
+        outcome, seconds = pending.future.result()
+        if outcome.status == "done":
+            outcome.seconds = pending.seconds + seconds
+        results[pending.index] = outcome
+
+    def submit_save(pending: _Pending, value: Any, share: float) -> None:
+        assert stages is not None
+        save = stages.save
+        item = pending.item
+
+        def run() -> tuple[FileResult, float]:
+            (outcome, units), seconds = _timed(_guard, item, lambda: save(item, value))
+            if outcome.status == "done":
+                outcome.units = units
+            return outcome, seconds
+
+        saves.append(_Pending(pending.index, item, pool.submit(run), share))
+        # Saves left behind are bounded, so encoded outputs never pile up in memory.
+        while saves and (saves[0].future.done() or len(saves) > 2 * jobs):
+            finish_save(saves.popleft())
+
+    try:
+        while True:
+            # Keep the load queue full: the next batch plus a few files per worker.
+            while stages is None or len(loads) < stages.batch_size + 2 * jobs:
+                entry = next(todo, None)
+                if entry is None:
+                    break
+                index, item = entry
+                if not overwrite and _is_finished_output(item.output):
+                    results[index] = FileResult(item.source, item.output, "skipped")
+                    continue
+                if stages is None:
+                    stages = open_stages()
+                load = stages.load
+                future = pool.submit(_timed, _guard, item, _bind(load, item))
+                loads.append(_Pending(index, item, future))
+            if not loads:
+                break
+            assert stages is not None
+
+            batch: list[_Pending] = []
+            values: list[Any] = []
+            while loads and len(batch) < stages.batch_size:
+                pending = loads.popleft()
+                (outcome, value), seconds = pending.future.result()
+                if outcome.status != "done":
+                    results[pending.index] = outcome
+                    continue
+                pending.seconds = seconds
+                batch.append(pending)
+                values.append(value)
+            if batch:
+                _infer_batch(stages, batch, values, results, submit_save)
+            report_ready()
+
+        while saves:
+            finish_save(saves.popleft())
+        report_ready()
+    finally:
+        # On an error or an interrupt, queued loads and saves are dropped; running
+        # saves finish, so their outputs are complete, and their temporaries are gone.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    summary.seconds = time.perf_counter() - started
+    _log_throughput(summary, jobs, unit)
+    return summary
+
+
+def _bind(load: Callable[[BatchItem], Any], item: BatchItem) -> Callable[[], Any]:
+    return lambda: load(item)
+
+
+def _infer_batch(
+    stages: Stages[Any, Any],
+    batch: list[_Pending],
+    values: list[Any],
+    results: dict[int, FileResult],
+    submit_save: Callable[[_Pending, Any, float], None],
+) -> None:
+    """Run the model on one batch of loaded files and queue their saves.
+
+    An error that is not fatal fails every file of the batch with the same message,
+    because one model call cannot tell which input caused it.
+    """
+    first = batch[0].item
+    (outcome, inferred), seconds = _timed(_guard, first, lambda: stages.infer(values))
+    if outcome.status != "done":
+        for pending in batch:
+            results[pending.index] = FileResult(
+                pending.item.source, pending.item.output, "failed", outcome.error
+            )
+        return
+    share = seconds / len(batch)
+    for pending, value in zip(batch, inferred, strict=True):
+        submit_save(pending, value, pending.seconds + share)
+
+
+def _log_throughput(summary: BatchSummary, jobs: int, unit: str) -> None:
+    if not summary.done or summary.seconds <= 0:
+        return
+    done_units = sum(r.units for r in summary.results if r.status == "done")
+    logger.info(
+        "throughput: %.3g files/s, %.3g %s/s over %d processed files (%d workers)",
+        summary.done / summary.seconds,
+        done_units / summary.seconds,
+        unit,
+        summary.done,
+        jobs,
+    )
+
+
+_END = object()
+
+
+def read_ahead(blocks: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Yield the items of ``blocks``, produced up to ``depth`` ahead in a thread.
+
+    Decoding the next audio block then overlaps with the model's work on this one.
+    An error raised by ``blocks`` is raised again here, at the item where it
+    happened. Closing the generator early stops the thread.
+    """
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                if not offer(block):
+                    return
+            offer(_END)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            offer(err)
+
+    thread = threading.Thread(target=produce, name="edgefx-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            block = buffer.get()
+            if block is _END:
+                return
+            if isinstance(block, BaseException):
+                raise block
+            yield block
+    finally:
+        stop.set()
+        thread.join(timeout=5)
