@@ -41,6 +41,7 @@ class Quality:
     value: float
     count: int  # test images, or mixtures for the enhancer
     data: str  # what was measured, in words
+    failed: int = 0  # outputs that could not be scored (NaN output, PESQ error)
 
 
 @dataclass(frozen=True)
@@ -269,12 +270,24 @@ def measure_quality(
 
         enhancer = Enhancer(str(model), runtime)
         scores = []
+        failed = 0
         for clean, noisy in test_mixtures(test_data, limit):
             enhanced = enhancer.enhance(noisy, AUDIO_RATE)
+            if not np.isfinite(enhanced).all():
+                # A broken model (an int8 range gone wrong) counts as failed on this
+                # mixture instead of stopping the measurement.
+                logger.warning("%s: the output contains NaN or infinity", model)
+                failed += 1
+                continue
             try:
                 scores.append(float(pesq.pesq(AUDIO_RATE, clean, enhanced, "wb")))
             except pesq.PesqError as err:
                 logger.debug("PESQ skipped a mixture: %s", err)
+            except ValueError as err:
+                # pesq 0.0.4 raises this on degenerate output, such as a signal
+                # whose level is far off the reference.
+                logger.warning("%s: PESQ failed on a mixture: %s", model, err)
+                failed += 1
         if not scores:
             raise UsageError(f"{test_data}: PESQ could not score any test mixture")
         snrs = ", ".join(f"{s:g}" for s in ENHANCE_TEST_SNRS)
@@ -283,6 +296,7 @@ def measure_quality(
             float(np.mean(scores)),
             len(scores),
             f"held-out speech and noise at {snrs} dB SNR",
+            failed,
         )
     raise UsageError(f"unknown task {task!r}")
 

@@ -52,6 +52,8 @@ class QuantizeOptions:
     samples: int = 64  # calibration inputs (photos, images or audio clips)
     test_limit: int | None = None  # test images or utterances; None: all
     per_channel: bool = True
+    # Node names to quantize; empty quantizes every node that ONNX Runtime can.
+    nodes: tuple[str, ...] = ()
     threads: int = 0
     speed_repeats: int = 7
 
@@ -74,6 +76,7 @@ class Comparison:
     fp32_seconds: float
     int8_seconds: float
     unit: str
+    int8_failed: int = 0  # test items the int8 model's output could not be scored on
 
     @property
     def delta(self) -> float:
@@ -89,7 +92,21 @@ class Comparison:
 
     @property
     def within_tolerance(self) -> bool:
-        return self.delta >= -self.tolerance
+        """Whether int8 lost at most the tolerance and failed on no test item."""
+        return self.int8_failed == 0 and self.delta >= -self.tolerance
+
+    @property
+    def verdict(self) -> str:
+        """Whether int8 is fit to be the CPU default, and the reason when it is not."""
+        if self.ship_for_cpu:
+            return "faster and within tolerance: fit to be the CPU default"
+        if self.int8_failed:
+            reason = f"its output could not be scored on {self.int8_failed} test items"
+        elif not self.within_tolerance:
+            reason = f"quality drops by more than {self.tolerance:g}"
+        else:
+            reason = "not faster than fp32 on this CPU"
+        return f"not fit to be the CPU default: {reason}"
 
     @property
     def ship_for_cpu(self) -> bool:
@@ -245,15 +262,21 @@ def compare(
         fp32_seconds=seconds["fp32"],
         int8_seconds=seconds["int8"],
         unit=unit,
+        int8_failed=int8.failed,
     )
 
 
 def describe(comparison: Comparison) -> str:
     """One line: int8 quality, its change, and the CPU speedup."""
     label = METRIC_LABELS[comparison.metric]
+    failed = (
+        f", and its output could not be scored on {comparison.int8_failed} more"
+        if comparison.int8_failed
+        else ""
+    )
     return (
         f"int8 {comparison.int8:.2f} {label} ({comparison.delta:+.2f} vs fp32 "
-        f"{comparison.fp32:.2f}) on {comparison.count} test items, "
+        f"{comparison.fp32:.2f}) on {comparison.count} test items{failed}, "
         f"{comparison.speedup:.2f}x fp32 speed on this CPU"
     )
 
@@ -274,6 +297,21 @@ def _write_metadata(
         prop = model.metadata_props.add()
         prop.key = key
         prop.value = value
+
+
+def _check_node_names(info: ModelInfo, nodes: tuple[str, ...]) -> None:
+    if not nodes:
+        return
+    import onnx
+
+    graph = onnx.load(str(info.path), load_external_data=False).graph
+    names = {node.name for node in graph.node}
+    missing = [name for name in nodes if name not in names]
+    if missing:
+        raise UsageError(
+            f"{info.path}: no node named {', '.join(missing)}; the graph's nodes are "
+            "listed by onnx.load(path).graph.node"
+        )
 
 
 def quantize_model(
@@ -301,6 +339,7 @@ def quantize_model(
             f"{info.path}: this model is already {info.metadata['precision']}; "
             "quantize the float32 model"
         )
+    _check_node_names(info, options.nodes)
     if output.resolve() == info.path.resolve():
         raise UsageError(f"{output}: the output would replace its input")
     if output.is_dir():
@@ -334,6 +373,7 @@ def quantize_model(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_quantize=list(options.nodes) or None,
             )
         except Exception as err:  # onnxruntime raises many types here
             raise ModelError(f"{info.path}: quantization failed: {err}") from err
@@ -356,6 +396,8 @@ def quantize_model(
             "(training data), MinMax",
             "quantized_ops": counts,
         }
+        if options.nodes:
+            record["nodes"] = list(options.nodes)
         key_metric = info.metadata.get("key_metric", "")
         if comparison is not None:
             record["test"] = {

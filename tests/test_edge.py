@@ -318,3 +318,38 @@ def test_help_imports_no_torch_or_onnxruntime(arguments):
     )
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == [], f"edgefx {' '.join(arguments)} imported {loaded}"
+
+
+def test_quantize_rejects_unknown_node_name(
+    run_cli, small_model, samples_dir, tmp_path
+):
+    result = run_cli(
+        "quantize",
+        small_model,
+        "--calibrate",
+        samples_dir / "clean",
+        "--nodes",
+        "no_such_node",
+        "-o",
+        tmp_path / "x.onnx",
+    )
+    assert result.returncode == 2
+    assert "no node named no_such_node" in result.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cuda_bench_explains_missing_cuda(repo_root):
+    from edgefx.runtime import cuda_usable
+
+    if cuda_usable():
+        pytest.skip("CUDA is usable here; the bench would run in full")
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "bench" / "cuda_providers.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("CUDA is not available: ")
+    assert result.stdout == ""

@@ -81,15 +81,7 @@ def main() -> int:
             f"{comparison.unit}: fp32 {comparison.fp32_seconds * 1000:.1f} ms, "
             f"int8 {comparison.int8_seconds * 1000:.1f} ms"
         )
-        if comparison.ship_for_cpu:
-            print(f"  decision: ship {target.name} as the CPU default")
-        elif not comparison.within_tolerance:
-            print(
-                f"  decision: do not ship; quality drops by more than "
-                f"{comparison.tolerance:g}"
-            )
-        else:
-            print("  decision: do not ship; int8 is not faster on this CPU")
+        print(f"  decision: {comparison.verdict}")
         if args.dry_run:
             print("  --dry-run: models/ left as it is")
             return 0

@@ -75,6 +75,13 @@ def quantize(
         bool,
         typer.Option(help="One weight scale per output channel (else per tensor)."),
     ] = True,
+    nodes: Annotated[
+        str | None,
+        typer.Option(
+            help="Quantize only these nodes, by name, separated by commas. Default: "
+            "every node ONNX Runtime can quantize.",
+        ),
+    ] = None,
     threads: ThreadsOption = 0,
     verbose: VerboseOption = 0,
     quiet: QuietOption = False,
@@ -96,6 +103,7 @@ def quantize(
             samples=samples,
             test_limit=test_limit,
             per_channel=per_channel,
+            nodes=tuple(n.strip() for n in (nodes or "").split(",") if n.strip()),
             threads=threads,
         )
         output = out or _default_output(model, "-int8.onnx")
@@ -110,17 +118,7 @@ def quantize(
     if result.comparison is not None:
         comparison = result.comparison
         console.print(describe(comparison), markup=False, soft_wrap=True)
-        verdict = (
-            "faster and within tolerance: fit to be the CPU default"
-            if comparison.ship_for_cpu
-            else "not fit to be the CPU default: "
-            + (
-                "slower than fp32"
-                if comparison.within_tolerance
-                else f"quality drops more than {comparison.tolerance:g}"
-            )
-        )
-        console.print(verdict, markup=False, soft_wrap=True)
+        console.print(comparison.verdict, markup=False, soft_wrap=True)
 
 
 class ExportFormat(str, Enum):
