@@ -319,6 +319,29 @@ def test_malicious_checkpoint_rejected(module: str, loader: str, tmp_path: Path)
     torch.save({"config": _PlantFile(marker), "model": {}}, checkpoint)
     load = getattr(importlib.import_module(module), loader)
 
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ModelError, match="rejected") as caught:
         load(checkpoint)
+    assert isinstance(caught.value.__cause__, pickle.UnpicklingError)
+    assert str(checkpoint) in str(caught.value)
+    assert not marker.exists()
+
+
+def test_train_cli_rejects_malicious_checkpoint(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "planted"
+    checkpoint = work / "checkpoint.pt"
+    torch.save({"config": _PlantFile(marker), "model": {}}, checkpoint)
+    data = REPO_ROOT / "samples" / "clean"
+
+    result = run_edgefx(
+        "train", "denoise", "--data", data, "--work-dir", work, "--steps", "1"
+    )
+
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(errors) == 1, result.stderr
+    assert str(checkpoint) in errors[0]
     assert not marker.exists()

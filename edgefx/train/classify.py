@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import CifarResNet
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ def train(options: ClassifyTrainOptions) -> Path:
         "std": std,
     }
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(checkpoint_path)
         if state.get("config") != config:
             raise ValueError(
                 f"{checkpoint_path} was trained with other data or network options; "
@@ -324,7 +325,7 @@ def train(options: ClassifyTrainOptions) -> Path:
 
 def load_classifier_checkpoint(path: Path) -> tuple[CifarResNet, dict]:
     """Build the network from a checkpoint (loaded without pickle code)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     config = state["config"]
     model = CifarResNet(len(config["classes"]), config["width"], config["blocks"])
     model.load_state_dict(state["model"])

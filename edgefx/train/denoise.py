@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import DenoiseNet
 
 logger = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def train(options: DenoiseTrainOptions) -> Path:
     step = 0
     best_psnr = -1.0
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(checkpoint_path)
         wanted = {"channels": 3, "features": options.features, "blocks": options.blocks}
         if state.get("config") != wanted:
             raise ValueError(
@@ -292,7 +293,7 @@ def export_best(
     )
 
     model = load_denoiser_checkpoint(checkpoint)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint(checkpoint)
     training = {
         "data": data_description or options.data.name,
         "steps": int(state["step"]),

@@ -23,6 +23,7 @@ import soundfile
 import soxr
 import torch
 
+from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import SpeechEnhancerNet
 
 logger = logging.getLogger(__name__)
@@ -290,7 +291,7 @@ def train(options: EnhanceTrainOptions) -> Path:
     step = 0
     best_score = -math.inf
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(checkpoint_path)
         if state.get("config") != config:
             raise ValueError(
                 f"{checkpoint_path} was trained with other network options; "
@@ -395,7 +396,7 @@ def train(options: EnhanceTrainOptions) -> Path:
 
 def load_enhancer_checkpoint(path: Path) -> tuple[SpeechEnhancerNet, dict]:
     """Build the network from a checkpoint (loaded without pickle code)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     config = state["config"]
     model = SpeechEnhancerNet(config["hop"], config["hidden"], config["embedding"])
     model.load_state_dict(state["model"])

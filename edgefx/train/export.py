@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import torch
 
+from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import DenoiseNet, SpeechEnhancerNet
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def finish_onnx_file(path: Path, metadata: dict[str, str]) -> None:
 
 def load_denoiser_checkpoint(path: Path) -> DenoiseNet:
     """Build a DenoiseNet from a training checkpoint (loaded without pickle code)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     config = state["config"]
     model = DenoiseNet(config["channels"], config["features"], config["blocks"])
     model.load_state_dict(state["model"])
