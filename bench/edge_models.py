@@ -23,6 +23,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ import numpy as np
 from edgefx.convert import export_fp16, export_ort
 from edgefx.quality import compare_speed
 from edgefx.quantize import Comparison, QuantizeOptions, quantize_model
-from edgefx.registry import ModelInfo, resolve_any_model
+from edgefx.registry import ModelInfo, resolve_any_model, sha256_of
 from edgefx.runtime import RuntimeOptions, create_session
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,7 @@ class ModelReport:
     unit: str  # what items_per_call counts
     seconds: dict[str, float]  # median seconds per call: fp32, int8, torch
     comparison: Comparison
+    sha256: str
     torch_note: str = ""
     quantized_ops: dict[str, int] = field(default_factory=dict)
 
@@ -204,6 +206,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> ModelReport:
         unit=unit,
         seconds=seconds,
         comparison=result.comparison,
+        sha256=sha256_of(info.path),
         torch_note=torch_note,
         quantized_ops=result.quantized_nodes,
     )
@@ -228,6 +231,7 @@ def describe_machine(threads: int) -> list[str]:
         torch_version = "not installed"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return [
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"Machine: {cpu}, {os.cpu_count()} logical CPUs, load average {load:.2f}",
         f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
         f"torch {torch_version}, numpy {np.__version__}",
@@ -291,7 +295,8 @@ def format_report(reports: list[ModelReport], args: argparse.Namespace) -> str:
             f"{'yes' if c.within_tolerance else 'no'} | "
             f"{c.speedup:.2f}x ({c.unit}) | {'int8' if c.ship_for_cpu else 'fp32'} |"
         )
-    notes = [f"- {r.name}: PyTorch {r.torch_note}" for r in reports if r.torch_note]
+    notes = [f"- {r.name}: SHA-256 {r.sha256[:16]}..." for r in reports]
+    notes += [f"- {r.name}: PyTorch {r.torch_note}" for r in reports if r.torch_note]
     notes += [
         f"- {r.name}: int8 operators {json.dumps(r.quantized_ops, sort_keys=True)}"
         for r in reports

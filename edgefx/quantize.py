@@ -29,7 +29,7 @@ from edgefx.quality import (
     read_images,
     speed_workload,
 )
-from edgefx.registry import ModelInfo, resolve_any_model
+from edgefx.registry import ModelInfo, resolve_any_model, sha256_of
 from edgefx.runtime import RuntimeOptions
 
 if TYPE_CHECKING:
@@ -395,6 +395,7 @@ def quantize_model(
             "calibration": f"{len(feeds)} inputs from {options.calibration.name} "
             "(training data), MinMax",
             "quantized_ops": counts,
+            "source_sha256": sha256_of(info.path),
         }
         if options.nodes:
             record["nodes"] = list(options.nodes)

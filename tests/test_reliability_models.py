@@ -67,8 +67,15 @@ def shipped_file(task: str) -> Path:
     manifest = models_directory() / "manifest.json"
     import json
 
+    from edgefx.runtime import cuda_usable
+
     rows = json.loads(manifest.read_text())["models"]
-    entry = next(row for row in rows if row["task"] == task and row["default"])
+    rows = [row for row in rows if row["task"] == task]
+    # Without CUDA, a task's CPU-default variant (an int8 model) is the file that runs.
+    cpu_rows = [row for row in rows if row.get("cpu_default")]
+    if cpu_rows and not cuda_usable():
+        return models_directory() / cpu_rows[0]["file"]
+    entry = next(row for row in rows if row["default"])
     return models_directory() / entry["file"]
 
 
