@@ -1,8 +1,11 @@
 """Measure the peak memory of the CLI on a 100-megapixel photo and an hour of audio.
 
-Each case runs `python -m edgefx ...` in a child process, as a user runs it, and reads
-that child's peak resident set size (ru_maxrss from os.wait4, in KiB on Linux). The
-inputs are generated here into a scratch folder and deleted afterwards:
+Each case runs the CLI in a child process, as `python -m edgefx ...` does, and takes
+that process's peak resident set size from the VmHWM line of /proc/self/status, read
+at exit (Linux only). The child's ru_maxrss from os.wait4 is not used, because Linux
+carries the parent's RSS across fork and exec into it: a `python -c pass` child of a
+parent holding 200 MB reported 216 MiB. The inputs are generated here into a scratch
+folder and deleted afterwards:
 
 - photo: a smooth color gradient with Gaussian noise (sigma 15), saved as a JPEG of
   ``--megapixels`` megapixels, then denoised in blind mode (the noise level estimated)
@@ -52,19 +55,44 @@ class CaseResult:
     stderr_tail: str
 
 
-def run_child(name: str, command: list[str]) -> CaseResult:
-    """Run ``command`` and return its peak RSS from the kernel's rusage record."""
+# Runs `edgefx ARGS` as `python -m edgefx` does and, at exit, writes the process's
+# VmHWM (peak RSS of its own address space, in KiB) to the file named by PEAK_FILE.
+CLI_WITH_PEAK_REPORT = """
+import atexit, os, runpy, sys
+
+def report_peak():
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["PEAK_FILE"], "w") as out:
+        out.write(peak)
+
+atexit.register(report_peak)
+sys.argv = ["edgefx", *sys.argv[1:]]
+runpy.run_module("edgefx", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_cli(name: str, arguments: list[str]) -> CaseResult:
+    """Run ``edgefx ARGUMENTS`` in a child and return its peak RSS and exit status."""
+    command = [sys.executable, "-c", CLI_WITH_PEAK_REPORT, *arguments]
     started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
-        _, status, usage = os.wait4(process.pid, 0)
-        returncode = os.waitstatus_to_exitcode(status)
-        process.returncode = returncode  # so that Popen does not wait again
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = Path(scratch, "peak")
+        env = {**os.environ, "PEAK_FILE": str(peak_file)}
+        completed = subprocess.run(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            check=False,
+        )
         seconds = time.perf_counter() - started
-        stderr.seek(0)
-        tail = "\n".join(stderr.read().strip().splitlines()[-5:])
-    # Linux reports ru_maxrss in KiB.
-    return CaseResult(name, command, usage.ru_maxrss * 1024, seconds, returncode, tail)
+        peak_kib = int(peak_file.read_text()) if peak_file.exists() else 0
+    tail = "\n".join(completed.stderr.strip().splitlines()[-5:])
+    return CaseResult(
+        name, command, peak_kib * 1024, seconds, completed.returncode, tail
+    )
 
 
 def write_photo(path: Path, megapixels: float, seed: int = 0) -> tuple[int, int]:
@@ -119,9 +147,13 @@ def describe_machine() -> list[str]:
     import cv2
     import onnxruntime
 
+    from edgefx.threads import LIBRARY_THREAD_LIMITS
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    variables = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    set_variables = [f"{v}={os.environ[v]}" for v in variables if v in os.environ]
+    # The CLI sets these variables to 1 in its own process unless they are set here.
+    inherited = [
+        f"{v}={os.environ[v]}" for v in LIBRARY_THREAD_LIMITS if v in os.environ
+    ]
     return [
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC | "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical "
@@ -129,9 +161,9 @@ def describe_machine() -> list[str]:
         f"edgefx {importlib.metadata.version('edgefx')} | onnxruntime "
         f"{onnxruntime.__version__} | opencv {cv2.__version__} | numpy "
         f"{np.__version__}",
-        "Threads: the CLI defaults (--threads 0: ONNX Runtime picks one intra-op "
-        "thread per physical core), --device cpu | "
-        + (", ".join(set_variables) or "OMP/OPENBLAS/MKL_NUM_THREADS unset"),
+        "Threads: the CLI defaults, --device cpu: ONNX Runtime one intra-op thread "
+        "per physical core (--threads 0), the default --jobs, OpenCV and BLAS one "
+        "thread each" + (f" (inherited: {', '.join(inherited)})" if inherited else ""),
     ]
 
 
@@ -151,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     for line in describe_machine():
         print(line, flush=True)
     work = Path(tempfile.mkdtemp(prefix="edgefx-memory-", dir=args.work))
-    edgefx = [sys.executable, "-m", "edgefx", "-q"]
     cases: list[tuple[CaseResult, int, str]] = []
     try:
         if not args.skip_photo:
@@ -160,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             size_mb = photo.stat().st_size / 1e6
             print(f"photo: {width}x{height} JPEG, {size_mb:.1f} MB", flush=True)
             command = [
-                *edgefx,
+                "-q",
                 "denoise",
                 str(photo),
                 "--out",
@@ -168,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--device",
                 "cpu",
             ]
-            result = run_child(f"denoise {width * height / 1e6:.1f} MP JPEG", command)
+            result = run_cli(f"denoise {width * height / 1e6:.1f} MP JPEG", command)
             cases.append((result, PHOTO_LIMIT_BYTES, f"{width * height / 1e6:.1f} MP"))
             photo.unlink()
 
@@ -182,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             command = [
-                *edgefx,
+                "-q",
                 "enhance",
                 str(audio),
                 "--out",
@@ -190,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--device",
                 "cpu",
             ]
-            result = run_child(f"enhance {duration / 3600:g} h WAV", command)
+            result = run_cli(f"enhance {duration / 3600:g} h WAV", command)
             cases.append((result, AUDIO_LIMIT_BYTES, f"{duration:.0f} s of audio"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -210,10 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         if result.returncode != 0:
             print(f"    stderr: {result.stderr_tail}")
     print()
-    print("Peak RSS is ru_maxrss of the CLI's process (os.wait4), which includes the")
-    print(
-        "Python interpreter, numpy, OpenCV and ONNX Runtime as loaded by the command."
-    )
+    print("Peak RSS is VmHWM of the CLI's process at exit, which includes the Python")
+    print("interpreter, numpy, OpenCV and ONNX Runtime as loaded by the command.")
     return 1 if failed else 0
 
 
