@@ -84,6 +84,14 @@ def bomb_png(width: int, height: int) -> bytes:
     )
 
 
+def bomb_jpeg(jpeg: bytes, width: int, height: int) -> bytes:
+    """Return ``jpeg`` with its baseline frame header (SOF0) declaring a new size."""
+    marker = jpeg.index(b"\xff\xc0")
+    # SOF0: marker, 2-byte length, 1-byte precision, 2-byte height, 2-byte width.
+    size = struct.pack(">HH", height, width)
+    return jpeg[: marker + 5] + size + jpeg[marker + 9 :]
+
+
 def build_corpus(folder: Path) -> tuple[list[GoodImage], list[BadImage]]:
     """Write the image corpus into ``folder``; return what each file must give."""
     folder.mkdir(parents=True)
@@ -170,9 +178,12 @@ def build_corpus(folder: Path) -> tuple[list[GoodImage], list[BadImage]]:
     (folder / "truncated.jpg").write_bytes(whole_jpeg[: len(whole_jpeg) * 6 // 10])
     bad.append(BadImage("truncated.jpg", "truncated"))
 
-    # A decompression bomb: 100,000 x 100,000 pixels declared in a 100-byte file.
+    # Decompression bombs: 100,000 x 100,000 pixels declared in a 100-byte PNG, and
+    # 60,000 x 60,000 in the frame header of a small JPEG.
     (folder / "bomb.png").write_bytes(bomb_png(100_000, 100_000))
     bad.append(BadImage("bomb.png", "pixels"))
+    (folder / "bomb.jpg").write_bytes(bomb_jpeg(whole_jpeg, 60_000, 60_000))
+    bad.append(BadImage("bomb.jpg", "pixels"))
 
     # Animations: an animated PNG in the folder, and a GIF, which is not a supported
     # format, named on the command line.
