@@ -158,6 +158,34 @@ def test_enhance_interrupt_then_resume(signum: int, status: int, tmp_path: Path)
     assert expected in rerun.stderr, rerun.stderr
 
 
+def test_classify_interrupt_writes_no_rows(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(1500):
+        pixels = rng.integers(0, 256, (32, 32, 3), np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{index:04d}.png")
+    rows = tmp_path / "results" / "rows.csv"
+    rows.parent.mkdir()
+    command = [sys.executable, "-m", "edgefx", "-v", "classify", str(folder)]
+    command += ["--format", "csv", "--out", str(rows)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+
+    # The debug log names each file as it is read, so the batch is running once the
+    # first one appears.
+    for line in process.stderr:
+        if line.startswith("debug: read "):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
+    assert list(rows.parent.iterdir()) == []
+
+
 # --------------------------------------------------------------------------------------
 # Output name clashes
 
