@@ -1,9 +1,9 @@
 """Export a model for deployment: ORT format for minimal builds, float16 for GPUs.
 
-Both conversions are ONNX Runtime's own tools: ``onnxruntime.tools.
-convert_onnx_models_to_ort`` writes the ``.ort`` file and the required-operators
-config that a minimal ONNX Runtime build takes (``--include_ops_by_config``), and
-``onnxruntime.transformers.float16`` converts the weights and arithmetic to float16
+Both conversions use ONNX Runtime's own tools. ``convert_onnx_models_to_ort`` (in
+``onnxruntime.tools``) writes the ``.ort`` file and the required-operators config that a
+minimal ONNX Runtime build takes with ``--include_ops_by_config``.
+``onnxruntime.transformers.float16`` converts the weights and arithmetic to float16,
 while the inputs and outputs stay float32.
 """
 
@@ -52,15 +52,16 @@ def _move_into_place(source: Path, target: Path) -> None:
 
 
 def operators_config_path(output: Path) -> Path:
-    """Where the required-operators config of the ORT file ``output`` is written."""
+    """Return the path of the required-operators config written next to ``output``."""
     return output.with_name(output.stem + CONFIG_SUFFIX)
 
 
 def export_ort(model: str, output: Path) -> ExportResult:
     """Convert ``model`` to ORT format and write its required-operators config.
 
-    The graph is optimized at the "Fixed" style, as for a minimal build without runtime
-    optimizations; the config lists every operator (with opset) the file uses.
+    The graph is optimized in the converter's "Fixed" style, which suits a minimal build
+    without runtime optimizations. The config lists every operator (with its opset) that
+    the file uses.
     """
     from onnxruntime.tools.convert_onnx_models_to_ort import (
         OptimizationStyle,

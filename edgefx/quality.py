@@ -1,10 +1,10 @@
 """Real inputs for calibration and the quality and speed of a model on test data.
 
-Each task reads its own kind of data: clean photos for the denoiser (noise is added
-from a fixed seed), labelled images for the classifier (a folder or zip with one
-subfolder per class), and clean speech plus noise for the enhancer (the layout of
-``shared/data/audio``, split by edgefx.train.audio_split). Used by ``edgefx quantize``
-and by bench/edge_models.py; torch is never imported.
+Each task reads its own kind of data. The denoiser gets clean photos, with noise added
+from a fixed seed. The classifier gets labelled images, in a folder or zip with one
+subfolder per class. The enhancer gets clean speech and noise in the layout of the
+shared audio folder, split by edgefx.train.audio_split. ``edgefx quantize`` and
+bench/edge_models.py use this module, and it never imports torch.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ AUDIO_RATE = 16000
 DENOISE_TEST_SIGMA = 25.0  # the CBSD68 benchmark level that the card quotes
 ENHANCE_TEST_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)  # as bench/enhance_speech.py
 NOISE_SEED = 0
-MAX_CALIBRATION_SIGMA = 75.0
+MAX_CALIBRATION_SIGMA = 75.0  # the top of the shipped denoiser's noise range
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,9 @@ def calibration_audio(root: Path, clips: int, seconds: float) -> list[np.ndarray
     return [read_mono(files[i])[:length] for i in spread(len(files), clips)]
 
 
-def test_mixtures(root: Path, limit: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def held_out_mixtures(
+    root: Path, limit: int | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Return (clean, noisy) pairs of held-out speech and noise at ENHANCE_TEST_SNRS.
 
     Each utterance's noise is chosen from a generator seeded by its relative path.
@@ -271,7 +273,7 @@ def measure_quality(
         enhancer = Enhancer(str(model), runtime)
         scores = []
         failed = 0
-        for clean, noisy in test_mixtures(test_data, limit):
+        for clean, noisy in held_out_mixtures(test_data, limit):
             enhanced = enhancer.enhance(noisy, AUDIO_RATE)
             if not np.isfinite(enhanced).all():
                 # A broken model (an int8 range gone wrong) counts as failed on this
