@@ -14,6 +14,7 @@ import io
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,21 @@ from edgefx.registry import ModelInfo, resolve_any_model
 logger = logging.getLogger(__name__)
 
 CONFIG_SUFFIX = ".required_operators.config"
+# onnxruntime.tools sets this logger to DEBUG and installs a root handler, so its INFO
+# lines would reach stderr.
+_CONVERTER_LOGGER = "ort_format_model.utils"
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Raise a logger's level to WARNING for the duration of the block."""
+    other = logging.getLogger(name)
+    previous = other.level
+    other.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        other.setLevel(previous)
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,7 @@ def export_ort(model: str, output: Path) -> ExportResult:
         # The converter logs and prints each step; those go to the debug log.
         printed = io.StringIO()
         try:
-            with contextlib.redirect_stdout(printed):
+            with contextlib.redirect_stdout(printed), _quiet(_CONVERTER_LOGGER):
                 convert_onnx_models_to_ort(
                     source,
                     output_dir=converted,
