@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,13 @@ from edgefx.batch import (
     plan_batch,
 )
 from edgefx.errors import ModelError, UsageError
-from edgefx.pipeline import EngineOptions, Stages, execute_task, read_ahead
+from edgefx.pipeline import (
+    EngineOptions,
+    Stages,
+    execute_task,
+    read_ahead,
+    write_behind,
+)
 from edgefx.registry import ModelInfo, resolve_model
 from edgefx.runtime import RuntimeOptions, create_session
 
@@ -404,10 +411,9 @@ class EnhanceTask:
         """Load the model and return the probe, enhance-and-write and count stages.
 
         A recording is streamed block by block, so its decoding, enhancement and
-        writing cannot be split into whole-file stages as images are. The model
-        stage reads blocks ahead in a thread (read_ahead), so decoding overlaps with
-        the model. NOTE: encoding and writing still run between model calls, in the
-        model's thread.
+        writing cannot be split into whole-file stages as images are. Instead the
+        model stage decodes the next block in one thread (read_ahead) and encodes
+        and writes the previous one in another (write_behind).
         """
         from edgefx import audioio
 
@@ -445,12 +451,15 @@ class EnhanceTask:
         stream = enhancer.stream(info.rate, info.channels, self.options)
         block_frames = max(1, int(BLOCK_SECONDS * info.rate))
         blocks = audioio.read_blocks(item.source, block_frames)
-        with audioio.AudioWriter(
-            item.output, info.rate, info.channels, target, subtype
-        ) as writer:
+        with (
+            audioio.AudioWriter(
+                item.output, info.rate, info.channels, target, subtype
+            ) as writer,
+            write_behind(partial(_write_ready, writer)) as write,
+        ):
             for block in read_ahead(blocks):
-                _write_ready(writer, stream.process(block))
-            _write_ready(writer, stream.flush())
+                write(stream.process(block))
+            write(stream.flush())
         return info.duration
 
 

@@ -14,6 +14,7 @@ saves already running finish, so every output is either complete or absent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -47,6 +48,7 @@ MAX_DEFAULT_JOBS = 4
 
 Loaded = TypeVar("Loaded")
 Inferred = TypeVar("Inferred")
+Block = TypeVar("Block")
 
 
 @dataclass
@@ -382,3 +384,67 @@ def read_ahead(blocks: Iterable[Any], depth: int = 2) -> Iterator[Any]:
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def write_behind(
+    consume: Callable[[Block], None], depth: int = 2
+) -> Iterator[Callable[[Block], None]]:
+    """Yield a function that queues blocks for ``consume``, which runs in a thread.
+
+    Encoding and writing the previous audio block then overlap with the model's work
+    on the next one. At most ``depth`` blocks wait. An error raised by ``consume`` is
+    raised again by the next call of the yielded function or on leaving the block.
+    Leaving normally waits until every queued block is consumed. Leaving on an
+    exception drops the queued blocks and waits only for the one being consumed, so
+    the caller can then discard its output.
+    """
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def drain() -> None:
+        while True:
+            block = buffer.get()
+            if block is _END or stop.is_set():
+                return
+            try:
+                consume(block)
+            except BaseException as err:  # noqa: BLE001 - handed to the producer
+                errors.append(err)
+                stop.set()
+                return
+
+    thread = threading.Thread(target=drain, name="edgefx-write-behind", daemon=True)
+    thread.start()
+
+    def put(block: Block) -> None:
+        while not errors:
+            try:
+                buffer.put(block, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise errors[0]
+
+    def finish() -> None:
+        while thread.is_alive():
+            try:
+                buffer.put(_END, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        thread.join()
+
+    try:
+        yield put
+    except BaseException:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                buffer.get_nowait()
+        finish()
+        raise
+    finish()
+    if errors:
+        raise errors[0]

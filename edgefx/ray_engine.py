@@ -184,6 +184,8 @@ def run_on_ray(
     try:
         return _run(ray, items, task, engine, overwrite, reporter, unit)
     finally:
+        # NOTE: on Ctrl-C, actors are killed mid-file, so no output is half-written
+        # but a hidden temporary file may stay until a run an hour later removes it.
         if started_here:
             ray.shutdown()
 

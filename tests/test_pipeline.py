@@ -18,6 +18,7 @@ from edgefx.pipeline import (
     default_jobs,
     read_ahead,
     run_pipeline,
+    write_behind,
 )
 
 
@@ -192,6 +193,44 @@ def test_read_ahead_stops_producer() -> None:
     reader.close()
     time.sleep(0.3)
     assert len(produced) < 10
+
+
+def test_write_behind_keeps_order() -> None:
+    written: list[int] = []
+    with write_behind(written.append, depth=2) as write:
+        for index in range(50):
+            write(index)
+    assert written == list(range(50))
+
+
+def test_write_behind_raises_error() -> None:
+    written: list[int] = []
+
+    def consume(block: int) -> None:
+        if block == 3:
+            raise OSError(28, "No space left on device")
+        written.append(block)
+
+    with pytest.raises(OSError, match="No space"), write_behind(consume) as write:
+        for index in range(20):
+            write(index)
+    assert written == [0, 1, 2]
+
+
+def test_write_behind_drops_on_error() -> None:
+    written: list[int] = []
+
+    def consume(block: int) -> None:
+        time.sleep(0.05)
+        written.append(block)
+
+    with pytest.raises(KeyboardInterrupt), write_behind(consume, depth=4) as write:
+        for index in range(5):
+            write(index)
+        raise KeyboardInterrupt
+    # The block being written when the interrupt came is finished, queued ones are not.
+    assert 1 <= len(written) < 5
+    assert written == list(range(len(written)))
 
 
 def test_default_jobs_per_cores() -> None:
