@@ -272,24 +272,30 @@ def measure_quality(
 
         enhancer = Enhancer(str(model), runtime)
         scores = []
-        failed = 0
+        failures: list[str] = []
         for clean, noisy in held_out_mixtures(test_data, limit):
             enhanced = enhancer.enhance(noisy, AUDIO_RATE)
             if not np.isfinite(enhanced).all():
                 # A broken model (an int8 range gone wrong) counts as failed on this
                 # mixture instead of stopping the measurement.
-                logger.warning("%s: the output contains NaN or infinity", model)
-                failed += 1
+                failures.append("the output contains NaN or infinity")
                 continue
             try:
                 scores.append(float(pesq.pesq(AUDIO_RATE, clean, enhanced, "wb")))
             except pesq.PesqError as err:
                 logger.debug("PESQ skipped a mixture: %s", err)
             except ValueError as err:
-                # pesq 0.0.4 raises this on degenerate output, such as a signal
-                # whose level is far off the reference.
-                logger.warning("%s: PESQ failed on a mixture: %s", model, err)
-                failed += 1
+                # pesq 0.0.4 raises "cannot convert float NaN to integer" on some
+                # outputs of the broken int8 enhancer; the cause is not known.
+                failures.append(f"PESQ failed: {err}")
+        if failures:
+            logger.warning(
+                "%s: %d of %d mixtures could not be scored (first: %s)",
+                model,
+                len(failures),
+                len(failures) + len(scores),
+                failures[0],
+            )
         if not scores:
             raise UsageError(f"{test_data}: PESQ could not score any test mixture")
         snrs = ", ".join(f"{s:g}" for s in ENHANCE_TEST_SNRS)
@@ -298,7 +304,7 @@ def measure_quality(
             float(np.mean(scores)),
             len(scores),
             f"held-out speech and noise at {snrs} dB SNR",
-            failed,
+            len(failures),
         )
     raise UsageError(f"unknown task {task!r}")
 

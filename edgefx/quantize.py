@@ -81,6 +81,7 @@ class Comparison:
     int8_seconds: float
     unit: str
     int8_failed: int = 0  # test items the int8 model's output could not be scored on
+    int8_count: int = 0  # test items int8 was scored on; its mean covers only these
 
     @property
     def delta(self) -> float:
@@ -267,20 +268,22 @@ def compare(
         int8_seconds=seconds["int8"],
         unit=unit,
         int8_failed=int8.failed,
+        int8_count=int8.count,
     )
 
 
 def describe(comparison: Comparison) -> str:
     """One line: int8 quality, its change, and the CPU speedup."""
     label = METRIC_LABELS[comparison.metric]
-    failed = (
-        f", and its output could not be scored on {comparison.int8_failed} more"
-        if comparison.int8_failed
-        else ""
-    )
+    items = f"{comparison.count} test items"
+    if comparison.int8_failed:
+        items = (
+            f"{comparison.count} test items (int8 on {comparison.int8_count}: its "
+            f"output could not be scored on {comparison.int8_failed})"
+        )
     return (
         f"int8 {comparison.int8:.2f} {label} ({comparison.delta:+.2f} vs fp32 "
-        f"{comparison.fp32:.2f}) on {comparison.count} test items{failed}, "
+        f"{comparison.fp32:.2f}) on {items}, "
         f"{comparison.speedup:.2f}x fp32 speed on this CPU"
     )
 
