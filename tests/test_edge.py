@@ -353,3 +353,25 @@ def test_cuda_bench_explains_missing_cuda(repo_root):
     assert result.returncode == 2
     assert result.stderr.startswith("CUDA is not available: ")
     assert result.stdout == ""
+
+
+def test_update_manifest_marks_cpu_default(repo_root, variant_folder):
+    (variant_folder / "manifest.json").unlink()
+    tool = repo_root / "tools" / "update_manifest.py"
+    command = [sys.executable, str(tool), "--dir", str(variant_folder)]
+    subprocess.run(
+        [*command, "--cpu-default", "small-denoiser-int8"], check=True, timeout=60
+    )
+    rows = json.loads((variant_folder / "manifest.json").read_text())["models"]
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["small-denoiser"]["default"] is True
+    assert "cpu_default" not in by_name["small-denoiser"]
+    assert by_name["small-denoiser-int8"]["default"] is False
+    assert by_name["small-denoiser-int8"]["cpu_default"] is True
+    assert by_name["small-denoiser-int8"]["precision"] == "int8"
+    assert by_name["small-denoiser-int8"]["variant_of"] == "small-denoiser"
+
+    # A second run without the flag keeps the choice from the manifest.
+    subprocess.run(command, check=True, timeout=60, capture_output=True)
+    rows = json.loads((variant_folder / "manifest.json").read_text())["models"]
+    assert {r["name"] for r in rows if r.get("cpu_default")} == {"small-denoiser-int8"}
