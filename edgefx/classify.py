@@ -501,7 +501,7 @@ class Classifier:
 
 @dataclass(frozen=True)
 class ClassifyTask:
-    """The settings a worker needs to classify files; picklable, so Ray can ship it."""
+    """Settings that a worker needs to classify files, picklable for Ray actors."""
 
     options: ClassifyOptions
     runtime: RuntimeOptions

@@ -247,7 +247,7 @@ class Denoiser:
 
 @dataclass(frozen=True)
 class DenoiseTask:
-    """The settings a worker needs to denoise files; picklable, so Ray can ship it."""
+    """Settings that a worker needs to denoise files, picklable for Ray actors."""
 
     options: DenoiseOptions
     runtime: RuntimeOptions

@@ -400,7 +400,7 @@ def _write_ready(writer: AudioWriter, block: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class EnhanceTask:
-    """The settings a worker needs to enhance files; picklable, so Ray can ship it."""
+    """Settings that a worker needs to enhance files, picklable for Ray actors."""
 
     options: EnhanceOptions
     runtime: RuntimeOptions

@@ -156,10 +156,10 @@ def test_all_skipped_never_opens(tmp_path: Path) -> None:
         item.output.parent.mkdir(exist_ok=True)
         item.output.write_text("done", encoding="utf-8")
 
-    def refuse() -> Stages[int, int]:
+    def open_fails() -> Stages[int, int]:
         raise AssertionError("the stages were opened although every output exists")
 
-    summary = run_pipeline(items, refuse, jobs=2)
+    summary = run_pipeline(items, open_fails, jobs=2)
     assert summary.skipped == 3
 
 

@@ -32,7 +32,7 @@ CPU = RuntimeOptions(device="cpu", threads=1)
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> object:
-    """A local Ray instance for this module; returns its address."""
+    """Local Ray instance for this module, yielding its GCS address."""
     ray.init(
         num_cpus=2,
         include_dashboard=False,
