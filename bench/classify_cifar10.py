@@ -435,14 +435,20 @@ def bench_torch(
         torch.manual_seed(0)
         model = CifarResNet(classes, width, blocks)
         weights = "random"
-    model.eval()
+    network: Any = model
+    if info.metadata.get("test_time_augmentation"):
+        # The ONNX graph runs each image and its mirror image, so PyTorch does too.
+        from edgefx.train.nets import FlipAveraged
+
+        network = FlipAveraged(model)
+    network.eval()
     # NOTE: PyTorch gets the same NCHW tensors as ONNX Runtime. The channels_last
     # memory format, which training uses, may run faster.
     tensors = [torch.from_numpy(batch) for batch in batches]
 
     def forward(batch: Any) -> Any:
         with torch.inference_mode():
-            return model(batch)
+            return network(batch)
 
     log(f"PyTorch eager: {images_label(sum(len(b) for b in batches))}")
     timing = time_batches(forward, tensors, args.repeat)

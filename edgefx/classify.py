@@ -38,6 +38,9 @@ CROP_RATIO = 256 / 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_INPUT_SIDE = 4096
+# Metadata value of ``test_time_augmentation`` for a graph that averages the logits
+# of each image and its left-right mirror image.
+FLIP_AVERAGE_METADATA = "horizontal flip, logits averaged"
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,79 @@ def test_split_keeps_every_class(tmp_path: Path) -> None:
     assert sorted(set(validation.labels.tolist())) == [0, 1]
     assert len(train.labels) + len(validation.labels) == 20
     assert len(validation.labels) == 4
+
+
+def _logits(model: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        str(model), providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {"image": images})[0]
+
+
+def _random_images(size: int = 16) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(5, 3, size, size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def plain_export(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained checkpoint exported again without mirror-image averaging."""
+    data, work, _ = trained
+    out = tmp_path_factory.mktemp("plain") / "plain.onnx"
+    result = run_edgefx(
+        "train", "classify",
+        "--data", data, "--work-dir", work,
+        "--epochs", "8", "--batch-size", "8", "--size", "16",
+        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--no-flip-average", "--export", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_export_averages_mirror_images(trained) -> None:
+    _, work, _ = trained
+    images = _random_images()
+
+    logits = _logits(work / "tiny.onnx", images)
+    mirrored = _logits(work / "tiny.onnx", images[:, :, :, ::-1].copy())
+
+    assert read_metadata(work / "tiny.onnx")["test_time_augmentation"]
+    np.testing.assert_allclose(logits, mirrored, atol=1e-5)
+
+
+def test_export_without_flip_average(plain_export: Path) -> None:
+    images = _random_images()
+
+    logits = _logits(plain_export, images)
+    mirrored = _logits(plain_export, images[:, :, :, ::-1].copy())
+
+    assert "test_time_augmentation" not in read_metadata(plain_export)
+    assert np.max(np.abs(logits - mirrored)) > 1e-4
+
+
+def test_flip_average_tool_matches_views(plain_export: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "add_flip_average.py"
+    out = tmp_path / "averaged.onnx"
+    images = _random_images()
+
+    result = subprocess.run(
+        [sys.executable, tool, plain_export, "--out", out, "--version", "7"],
+        capture_output=True,
+        text=True,
+    )
+    again = subprocess.run([sys.executable, tool, out], capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    expected = (
+        _logits(plain_export, images)
+        + _logits(plain_export, images[:, :, :, ::-1].copy())
+    ) / 2
+    np.testing.assert_allclose(_logits(out, images), expected, atol=1e-5)
+    assert read_metadata(out)["version"] == "7"
+    assert again.returncode == 2
+    assert "already averages" in again.stderr

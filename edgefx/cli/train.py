@@ -153,6 +153,15 @@ def train_classify(
             "bf16 or fp32. The exported model is float32 either way."
         ),
     ] = "auto",
+    flip_average: Annotated[
+        bool,
+        typer.Option(
+            help="Build mirror-image averaging into the exported model: each image "
+            "and its left-right mirror image are classified and their logits "
+            "averaged (twice the compute, same parameters). The test accuracy is "
+            "then scored the same way."
+        ),
+    ] = True,
 ) -> None:
     """Train the image classifier (a CIFAR-style ResNet) on labelled images."""
     with handle_errors():
@@ -183,12 +192,14 @@ def train_classify(
             best = train(options)
             typer.echo(f"best checkpoint: {best}")
             if test_data is not None:
-                accuracy = evaluate_checkpoint(best, test_data)
+                accuracy = evaluate_checkpoint(best, test_data, flip_average)
                 typer.echo(f"test accuracy: {accuracy:.2f} %")
         except ValueError as err:
             raise UsageError(str(err)) from err
         if export is not None:
-            export_best(best, export, data_description=data.name)
+            export_best(
+                best, export, data_description=data.name, flip_average=flip_average
+            )
             typer.echo(f"exported: {export}")
 
 

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgefx.classify import FLIP_AVERAGE_METADATA
 from edgefx.train.checkpoint import load_checkpoint
-from edgefx.train.nets import CifarResNet
+from edgefx.train.nets import CifarResNet, FlipAveraged
 
 logger = logging.getLogger(__name__)
 
@@ -338,8 +339,13 @@ def export_best(
     name: str | None = None,
     data_description: str | None = None,
     extra_metadata: dict[str, str] | None = None,
+    flip_average: bool = True,
 ) -> Path:
-    """Export a classifier checkpoint to ONNX with its labels and preprocessing."""
+    """Export a classifier checkpoint to ONNX with its labels and preprocessing.
+
+    ``flip_average`` builds the mirror-image averaging into the graph (see
+    ``FlipAveraged``) and records it in the metadata as ``test_time_augmentation``.
+    """
     from edgefx.train.export import export_classifier
 
     model, state = load_classifier_checkpoint(checkpoint)
@@ -366,14 +372,22 @@ def export_best(
             sort_keys=True,
         ),
     }
+    if flip_average:
+        metadata["test_time_augmentation"] = FLIP_AVERAGE_METADATA
     metadata.update(extra_metadata or {})
-    export_classifier(model, out_path, metadata, config["size"])
+    export_classifier(model, out_path, metadata, config["size"], flip_average)
     return out_path
 
 
-def evaluate_checkpoint(checkpoint: Path, test_data: Path) -> float:
-    """Return the top-1 accuracy in percent of a checkpoint on a labelled test set."""
+def evaluate_checkpoint(
+    checkpoint: Path, test_data: Path, flip_average: bool = False
+) -> float:
+    """Return the top-1 accuracy in percent of a checkpoint on a labelled test set.
+
+    ``flip_average`` scores the network the way an export with the same flag runs it.
+    """
     model, state = load_classifier_checkpoint(checkpoint)
     config = state["config"]
     data = load_image_set(test_data, config["size"], classes=config["classes"])
-    return evaluate(model, data, config["mean"], config["std"])
+    network: nn.Module = FlipAveraged(model) if flip_average else model
+    return evaluate(network, data, config["mean"], config["std"])

@@ -11,7 +11,7 @@ import onnx
 import torch
 
 from edgefx.train.checkpoint import load_checkpoint
-from edgefx.train.nets import DenoiseNet, SpeechEnhancerNet
+from edgefx.train.nets import DenoiseNet, FlipAveraged, SpeechEnhancerNet
 
 logger = logging.getLogger(__name__)
 
@@ -138,15 +138,22 @@ CLASSIFY_PARITY_TOLERANCE = 1e-4
 
 
 def export_classifier(
-    model: torch.nn.Module, out_path: Path, metadata: dict[str, str], size: int
+    model: torch.nn.Module,
+    out_path: Path,
+    metadata: dict[str, str],
+    size: int,
+    flip_average: bool = False,
 ) -> float:
     """Write a classifier as ONNX with ``metadata`` and return the max parity error.
 
-    Raises RuntimeError when ONNX Runtime's logits differ from torch's by more than
-    CLASSIFY_PARITY_TOLERANCE on random inputs.
+    With ``flip_average``, the graph averages the logits of each image and of its
+    mirror image (``FlipAveraged``). Raises RuntimeError when ONNX Runtime's logits
+    differ from torch's by more than CLASSIFY_PARITY_TOLERANCE on random inputs.
     """
     import onnxruntime
 
+    if flip_average:
+        model = FlipAveraged(model)
     model = model.eval()
     example = torch.randn(1, 3, size, size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
