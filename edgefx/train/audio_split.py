@@ -22,13 +22,15 @@ def _files(root: Path, pattern: str) -> list[Path]:
 
 
 def train_speech(root: Path) -> list[Path]:
-    """Clean read and acted speech for training (LibriSpeech, Czech dialogue, VCTK)."""
-    return (
-        _files(root, "librispeech_resemblyzer/librispeech_train-clean-100/*")
-        + _files(root, "fillets_ng_data_cs/*/cs/*")
-        + _files(root, "audiomentations_demo/p286_011.wav")
-        + [p for p in _files(root, "alsa_utils/*") if p.name != "Noise.wav"]
-    )
+    """Clean read speech for training: LibriSpeech train-clean-100 and a VCTK clip.
+
+    The GPL-2 recordings in the data folder (the Czech game dialogue and the ALSA
+    voice prompts) are left out, because the data's rules keep GPL audio for
+    evaluation only. Both the LibriSpeech and the VCTK sources are CC BY 4.0.
+    """
+    return _files(
+        root, "librispeech_resemblyzer/librispeech_train-clean-100/*"
+    ) + _files(root, "audiomentations_demo/p286_011.wav")
 
 
 def test_speech(root: Path) -> list[Path]:
