@@ -233,6 +233,30 @@ def check_out_dir(out_dir: Path) -> None:
             break
 
 
+def check_out_dir_writable(out_dir: Path) -> None:
+    """Raise UsageError when files cannot be created in ``out_dir``.
+
+    While ``out_dir`` does not exist, its nearest existing parent is checked, because
+    the batch creates ``out_dir`` there. A read-only file system and missing write
+    permission are found this way; a full disk is not, because it may fill only later.
+    """
+    folder = out_dir.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # statvfs is missing on Windows
+        read_only = False
+    reason = "read-only file system" if read_only else "permission denied"
+    where = "" if folder == out_dir.absolute() else f" (in {folder})"
+    raise UsageError(
+        f"--out {out_dir}: cannot write output files there{where}: {reason}; "
+        "choose another --out directory"
+    )
+
+
 def plan_outputs(
     inputs: Sequence[InputFile],
     out_dir: Path,
@@ -395,8 +419,9 @@ def plan_batch(
     """Check the output folder, list the inputs and plan one output for each.
 
     Returns the planned items and a failed result for each named path that is missing.
-    Raises UsageError when no input of ``kind`` ("image", "audio") is found, or when
-    plan_outputs finds a clash, before any file is touched.
+    Raises UsageError when no input of ``kind`` ("image", "audio") is found, when
+    plan_outputs finds a clash, or when an output is due but the output folder is not
+    writable, before any file is touched.
     """
     check_out_dir(batch.out_dir)
     inputs, missing = collect_inputs(
@@ -405,7 +430,11 @@ def plan_batch(
     if not inputs:
         reasons = "; ".join(m.error or "" for m in missing)
         raise UsageError(reasons or f"no {kind} files found in {', '.join(paths)}")
-    return plan_outputs(inputs, batch.out_dir, suffix_for), missing
+    items = plan_outputs(inputs, batch.out_dir, suffix_for)
+    # A rerun whose outputs all exist writes nothing, so it may run on a read-only copy.
+    if batch.overwrite or not all(_is_finished_output(i.output) for i in items):
+        check_out_dir_writable(batch.out_dir)
+    return items, missing
 
 
 def execute_batch(

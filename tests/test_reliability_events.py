@@ -2,10 +2,11 @@
 output file systems.
 
 An interrupted batch must leave only complete outputs, and the same command run again
-must skip them and finish the rest. A full disk and a read-only output folder must
-give one `failed:` line per file that could not be written, not a traceback, and no
-partial file. The file system cases mount a small tmpfs, which needs root; they are
-skipped with the reason elsewhere.
+must skip them and finish the rest. A full disk must give one `failed:` line per file
+that could not be written, not a traceback, and no partial file. An output folder that
+cannot be written stops the batch before any work with one `error:` line and exit
+status 2. The file system cases mount a small tmpfs, which needs root; they are skipped
+with the reason elsewhere.
 """
 
 from __future__ import annotations
@@ -304,18 +305,30 @@ def test_classify_results_full_disk(tmp_path: Path) -> None:
 # Read-only output folder
 
 
-def test_denoise_read_only_mount(tmp_path: Path) -> None:
-    small, large = write_small_and_large_photos(tmp_path / "in")
-    with tmpfs_mount(tmp_path / "out", size_kib=1024, read_only=True) as out:
-        result = run_edgefx("denoise", small.parent, "--out", out, "--device", "cpu")
+def assert_usage_error(result, out: Path, reason: str) -> None:
+    """Check for exit status 2 and one `error:` line about ``out`` and ``reason``."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: --out {out}: cannot write output files"), lines
+    assert lines[0].endswith(f"{reason}; choose another --out directory"), lines
 
-        assert result.returncode == 1, result.stderr
-        assert "Traceback" not in result.stderr
-        for source in (small, large):
-            named = lines_naming(result.stderr, out / source.name)
-            assert len(named) == 1, result.stderr
-            assert named[0].endswith("read-only file system"), named[0]
+
+def test_denoise_read_only_mount(tmp_path: Path) -> None:
+    small, _ = write_small_and_large_photos(tmp_path / "in")
+    with tmpfs_mount(tmp_path / "out", size_kib=1024, read_only=True) as out:
+        result = run_edgefx("-q", "denoise", small.parent, "--out", out)
+
+        assert_usage_error(result, out, "read-only file system")
         assert list(out.iterdir()) == []
+
+        # An --out that does not exist yet is checked in its nearest existing parent.
+        nested = out / "new" / "folder"
+        result = run_edgefx("-q", "denoise", small.parent, "--out", nested)
+
+        assert_usage_error(result, nested, "read-only file system")
+        assert f"(in {out})" in result.stderr
 
 
 def test_enhance_read_only_mount(tmp_path: Path) -> None:
@@ -323,14 +336,51 @@ def test_enhance_read_only_mount(tmp_path: Path) -> None:
     folder.mkdir()
     sf.write(folder / "take.wav", tones(8000, 1, 16000), 16000)
     with tmpfs_mount(tmp_path / "out", size_kib=1024, read_only=True) as out:
-        result = run_edgefx("enhance", folder, "--out", out, "--device", "cpu")
+        result = run_edgefx("-q", "enhance", folder, "--out", out)
+
+        assert_usage_error(result, out, "read-only file system")
+        assert list(out.iterdir()) == []
+
+
+def test_rerun_on_read_only_copy_skips(tmp_path: Path) -> None:
+    # Outputs that all exist need no writing, so a read-only output folder is fine.
+    small, _ = write_small_and_large_photos(tmp_path / "in")
+    small.with_name("b_large.png").unlink()
+    with tmpfs_mount(tmp_path / "out", size_kib=1024) as out:
+        first = run_edgefx("denoise", small.parent, "--out", out, "--device", "cpu")
+        assert first.returncode == 0, first.stderr
+        remount = subprocess.run(
+            ["mount", "-o", "remount,ro", str(out)], capture_output=True, text=True
+        )
+        assert remount.returncode == 0, remount.stderr
+
+        rerun = run_edgefx("denoise", small.parent, "--out", out, "--device", "cpu")
+
+        assert rerun.returncode == 0, rerun.stderr
+        assert "0 done, 1 skipped (output exists), 0 failed" in rerun.stderr
+
+
+def test_read_only_subfolder_fails_its_files(tmp_path: Path) -> None:
+    # The output folder is writable, but the mirrored subfolder of one input is on a
+    # read-only file system, so only that file fails, with the reason.
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    pixels = cv2.imread(str(PHOTO), cv2.IMREAD_UNCHANGED)[:16, :16]
+    assert cv2.imwrite(str(folder / "top.png"), pixels)
+    assert cv2.imwrite(str(folder / "sub" / "inner.png"), pixels)
+    out = tmp_path / "out"
+    with tmpfs_mount(out / "sub", size_kib=1024, read_only=True):
+        result = run_edgefx(
+            "denoise", folder, "--recursive", "--out", out, "--device", "cpu"
+        )
 
         assert result.returncode == 1, result.stderr
         assert "Traceback" not in result.stderr
-        named = lines_naming(result.stderr, out / "take.wav")
+        assert (out / "top.png").is_file()
+        named = lines_naming(result.stderr, out / "sub" / "inner.png")
         assert len(named) == 1, result.stderr
         assert named[0].endswith("read-only file system"), named[0]
-        assert list(out.iterdir()) == []
+        assert list((out / "sub").iterdir()) == []
 
 
 def test_denoise_output_folder_without_write_permission(tmp_path: Path) -> None:
@@ -339,15 +389,9 @@ def test_denoise_output_folder_without_write_permission(tmp_path: Path) -> None:
     out.mkdir()
     out.chmod(0o555)
     try:
-        result = run_edgefx_unprivileged(
-            "denoise", small, "--out", out, "--device", "cpu"
-        )
+        result = run_edgefx_unprivileged("-q", "denoise", small, "--out", out)
     finally:
         out.chmod(0o755)
 
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    named = lines_naming(result.stderr, out / small.name)
-    assert len(named) == 1, result.stderr
-    assert named[0].endswith("permission denied"), named[0]
+    assert_usage_error(result, out, "permission denied")
     assert list(out.iterdir()) == []
