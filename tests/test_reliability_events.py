@@ -37,6 +37,9 @@ from reliability_helpers import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PHOTO = REPO_ROOT / "samples" / "noisy" / "astronaut.png"
+# One CPU thread keeps an interrupted batch running long enough, on any machine, for
+# the signal to arrive between its first and its last output.
+SLOW_RUN = ("--device", "cpu", "--threads", "1")
 
 
 def tones(frames: int, channels: int, rate: int) -> np.ndarray:
@@ -89,6 +92,7 @@ def test_denoise_interrupt_then_resume(
         str(folder),
         "--out",
         str(out),
+        *SLOW_RUN,
     ]
 
     stopped = interrupt_batch(command, out, "img*.png", signum)
@@ -136,6 +140,7 @@ def test_enhance_interrupt_then_resume(signum: int, status: int, tmp_path: Path)
         str(folder),
         "--out",
         str(out),
+        *SLOW_RUN,
     ]
 
     stopped = interrupt_batch(command, out, "take*.wav", signum)
