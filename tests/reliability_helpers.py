@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -24,19 +25,41 @@ def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+@functools.cache
+def permissions_unenforceable() -> str | None:
+    """Return why file modes cannot stop the CLI here, or None when they can.
+
+    A process that is not root obeys file modes. Root obeys them under ``setpriv``
+    without the capabilities that bypass them, when setpriv exists and may drop them.
+    """
+    if not is_root():
+        return None
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return "running as root, and setpriv is not installed to drop root's access"
+    probe = subprocess.run(
+        [setpriv, "--bounding-set", DAC_CAPABILITIES, "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return f"setpriv cannot drop capabilities here: {probe.stderr.strip()}"
+    return None
+
+
 def run_edgefx_unprivileged(
     *args: str | os.PathLike[str], env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m edgefx ARGS`` so that file permissions apply, even as root.
 
     As root the CLI runs under ``setpriv`` without the capabilities that bypass file
-    modes. The test is skipped when setpriv is missing or cannot drop them.
+    modes. Where that is impossible (see permissions_unenforceable), the CLI runs
+    as it is, and callers leave out the cases that need file modes to apply.
     """
     command = [sys.executable, "-m", "edgefx", *map(str, args)]
-    if is_root():
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root, and setpriv is not installed to drop root")
+    setpriv = shutil.which("setpriv")
+    if is_root() and permissions_unenforceable() is None and setpriv is not None:
         command = [setpriv, "--bounding-set", DAC_CAPABILITIES, *command]
     child_env = {k: v for k, v in os.environ.items() if k != "EDGEFX_MODELS_DIR"}
     child_env.update(env or {})
@@ -50,8 +73,6 @@ def run_edgefx_unprivileged(
         timeout=CLI_TIMEOUT_SECONDS,
         check=False,
     )
-    if result.stderr.startswith("setpriv:"):
-        pytest.skip(f"setpriv cannot drop capabilities here: {result.stderr.strip()}")
     return result
 
 

@@ -25,6 +25,7 @@ from reliability_helpers import (
     empty_files,
     failure_lines,
     lines_naming,
+    permissions_unenforceable,
     run_edgefx_unprivileged,
     temporaries,
 )
@@ -150,10 +151,12 @@ def build_corpus(folder: Path) -> tuple[list[GoodImage], list[BadImage]]:
         GoodImage("dir with spaces é/фото 写真 1.png", "PNG", "RGB", (28, 20), "uint8")
     )
 
-    # An image that cannot be read because of its permissions.
-    locked = save("locked.png", Image.fromarray(gradient(20, 20, 3)))
-    locked.chmod(0)
-    bad.append(BadImage("locked.png", "permission denied"))
+    # An image that cannot be read because of its permissions, where file modes can
+    # stop the CLI (test_unreadable_file_covered reports when they cannot).
+    if permissions_unenforceable() is None:
+        locked = save("locked.png", Image.fromarray(gradient(20, 20, 3)))
+        locked.chmod(0)
+        bad.append(BadImage("locked.png", "permission denied"))
 
     # Empty, text and random files with image suffixes.
     (folder / "empty.png").write_bytes(b"")
@@ -358,3 +361,11 @@ def test_classify_corpus_bad_files_one_line(classify_run, corpus) -> None:
         assert case.reason in named[0], named[0]
     assert len(lines_naming(result.stderr, gif)) == 1, result.stderr
     assert f"{len(good)} done, {len(bad) + 1} failed" in result.stderr
+
+
+def test_unreadable_file_covered(corpus) -> None:
+    reason = permissions_unenforceable()
+    if reason is not None:
+        pytest.skip(reason)
+    bad = corpus[-1]
+    assert "locked.png" in [case.relative for case in bad]
