@@ -204,6 +204,38 @@ def test_quantize_shipped_classifier_cifar10(run_cli, data_dir, tmp_path):
     assert abs(test["delta"]) < 3.0
 
 
+@pytest.mark.slow
+def test_quantize_shipped_enhancer_runs(run_cli, data_dir, tmp_path):
+    pytest.importorskip("pesq")
+    output = tmp_path / "enhance-int8.onnx"
+    result = run_cli(
+        "quantize",
+        "enhance-speech",
+        "--calibrate",
+        data_dir / "audio",
+        "--test-data",
+        data_dir / "audio",
+        "--samples",
+        "2",
+        "--test-limit",
+        "1",
+        "-o",
+        output,
+    )
+    assert result.returncode == 0, result.stderr
+    metadata = {p.key: p.value for p in onnx.load(str(output)).metadata_props}
+    record = json.loads(metadata["quantization"])
+    assert record["test"]["metric"] == "pesq_wb"
+    assert record["test"]["count"] == 5  # one utterance at five SNRs
+    assert "MatMul" in record["quantized_ops"]
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    assert sorted(i.name for i in session.get_inputs()) == [
+        "audio",
+        "min_gain",
+        "state",
+    ]
+
+
 # --------------------------------------------------------------------------------------
 # Variants in the registry and in `edgefx models`
 
