@@ -243,6 +243,8 @@ def check_out_dir_writable(out_dir: Path) -> None:
     folder = out_dir.absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    # NOTE: os.access can be wrong where the server maps user ids (NFS root squash) or
+    # applies ACLs; a folder it passes that refuses writes still fails file by file.
     if os.access(folder, os.W_OK | os.X_OK):
         return
     try:
