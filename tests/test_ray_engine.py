@@ -180,3 +180,21 @@ def test_cli_ray_address(ray_cluster: str, run_cli, image_inputs, tmp_path) -> N
     assert len(local_failed) == 2
     assert remote_failed == local_failed
     assert same_files(tmp_path / "local", tmp_path / "ray") == []
+
+
+def test_ray_model_error_same(
+    ray_cluster: object, image_inputs: Path, tmp_path
+) -> None:
+    from edgefx.errors import ModelError
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n", encoding="utf-8")  # the model has 10 classes
+    messages = []
+    for engine in (LOCAL, RAY):
+        with pytest.raises(ModelError) as caught:
+            classify_files(
+                [str(image_inputs)], runtime=CPU, labels_path=labels, engine=engine
+            )
+        messages.append(str(caught.value))
+    assert "10 classes but 2 labels" in messages[0]
+    assert messages[1] == messages[0]
