@@ -93,7 +93,8 @@ RayAddressOption = Annotated[
     str | None,
     typer.Option(
         "--ray-address",
-        help="Address of a running Ray cluster, e.g. ray://head:10001 or auto. "
+        help="Address of a running Ray cluster: auto (the cluster of this node) or "
+        "HOST:6379 (its head node). "
         "Default: start a local Ray instance.",
     ),
 ]
