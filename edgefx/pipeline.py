@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -310,20 +311,24 @@ def _infer_batch(
 ) -> None:
     """Run the model on one batch of loaded files and queue their saves.
 
-    An error that is not fatal fails every file of the batch with the same message,
-    because one model call cannot tell which input caused it.
+    An error that is not fatal fails every file of the batch, each with its own
+    path in the message, because one model call cannot tell which input caused it.
     """
-    first = batch[0].item
-    (outcome, inferred), seconds = _timed(_guard, first, lambda: stages.infer(values))
-    if outcome.status != "done":
+    started = time.perf_counter()
+    try:
+        inferred = stages.infer(values)
+    except Exception as err:  # noqa: BLE001 - mapped per file below, as run_batch does
         for pending in batch:
-            results[pending.index] = FileResult(
-                pending.item.source, pending.item.output, "failed", outcome.error
-            )
+            results[pending.index] = _guard(pending.item, partial(_reraise, err))[0]
         return
+    seconds = time.perf_counter() - started
     share = seconds / len(batch)
     for pending, value in zip(batch, inferred, strict=True):
         submit_save(pending, value, pending.seconds + share)
+
+
+def _reraise(err: Exception) -> None:
+    raise err
 
 
 def _log_throughput(summary: BatchSummary, jobs: int, unit: str) -> None:

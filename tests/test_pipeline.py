@@ -150,6 +150,27 @@ def test_other_infer_error_fails_file(tmp_path: Path) -> None:
     ]
 
 
+def test_infer_error_fails_batch(tmp_path: Path) -> None:
+    items = make_items(tmp_path, 6)
+    tracker = Tracker()
+
+    def infer(values: list[int]) -> list[int]:
+        if 2 in values:
+            raise ValueError("bad shape")
+        return tracker.infer(values)
+
+    stages = Stages(tracker.load, infer, tracker.save, batch_size=2)
+    summary = run_pipeline(items, lambda: stages, jobs=2)
+    errors = [r.error for r in summary.results if r.status == "failed"]
+    # Files 2 and 4 share a model call, because file 3 fails to load.
+    assert errors == [
+        f"{items[2].source}: unexpected error: ValueError: bad shape",
+        f"{items[3].source}: cannot decode",
+        f"{items[4].source}: unexpected error: ValueError: bad shape",
+    ]
+    assert summary.done == 3
+
+
 def test_all_skipped_never_opens(tmp_path: Path) -> None:
     items = make_items(tmp_path, 3)
     for item in items:
