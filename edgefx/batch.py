@@ -240,23 +240,34 @@ def check_out_dir_writable(out_dir: Path) -> None:
     the batch creates ``out_dir`` there. A read-only file system and missing write
     permission are found this way; a full disk is not, because it may fill only later.
     """
+    problem = find_unwritable_folder(out_dir)
+    if problem is None:
+        return
+    folder, reason = problem
+    where = "" if folder == out_dir.absolute() else f" (in {folder})"
+    raise UsageError(
+        f"--out {out_dir}: cannot write output files there{where}: {reason}; "
+        "choose another --out directory"
+    )
+
+
+def find_unwritable_folder(out_dir: Path) -> tuple[Path, str] | None:
+    """Return the folder that refuses new files in ``out_dir`` and why, else None.
+
+    While ``out_dir`` does not exist, its nearest existing parent is checked.
+    """
     folder = out_dir.absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     # NOTE: os.access can be wrong where the server maps user ids (NFS root squash) or
     # applies ACLs; a folder it passes that refuses writes still fails file by file.
     if os.access(folder, os.W_OK | os.X_OK):
-        return
+        return None
     try:
         read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):  # statvfs is missing on Windows
         read_only = False
-    reason = "read-only file system" if read_only else "permission denied"
-    where = "" if folder == out_dir.absolute() else f" (in {folder})"
-    raise UsageError(
-        f"--out {out_dir}: cannot write output files there{where}: {reason}; "
-        "choose another --out directory"
-    )
+    return folder, "read-only file system" if read_only else "permission denied"
 
 
 def plan_outputs(

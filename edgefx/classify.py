@@ -20,8 +20,10 @@ import numpy as np
 from edgefx.batch import (
     BatchItem,
     BatchSummary,
+    InputFile,
     Reporter,
     collect_inputs,
+    find_unwritable_folder,
 )
 from edgefx.errors import ModelError, UsageError
 from edgefx.pipeline import EngineOptions, Stages, execute_task
@@ -549,6 +551,28 @@ class ClassifyTask:
         return Stages(load, infer, save, self.options.batch_size, records)
 
 
+def check_results_path(path: Path, inputs: Sequence[InputFile]) -> None:
+    """Raise UsageError when writing results to ``path`` would fail or replace an input.
+
+    The results file is written only after every image is classified, so these checks
+    run first, before any image is read.
+    """
+    target = path.resolve()
+    for entry in inputs:
+        if entry.path.resolve() == target:
+            raise UsageError(
+                f"--out {path}: the output would replace the input {entry.path}; "
+                "choose another --out file"
+            )
+    problem = find_unwritable_folder(path.parent)
+    if problem is not None:
+        folder, reason = problem
+        raise UsageError(
+            f"--out {path}: cannot write the results file in {folder}: {reason}; "
+            "choose another --out file"
+        )
+
+
 def classify_files(
     paths: Sequence[str],
     recursive: bool = False,
@@ -559,12 +583,15 @@ def classify_files(
     preset: str | None = None,
     reporter: Reporter | None = None,
     engine: EngineOptions | None = None,
+    results_path: Path | None = None,
 ) -> tuple[BatchSummary, list[ClassifyRow]]:
     """Classify image files and return the per-file results and one row per good file.
 
     A file that cannot be read is one failed result and the batch goes on; a ModelError
     or DeviceError stops it. Rows follow the order of the inputs. The model runs once
-    per ``options.batch_size`` decoded images.
+    per ``options.batch_size`` decoded images. ``results_path``, the file the caller
+    will write the rows to, is checked before any work: UsageError when it is one of
+    the inputs or when its folder refuses new files.
     """
     from edgefx import imageio
 
@@ -575,6 +602,8 @@ def classify_files(
     if not inputs:
         reasons = "; ".join(m.error or "" for m in missing)
         raise UsageError(reasons or f"no image files found in {', '.join(paths)}")
+    if results_path is not None:
+        check_results_path(results_path, inputs)
 
     task = ClassifyTask(
         options, runtime or RuntimeOptions(), model, labels_path, preset

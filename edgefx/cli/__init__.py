@@ -32,6 +32,7 @@ from edgefx.cli._common import (
     configure_logging,
     handle_errors,
     print_summary,
+    printable,
 )
 from edgefx.cli.edge import export, quantize
 from edgefx.cli.train import train_app
@@ -279,7 +280,9 @@ def classify(
     from edgefx.pipeline import EngineOptions
     from edgefx.runtime import RuntimeOptions
 
-    with handle_errors():
+    # The results are printed or written once every image is classified, so a stopped
+    # run leaves nothing to resume from.
+    with handle_errors("no results were written; run the same command again"):
         if out is not None and result_format is ResultFormat.table:
             from edgefx.errors import UsageError
 
@@ -306,6 +309,7 @@ def classify(
                 preset=preset.value if preset else None,
                 reporter=reporter,
                 engine=engine_options,
+                results_path=out,
             )
         _write_classify_rows(rows, result_format, out)
     print_summary(summary, writes_outputs=False)
@@ -318,13 +322,20 @@ def _write_classify_rows(
     if result_format is ResultFormat.table:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title="edgefx classify", title_justify="left")
         for column in ("file", "label", "score", "top_k"):
             table.add_column(column, justify="right" if column == "score" else "left")
         for row in rows:
             top = ", ".join(f"{label} {score:.3f}" for label, score in row.top_k)
-            table.add_row(str(row.file), row.label, f"{row.score:.4f}", top)
+            # Text cells are never parsed as markup, so "[b]" in a name stays literal.
+            table.add_row(
+                Text(printable(str(row.file))),
+                Text(printable(row.label)),
+                f"{row.score:.4f}",
+                Text(printable(top)),
+            )
         Console().print(table)
         return
 

@@ -150,8 +150,9 @@ class _ConsoleHandler(logging.Handler):
                 if record.levelno == logging.INFO
                 else f"{record.levelname.lower()}: "
             )
+            lines = self.format(record).split("\n")
             stderr_console().print(
-                prefix + self.format(record),
+                prefix + "\n".join(printable(line) for line in lines),
                 markup=False,
                 soft_wrap=True,
                 highlight=False,
@@ -171,6 +172,18 @@ def configure_logging(verbosity: int) -> None:
     root.propagate = False
 
 
+def printable(text: str) -> str:
+    """Return ``text`` with control characters written as escapes, such as \\x1b.
+
+    File names may contain ESC, newlines or undecodable bytes; printed raw, they could
+    move the cursor, clear the terminal or split one message into several lines.
+    """
+    return "".join(
+        character if character.isprintable() else repr(character)[1:-1]
+        for character in text
+    )
+
+
 class Terminated(BaseException):
     """Raised in the main thread when SIGTERM arrives, so cleanup code runs."""
 
@@ -179,12 +192,19 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+RESUME_HINT = (
+    "finished outputs are kept; run the same command again to process the remaining "
+    "files"
+)
+
+
 @contextlib.contextmanager
-def handle_errors() -> Iterator[None]:
+def handle_errors(stop_hint: str = RESUME_HINT) -> Iterator[None]:
     """Turn edgefx errors into one line on stderr and the exit status they carry.
 
     SIGTERM (from kill, timeout, a service manager) is turned into an exception like
     Ctrl-C, so that an output being written is removed instead of left half-written.
+    ``stop_hint`` follows "interrupted: " or "terminated: " and says what was kept.
     """
     from edgefx.errors import EdgefxError
 
@@ -192,21 +212,17 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except EdgefxError as err:
-        stderr_console().print(f"error: {err}", markup=False, soft_wrap=True)
+        stderr_console().print(
+            f"error: {printable(str(err))}", markup=False, soft_wrap=True
+        )
         raise typer.Exit(err.exit_code) from err
     except KeyboardInterrupt as err:
         stderr_console().print(
-            "interrupted: finished outputs are kept; run the same command again to "
-            "process the remaining files",
-            soft_wrap=True,
+            f"interrupted: {stop_hint}", markup=False, soft_wrap=True
         )
         raise typer.Exit(130) from err
     except Terminated as err:
-        stderr_console().print(
-            "terminated: finished outputs are kept; run the same command again to "
-            "process the remaining files",
-            soft_wrap=True,
-        )
+        stderr_console().print(f"terminated: {stop_hint}", markup=False, soft_wrap=True)
         raise typer.Exit(143) from err
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -258,12 +274,16 @@ class ProgressReporter(Reporter):
         if self.progress is None or self.task is None:
             if result.status == "failed":
                 stderr_console().print(
-                    f"failed: {result.error}", markup=False, soft_wrap=True
+                    f"failed: {printable(result.error or '')}",
+                    markup=False,
+                    soft_wrap=True,
                 )
             return
         if result.status == "failed":
             self.progress.console.print(
-                f"failed: {result.error}", markup=False, soft_wrap=True
+                f"failed: {printable(result.error or '')}",
+                markup=False,
+                soft_wrap=True,
             )
         self.progress.advance(self.task)
         elapsed = time.perf_counter() - self.started
