@@ -133,7 +133,7 @@ def collect_inputs(
             skip = excluded if excluded and _strictly_inside(excluded, path) else None
             pattern = "**/*" if recursive else "*"
             for child in sorted(path.glob(pattern)):
-                if skip and child.resolve().is_relative_to(skip):
+                if skip and _resolves_inside(child, skip):
                     continue
                 if _is_candidate(child, wanted):
                     found.append(InputFile(child, child.relative_to(path)))
@@ -150,7 +150,7 @@ def collect_inputs(
             base = _glob_base(name)
             skip = excluded if excluded and _strictly_inside(excluded, base) else None
             for match in map(Path, matches):
-                if skip and match.resolve().is_relative_to(skip):
+                if skip and _resolves_inside(match, skip):
                     continue
                 if match.is_file() and not match.name.startswith(TEMP_PREFIX):
                     found.append(InputFile(match, _relative_or_name(match, base)))
@@ -169,6 +169,18 @@ def collect_inputs(
                 first.path,
             )
     return list(unique.values()), missing
+
+
+def _resolves_inside(path: Path, folder: Path) -> bool:
+    """Tell whether ``path`` resolves to a place inside ``folder``.
+
+    A symlink loop cannot be resolved; it counts as outside, so that the caller
+    reports it as a broken link instead of crashing.
+    """
+    try:
+        return path.resolve().is_relative_to(folder)
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError on a loop
+        return False
 
 
 def _inside(inner: Path, outer: Path) -> bool:

@@ -117,3 +117,27 @@ def test_failed_line_escapes_control_characters(tmp_path: Path) -> None:
     assert len(failed) == 1, result.stderr
     assert "bad\\x1b[2J\\nname.png" in failed[0], failed
     assert "\x1b" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Symlink loops
+
+
+def test_symlink_loop_with_out_inside_input(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_solid(folder / "ok.png", "red")
+    (folder / "b.png").symlink_to("a.png")
+    (folder / "a.png").symlink_to("b.png")
+
+    # An --out inside the input folder makes the listing resolve every entry.
+    result = run_edgefx("denoise", folder, "--out", folder / "out", "--device", "cpu")
+
+    failed = failure_lines(result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (folder / "out" / "ok.png").is_file()
+    assert len(failed) == 2, result.stderr
+    assert failed[0].startswith(f"failed: {folder / 'a.png'}: "), failed
+    assert failed[1].startswith(f"failed: {folder / 'b.png'}: "), failed
+    assert "1 done, 0 skipped (output exists), 2 failed" in result.stderr
