@@ -25,7 +25,7 @@ from edgefx.batch import (
     collect_inputs,
     find_unwritable_folder,
 )
-from edgefx.errors import ModelError, UsageError
+from edgefx.errors import InferenceError, ModelError, UsageError
 from edgefx.pipeline import EngineOptions, Stages, execute_task
 from edgefx.registry import ModelInfo, resolve_model, shipped_models
 from edgefx.runtime import RuntimeOptions, create_session
@@ -501,7 +501,15 @@ class Classifier:
             chunk = images[start : start + options.batch_size]
             batch = np.stack([prepare_image(image, self.preprocess) for image in chunk])
             results.extend(self.top_labels(self.run_prepared(batch), options.top_k))
+        for top in results:
+            check_finite_scores(top)
         return results
+
+
+def check_finite_scores(top: list[tuple[str, float]]) -> None:
+    """Raise InferenceError when a score is NaN, as softmax makes NaN or inf logits."""
+    if not all(np.isfinite(score) for _, score in top):
+        raise InferenceError("the model output contains NaN or infinite values")
 
 
 @dataclass(frozen=True)
@@ -545,6 +553,8 @@ class ClassifyTask:
 
         def save(item: BatchItem, result: tuple[list[Any], float]) -> float:
             top, units = result
+            # Checked per file, because one model call covers a batch of files.
+            check_finite_scores(top)
             records[item.source] = ClassifyRow(item.source, top[0][0], top[0][1], top)
             return units
 

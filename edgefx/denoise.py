@@ -17,11 +17,11 @@ from edgefx.batch import (
     Reporter,
     plan_batch,
 )
-from edgefx.errors import InputError, ModelError, UsageError
+from edgefx.errors import InferenceError, InputError, ModelError, UsageError
 from edgefx.noise import estimate_sigma
 from edgefx.pipeline import EngineOptions, Stages, execute_task
 from edgefx.registry import ModelInfo, resolve_model
-from edgefx.runtime import RuntimeOptions, create_session
+from edgefx.runtime import RuntimeOptions, create_session, describe_run_error
 
 if TYPE_CHECKING:
     from edgefx.imageio import ImageData
@@ -82,6 +82,14 @@ def read_signature(info: ModelInfo, inputs: list[Any]) -> ModelSignature:
         )
     if "float" not in image.type:
         raise ModelError(f"{info.path}: image input is {image.type}; expected float")
+    height, width = list(image.shape)[2:]
+    if isinstance(height, int) or isinstance(width, int):
+        # Tiles are --tile plus a margin, and smaller at the image's edges.
+        raise ModelError(
+            f"{info.path}: the image input has a fixed size "
+            f"{height}x{width} (height x width); edgefx denoise feeds tiles of varying "
+            "size, so it needs a model exported with dynamic height and width"
+        )
 
     metadata = info.metadata
     value_range = metadata.get("input_range", "0-1")
@@ -229,12 +237,23 @@ class Denoiser:
             level = np.full((1, 1, 1, 1), sigma / 255.0, np.float32)
             feeds[self.signature.level_input] = level * self.signature.input_scale
 
-        (restored,) = self.session.run(None, feeds)[:1]
+        try:
+            (restored,) = self.session.run(None, feeds)[:1]
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidArgument
+            raise InferenceError(
+                f"the model failed on a tile of shape {list(batch.shape)}: "
+                f"{describe_run_error(err)}"
+            ) from err
+        # Another image size may work, so a size change or NaN fails only this file.
         if restored.shape != batch.shape:
-            raise ModelError(
-                f"{self.info.path}: output shape {list(restored.shape)} differs from "
-                f"the input shape {list(batch.shape)}; a denoiser must keep the size"
+            raise InferenceError(
+                f"the model's output shape {list(restored.shape)} differs from the "
+                f"input shape {list(batch.shape)}; a denoiser must keep the size. If "
+                "the model needs sizes that are a multiple of some number, state it "
+                "as size_multiple in the model's metadata"
             )
+        if not np.isfinite(restored).all():
+            raise InferenceError("the model output contains NaN or infinite values")
 
         result = restored[0].transpose(1, 2, 0) / self.signature.input_scale
         if gray_input:

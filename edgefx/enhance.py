@@ -29,7 +29,7 @@ from edgefx.batch import (
     Reporter,
     plan_batch,
 )
-from edgefx.errors import ModelError, UsageError
+from edgefx.errors import InferenceError, ModelError, UsageError
 from edgefx.pipeline import (
     EngineOptions,
     Stages,
@@ -263,6 +263,8 @@ class EnhanceStream:
         enhanced, self.state, high_gain = self.enhancer.session.run(
             None, {"audio": planar, "state": self.state, "min_gain": self.min_gain}
         )
+        if not (np.isfinite(enhanced).all() and np.isfinite(high_gain).all()):
+            raise InferenceError("the model output contains NaN or infinite values")
         enhanced, gains = enhanced.T, high_gain.T  # (samples, ch), (hops, ch)
         if self.to_drop:  # the delay is whole hops (checked when the model loads)
             dropped = min(self.to_drop, len(enhanced))

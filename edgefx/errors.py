@@ -29,6 +29,14 @@ class ModelError(EdgefxError):
     exit_code = 2
 
 
+class InferenceError(EdgefxError):
+    """The model failed on one input or returned NaN or infinite values.
+
+    A batch reports the file and goes on, because another input may run: a model can
+    accept some image sizes and reject others.
+    """
+
+
 class InputError(EdgefxError):
     """One input file cannot be processed; a batch reports it and goes on."""
 

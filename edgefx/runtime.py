@@ -215,6 +215,20 @@ def create_session(
     return session
 
 
+def describe_run_error(err: Exception) -> str:
+    """Return onnxruntime's error message as one line, without its code prefix.
+
+    A message such as "Got invalid dimensions for input: x" names the bad axes and
+    their expected sizes only on its next lines, so the lines are joined.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    message = " ".join(lines) or repr(err)
+    # "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got ..." -> "Got ..."
+    if message.startswith("[ONNXRuntimeError]"):
+        message = message.split(" : ", 3)[-1]
+    return message
+
+
 def provider_name(session: onnxruntime.InferenceSession) -> str:
     """Return the short device name (cpu, cuda, tensorrt) a session runs on."""
     running = session.get_providers()[0]

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 import edgefx
 from edgefx import imageio
 from edgefx.denoise import MAX_SIGMA, DenoiseOptions, Denoiser
-from edgefx.errors import ModelError, UsageError
+from edgefx.errors import InferenceError, ModelError, UsageError
 from edgefx.noise import PATCH, estimate_sigma
 from edgefx.runtime import RuntimeOptions
 
@@ -391,7 +391,7 @@ def test_foreign_size_change_rejected(tmp_path: Path) -> None:
     path = write_box_blur(tmp_path / "valid_conv.onnx", pads=0)
     denoiser = Denoiser(model=str(path), runtime=RuntimeOptions(device="cpu"))
     pixels = read_pixels(SAMPLES / "noisy" / "coffee.png")[:40, :48]
-    with pytest.raises(ModelError, match="differs from the input shape") as caught:
+    with pytest.raises(InferenceError, match="differs from the input shape") as caught:
         denoiser.denoise(pixels, DenoiseOptions(sigma=10))
     assert "[1, 3, 38, 46]" in str(caught.value)
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
+import onnx
 import pytest
+import soundfile as sf
 from cli_helpers import run_edgefx
+from onnx import TensorProto, helper, numpy_helper
 from reliability_helpers import (
     failure_lines,
     permissions_unenforceable,
     run_edgefx_unprivileged,
+    temporaries,
 )
 from test_classify import contract_metadata, write_color_classifier, write_solid
 
@@ -141,3 +147,215 @@ def test_symlink_loop_with_out_inside_input(tmp_path: Path) -> None:
     assert failed[0].startswith(f"failed: {folder / 'a.png'}: "), failed
     assert failed[1].startswith(f"failed: {folder / 'b.png'}: "), failed
     assert "1 done, 0 skipped (output exists), 2 failed" in result.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Foreign models that return NaN or need certain input sizes
+
+
+def save_graph(
+    path: Path,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    initializers: list[onnx.TensorProto],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = value
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def image_value(name: str, shape: list[int | str] | None = None) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(
+        name, TensorProto.FLOAT, shape or ["N", 3, "H", "W"]
+    )
+
+
+def write_nan_denoiser(path: Path) -> Path:
+    """A blind denoiser that multiplies every pixel by NaN."""
+    nan = numpy_helper.from_array(np.array([np.nan], np.float32), "nan")
+    node = helper.make_node("Mul", ["x", "nan"], ["y"])
+    return save_graph(path, [node], [image_value("x")], [image_value("y")], [nan])
+
+
+def write_even_size_denoiser(path: Path, add_input: bool) -> Path:
+    """A blind denoiser that keeps the size of even images only.
+
+    2x2 max pooling and 2x nearest upsampling shrink an odd side by one pixel. With
+    ``add_input``, the input is added to that, and onnxruntime fails on odd sides.
+    """
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    pool = helper.make_node(
+        "MaxPool", ["x"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]
+    )
+    resize = helper.make_node(
+        "Resize", ["pooled", "", "scales"], ["up"], mode="nearest"
+    )
+    nodes = [pool, resize]
+    if add_input:
+        nodes.append(helper.make_node("Add", ["x", "up"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["up"], ["y"]))
+    return save_graph(path, nodes, [image_value("x")], [image_value("y")], [scales])
+
+
+def write_noise(path: Path, height: int, width: int) -> Path:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
+    assert cv2.imwrite(str(path), pixels)
+    return path
+
+
+def test_denoise_nan_model_fails_files(tmp_path: Path) -> None:
+    model = write_nan_denoiser(tmp_path / "nan.onnx")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_noise(folder / "a.png", 24, 24)
+    write_noise(folder / "b.png", 16, 20)
+    out = tmp_path / "out"
+
+    result = run_edgefx("denoise", folder, "--out", out, "--model", model)
+
+    failed = failure_lines(result.stderr)
+    reason = "the model output contains NaN or infinite values"
+    assert result.returncode == 1, result.stderr
+    assert failed == [
+        f"failed: {folder / 'a.png'}: {reason}",
+        f"failed: {folder / 'b.png'}: {reason}",
+    ], result.stderr
+    assert "RuntimeWarning" not in result.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_classify_nan_model_fails_files(tmp_path: Path) -> None:
+    nan = numpy_helper.from_array(np.array([np.nan], np.float32), "nan")
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
+        helper.make_node("Mul", ["features", "nan"], ["logits"]),
+    ]
+    model = save_graph(
+        tmp_path / "nan.onnx",
+        nodes,
+        [image_value("image", ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [nan],
+        contract_metadata(),
+    )
+    photo = write_solid(tmp_path / "red.png", "red")
+
+    result = run_edgefx("classify", photo, "--model", model, "--format", "csv")
+
+    failed = failure_lines(result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert failed == [
+        f"failed: {photo}: the model output contains NaN or infinite values"
+    ], result.stderr
+    assert "nan" not in result.stdout.lower(), result.stdout
+
+
+def write_nan_enhancer(path: Path) -> Path:
+    """An enhancer with the edgefx interface whose enhanced audio is all NaN."""
+    hop = 160
+    nan = numpy_helper.from_array(np.array([np.nan], np.float32), "nan")
+    hops = numpy_helper.from_array(np.array([0, -1, hop], np.int64), "hops")
+    nodes = [
+        helper.make_node("Mul", ["audio", "nan"], ["enhanced"]),
+        helper.make_node("Identity", ["state"], ["state_out"]),
+        helper.make_node("Reshape", ["audio", "hops"], ["framed"]),
+        helper.make_node("ReduceMax", ["framed"], ["peak"], axes=[2], keepdims=0),
+        helper.make_node("Sigmoid", ["peak"], ["high_gain"]),
+    ]
+    tensor = TensorProto.FLOAT
+    inputs = [
+        helper.make_tensor_value_info("audio", tensor, ["C", "S"]),
+        helper.make_tensor_value_info("state", tensor, ["C", 4]),
+        helper.make_tensor_value_info("min_gain", tensor, [1]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("enhanced", tensor, ["C", "S"]),
+        helper.make_tensor_value_info("state_out", tensor, ["C", 4]),
+        helper.make_tensor_value_info("high_gain", tensor, ["C", "F"]),
+    ]
+    metadata = {
+        "task": "enhance",
+        "sample_rate": "16000",
+        "hop": str(hop),
+        "state_size": "4",
+        "delay": str(hop),
+    }
+    return save_graph(path, nodes, inputs, outputs, [nan, hops], metadata)
+
+
+def test_enhance_nan_model_writes_nothing(tmp_path: Path) -> None:
+    model = write_nan_enhancer(tmp_path / "nan.onnx")
+    recording = tmp_path / "in" / "take.wav"
+    recording.parent.mkdir()
+    tone = np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000).astype(np.float32)
+    sf.write(recording, 0.3 * tone, 16000)
+    out = tmp_path / "out"
+
+    result = run_edgefx("enhance", recording, "--out", out, "--model", model)
+
+    failed = failure_lines(result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert failed == [
+        f"failed: {recording}: the model output contains NaN or infinite values"
+    ], result.stderr
+    assert not (out / "take.wav").exists()
+    assert temporaries(out) == []
+
+
+@pytest.mark.parametrize(
+    ("add_input", "reason"),
+    [
+        (True, "the model failed on a tile of shape [1, 3, 33, 33]: "),
+        (False, "the model's output shape [1, 3, 32, 32] differs from the input "),
+    ],
+    ids=["runtime-error", "size-change"],
+)
+def test_denoise_odd_size_fails_one_file(
+    add_input: bool, reason: str, tmp_path: Path
+) -> None:
+    model = write_even_size_denoiser(tmp_path / "even.onnx", add_input)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_noise(folder / "even.png", 32, 32)
+    write_noise(folder / "odd.png", 33, 33)
+    out = tmp_path / "out"
+
+    result = run_edgefx("denoise", folder, "--out", out, "--model", model)
+
+    failed = failure_lines(result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert (out / "even.png").is_file()
+    assert len(failed) == 1, result.stderr
+    assert failed[0].startswith(f"failed: {folder / 'odd.png'}: {reason}"), failed
+    assert "1 done, 0 skipped (output exists), 1 failed" in result.stderr
+
+
+def test_denoise_fixed_size_model_rejected(tmp_path: Path) -> None:
+    model = save_graph(
+        tmp_path / "fixed.onnx",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [image_value("x", [1, 3, 32, 32])],
+        [image_value("y", [1, 3, 32, 32])],
+        [],
+    )
+    photo = write_noise(tmp_path / "photo.png", 32, 32)
+    out = tmp_path / "out"
+
+    result = run_edgefx("denoise", photo, "--out", out, "--model", model)
+
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines[-1].startswith(f"error: {model}: the image input has a fixed size "
+                                "32x32"), lines  # fmt: skip
+    assert not (out / "photo.png").exists()
