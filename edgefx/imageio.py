@@ -287,7 +287,7 @@ def read_image(path: Path, max_pixels: int = 250_000_000) -> ImageData:
         pixels=pixels,
         alpha=alpha,
         format=header.format,
-        icc_profile=header.icc_profile,
+        icc_profile=_matching_icc_profile(path, header.icc_profile, pixels.ndim == 2),
         exif=header.exif,
     )
     logger.debug(
@@ -301,6 +301,36 @@ def read_image(path: Path, max_pixels: int = 250_000_000) -> ImageData:
         "+alpha" if alpha is not None else "",
     )
     return image
+
+
+# Bytes 16 to 20 of an ICC profile header name the color space of the pixel data it
+# describes, such as b"RGB ", b"GRAY", b"CMYK" or b"Lab ".
+ICC_COLOR_SPACE = slice(16, 20)
+
+
+def _matching_icc_profile(
+    path: Path, profile: bytes | None, gray: bool
+) -> bytes | None:
+    """Return ``profile`` when it describes the decoded pixels' color space, else None.
+
+    CMYK images are decoded to RGB, so their CMYK profile would mislabel the output's
+    colors; such a profile is dropped with a warning naming the file.
+    """
+    if profile is None:
+        return None
+    expected = b"GRAY" if gray else b"RGB "
+    found = profile[ICC_COLOR_SPACE]
+    if found == expected:
+        return profile
+    name = found.decode("ascii", "replace").strip() or "unknown"
+    logger.warning(
+        "%s: the embedded ICC profile is for %s data but the image is decoded as %s, "
+        "so the output has no ICC profile",
+        path,
+        name,
+        "gray" if gray else "RGB",
+    )
+    return None
 
 
 def _sniff_format(prefix: bytes) -> str | None:

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 from cli_helpers import run_edgefx
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image, ImageCms
 from reliability_helpers import (
     failure_lines,
     permissions_unenforceable,
@@ -359,3 +360,34 @@ def test_denoise_fixed_size_model_rejected(tmp_path: Path) -> None:
     assert lines[-1].startswith(f"error: {model}: the image input has a fixed size "
                                 "32x32"), lines  # fmt: skip
     assert not (out / "photo.png").exists()
+
+
+# --------------------------------------------------------------------------------------
+# ICC profiles that do not match the decoded pixels
+
+
+def test_cmyk_jpeg_profile_dropped(tmp_path: Path) -> None:
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    # The header's color space field (bytes 16 to 20) is all a reader checks here.
+    cmyk_profile = srgb[:16] + b"CMYK" + srgb[20:]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 24, 3), np.uint8)
+    Image.fromarray(pixels).convert("CMYK").save(
+        folder / "cmyk.jpg", icc_profile=cmyk_profile
+    )
+    Image.fromarray(pixels).save(folder / "rgb.jpg", icc_profile=srgb)
+    out = tmp_path / "out"
+
+    result = run_edgefx("denoise", folder, "--out", out, "--device", "cpu")
+
+    assert result.returncode == 0, result.stderr
+    with Image.open(out / "cmyk.jpg") as converted:
+        assert converted.mode == "RGB"
+        assert "icc_profile" not in converted.info
+    with Image.open(out / "rgb.jpg") as kept:
+        assert kept.info.get("icc_profile") == srgb
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith(f"warning: {folder / 'cmyk.jpg'}: "), warnings
+    assert "CMYK" in warnings[0], warnings
