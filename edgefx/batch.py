@@ -25,7 +25,7 @@ from edgefx.errors import (
     OutputError,
     UsageError,
 )
-from edgefx.fsutil import TEMP_PREFIX
+from edgefx.fsutil import TEMP_PREFIX, find_unwritable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -261,25 +261,6 @@ def check_out_dir_writable(out_dir: Path) -> None:
         f"--out {out_dir}: cannot write output files there{where}: {reason}; "
         "choose another --out directory"
     )
-
-
-def find_unwritable_folder(out_dir: Path) -> tuple[Path, str] | None:
-    """Return the folder that refuses new files in ``out_dir`` and why, else None.
-
-    While ``out_dir`` does not exist, its nearest existing parent is checked.
-    """
-    folder = out_dir.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    # NOTE: os.access can be wrong where the server maps user ids (NFS root squash) or
-    # applies ACLs; a folder it passes that refuses writes still fails file by file.
-    if os.access(folder, os.W_OK | os.X_OK):
-        return None
-    try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):  # statvfs is missing on Windows
-        read_only = False
-    return folder, "read-only file system" if read_only else "permission denied"
 
 
 def plan_outputs(

@@ -23,9 +23,9 @@ from edgefx.batch import (
     InputFile,
     Reporter,
     collect_inputs,
-    find_unwritable_folder,
 )
 from edgefx.errors import InferenceError, ModelError, UsageError
+from edgefx.fsutil import TEMP_PREFIX, check_output_file
 from edgefx.pipeline import EngineOptions, Stages, execute_task
 from edgefx.registry import ModelInfo, resolve_model, shipped_models
 from edgefx.runtime import RuntimeOptions, create_session
@@ -574,13 +574,8 @@ def check_results_path(path: Path, inputs: Sequence[InputFile]) -> None:
                 f"--out {path}: the output would replace the input {entry.path}; "
                 "choose another --out file"
             )
-    problem = find_unwritable_folder(path.parent)
-    if problem is not None:
-        folder, reason = problem
-        raise UsageError(
-            f"--out {path}: cannot write the results file in {folder}: {reason}; "
-            "choose another --out file"
-        )
+    # atomic_write_bytes writes a temporary file with a random 8-character part first.
+    check_output_file(path, temporary_names=(f"{TEMP_PREFIX}xxxxxxxx{path.suffix}",))
 
 
 def classify_files(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefx.errors import ModelError, OutputError, UsageError
+from edgefx.fsutil import check_output_file
 from edgefx.registry import ModelInfo, resolve_any_model
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ def _check_output(info: ModelInfo, output: Path) -> None:
         raise UsageError(f"--out {output} is a directory; give a file path")
     if output.resolve() == info.path.resolve():
         raise UsageError(f"{output}: the output would replace its input")
+    config = operators_config_path(output).name
+    partials = (f".{output.name}.partial", f".{config}.partial")
+    check_output_file(output, temporary_names=(config, *partials))
 
 
 def _move_into_place(source: Path, target: Path) -> None:

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from edgefx.errors import OutputError
+from edgefx.errors import OutputError, UsageError
 
 # Temporary files start with this prefix so that a resumed batch can tell them apart
 # from finished outputs and never mistakes a half-written file for a done one.
@@ -71,3 +71,56 @@ def describe_os_error(err: OSError) -> str:
     if err.errno in (errno.EEXIST, errno.ENOTDIR):
         return "a parent of the output path is a file, not a directory"
     return err.strerror or str(err)
+
+
+def find_unwritable_folder(out_dir: Path) -> tuple[Path, str] | None:
+    """Return the folder that refuses new files in ``out_dir`` and why, else None.
+
+    While ``out_dir`` does not exist, its nearest existing parent is checked.
+    """
+    folder = out_dir.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    # NOTE: os.access can be wrong where the server maps user ids (NFS root squash) or
+    # applies ACLs; a folder it passes that refuses writes still fails file by file.
+    if os.access(folder, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # statvfs is missing on Windows
+        read_only = False
+    return folder, "read-only file system" if read_only else "permission denied"
+
+
+def check_output_file(path: Path, temporary_names: tuple[str, ...] = ()) -> None:
+    """Raise UsageError when the file ``path`` (an --out option) cannot be created.
+
+    Checks, before any work: that ``path`` is no directory, that its folder (or the
+    nearest existing parent) accepts new files, and that its name and the
+    ``temporary_names`` written next to it fit the file system's name length limit.
+    """
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file path")
+    folder = path.parent.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {path}: {folder} is a file, not a directory")
+    problem = find_unwritable_folder(path.parent)
+    if problem is not None:
+        where, reason = problem
+        raise UsageError(
+            f"--out {path}: cannot write the file in {where}: {reason}; "
+            "choose another --out file"
+        )
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # pathconf is missing on Windows
+        name_max = 255
+    longest = max(len(os.fsencode(name)) for name in (path.name, *temporary_names))
+    if longest > name_max:
+        raise UsageError(
+            f"--out {path}: the file name is too long; shorten it by "
+            f"{longest - name_max} bytes (this file system allows {name_max} bytes "
+            "per name, including the temporary files written next to it)"
+        )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgefx.errors import ModelError, OutputError, UsageError
+from edgefx.fsutil import check_output_file
 from edgefx.quality import (
     MAX_CALIBRATION_SIGMA,
     METRIC_LABELS,
@@ -351,6 +352,9 @@ def quantize_model(
         raise UsageError(f"{output}: the output would replace its input")
     if output.is_dir():
         raise UsageError(f"--out {output} is a directory; give a file path")
+    # Checked before calibrating, which takes minutes; _save_atomically writes the
+    # temporary file first.
+    check_output_file(output, temporary_names=(f".{output.name}.partial",))
 
     feeds = FEEDS_FOR_TASK[info.task](info, options.calibration, options.samples)
     logger.info(

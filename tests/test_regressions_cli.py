@@ -391,3 +391,53 @@ def test_cmyk_jpeg_profile_dropped(tmp_path: Path) -> None:
     assert len(warnings) == 1, result.stderr
     assert warnings[0].startswith(f"warning: {folder / 'cmyk.jpg'}: "), warnings
     assert "CMYK" in warnings[0], warnings
+
+
+# --------------------------------------------------------------------------------------
+# export and quantize --out
+
+
+def test_quantize_out_unwritable_before_calibrating(tmp_path: Path) -> None:
+    reason = permissions_unenforceable()
+    if reason is not None:
+        pytest.skip(reason)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    folder.chmod(0o555)
+    # The calibration folder is empty, so calibrating would fail with its own error.
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    try:
+        result = run_edgefx_unprivileged(
+            "quantize", "denoise-s", "--calibrate", calibration,
+            "--out", folder / "q.onnx",
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0] == (
+        f"error: --out {folder / 'q.onnx'}: cannot write the file in {folder}: "
+        "permission denied; choose another --out file"
+    )
+
+
+@pytest.mark.parametrize("export_format", ["ort", "onnx"])
+def test_export_out_name_too_long(export_format: str, tmp_path: Path) -> None:
+    # 248 bytes fit one name, but not with the temporary ".NAME.partial" suffixes.
+    out = tmp_path / ("m" * 248 + f".{export_format}")
+    extra = ["--fp16"] if export_format == "onnx" else []
+
+    result = run_edgefx(
+        "export", "denoise-s", "--format", export_format, *extra, "--out", out
+    )
+
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: --out {out}: the file name is too long"), lines
+    assert list(tmp_path.iterdir()) == []
