@@ -9,6 +9,7 @@ bench/edge_models.py use this module, and it never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgefx.errors import UsageError
+from edgefx.fsutil import describe_os_error
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,10 @@ def spread(count: int, limit: int | None) -> list[int]:
 def _decode(data: bytes, name: str) -> np.ndarray:
     import cv2
 
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as err:  # an empty file, or a header above OpenCV's pixel limit
+        raise UsageError(f"{name}: cannot decode this image") from err
     if array is None:
         raise UsageError(f"{name}: cannot decode this image")
     return np.ascontiguousarray(array[:, :, ::-1])  # (H, W, 3) RGB uint8
@@ -99,20 +104,47 @@ def list_images(source: Path) -> list[tuple[str, str]]:
 
 
 def read_images(
-    source: Path, limit: int | None
+    source: Path, limit: int | None, skip_unreadable: bool = False
 ) -> Iterator[tuple[str, str, np.ndarray]]:
-    """Yield (name, class folder, (H, W, 3) RGB uint8) for evenly spread images."""
+    """Yield (name, class folder, (H, W, 3) RGB uint8) for evenly spread images.
+
+    An image that cannot be read raises UsageError, unless ``skip_unreadable``: then
+    it is logged as a warning and skipped, and UsageError is raised only when none of
+    the chosen images can be read.
+    """
     listed = list_images(source)
     if not listed:
         raise UsageError(f"{source}: no image files found")
     chosen = [listed[i] for i in spread(len(listed), limit)]
-    if source.is_file():
-        with zipfile.ZipFile(source) as archive:
-            for name, label in chosen:
-                yield name, label, _decode(archive.read(name), f"{source}:{name}")
-        return
-    for name, label in chosen:
-        yield name, label, _decode(Path(name).read_bytes(), name)
+    # NOTE: a skipped image is not replaced, so fewer than ``limit`` images may come.
+    read = 0
+    with contextlib.ExitStack() as stack:
+        archive = None
+        if source.is_file():
+            archive = stack.enter_context(zipfile.ZipFile(source))
+        for name, label in chosen:
+            display_name = f"{source}:{name}" if archive else name
+            try:
+                data = archive.read(name) if archive else Path(name).read_bytes()
+                pixels = _decode(data, display_name)
+            except OSError as err:
+                if not skip_unreadable:
+                    raise UsageError(
+                        f"{display_name}: {describe_os_error(err)}"
+                    ) from err
+                logger.warning("%s: skipped, %s", display_name, describe_os_error(err))
+                continue
+            except UsageError:
+                if not skip_unreadable:
+                    raise
+                logger.warning("%s: skipped, cannot decode this image", display_name)
+                continue
+            read += 1
+            yield name, label, pixels
+    if not read:
+        raise UsageError(
+            f"{source}: none of the {len(chosen)} chosen images is readable"
+        )
 
 
 def add_noise(clean: np.ndarray, sigma: float, name: str) -> np.ndarray:

@@ -156,7 +156,8 @@ def denoise_feeds(info: ModelInfo, source: Path, samples: int) -> list[Feeds]:
     signature = denoiser.signature
     rng = np.random.default_rng(0)
     feeds = []
-    for index, (name, _, clean) in enumerate(read_images(source, samples)):
+    calibration = read_images(source, samples, skip_unreadable=True)
+    for index, (name, _, clean) in enumerate(calibration):
         multiple = signature.size_multiple
         height = min(CALIBRATION_CROP, clean.shape[0]) // multiple * multiple
         width = min(CALIBRATION_CROP, clean.shape[1]) // multiple * multiple
@@ -185,7 +186,7 @@ def classify_feeds(info: ModelInfo, source: Path, samples: int) -> list[Feeds]:
     name = classifier.signature.name
     return [
         {name: prepare_image(pixels, classifier.preprocess)[None]}
-        for _, _, pixels in read_images(source, samples)
+        for _, _, pixels in read_images(source, samples, skip_unreadable=True)
     ]
 
 

@@ -441,3 +441,49 @@ def test_export_out_name_too_long(export_format: str, tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: --out {out}: the file name is too long"), lines
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------
+# Unreadable calibration images
+
+
+def test_quantize_skips_bad_calibration_images(tmp_path: Path) -> None:
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    write_noise(calibration / "a.png", 48, 48)
+    write_noise(calibration / "b.png", 40, 56)
+    (calibration / "empty.png").write_bytes(b"")
+    (calibration / "garbage.jpg").write_bytes(b"not a JPEG")
+    out = tmp_path / "q.onnx"
+
+    result = run_edgefx(
+        "quantize", "denoise-s", "--calibrate", calibration, "--out", out
+    )
+
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()
+    assert warnings == [
+        f"warning: {calibration / 'empty.png'}: skipped, cannot decode this image",
+        f"warning: {calibration / 'garbage.jpg'}: skipped, cannot decode this image",
+    ], result.stderr
+    assert "calibrating denoise-s on 2 inputs" in result.stderr
+
+
+def test_quantize_no_readable_calibration_image(tmp_path: Path) -> None:
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    (calibration / "empty.png").write_bytes(b"")
+    out = tmp_path / "q.onnx"
+
+    result = run_edgefx(
+        "quantize", "denoise-s", "--calibrate", calibration, "--out", out
+    )
+
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[-1] == (
+        f"error: {calibration}: none of the 1 chosen images is readable"
+    ), lines
+    assert not out.exists()

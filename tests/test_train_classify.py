@@ -205,3 +205,36 @@ def test_flip_average_tool_matches_views(plain_export: Path, tmp_path: Path) -> 
     assert read_metadata(out)["version"] == "7"
     assert again.returncode == 2
     assert "already averages" in again.stderr
+
+
+def write_png_header_only(path: Path, width: int, height: int) -> None:
+    """Write a PNG whose header claims ``width`` x ``height`` but has no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    )
+
+
+def test_train_classify_skips_unreadable_images(tmp_path: Path) -> None:
+    # OpenCV raised cv2.error, a traceback, on an empty file and on a header that
+    # claims more pixels than its limit, instead of returning None.
+    data = write_color_set(tmp_path / "data", per_class=4)
+    (data / "red" / "empty.png").write_bytes(b"")
+    write_png_header_only(data / "blue" / "huge.png", 65500, 65500)
+
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--work-dir", tmp_path / "work",
+        "--epochs", "1", "--batch-size", "4", "--size", "16",
+        "--width", "4", "--blocks", "1", "--threads", "1",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{data}: skipped 2 unreadable or unknown-class images" in result.stderr

@@ -57,7 +57,11 @@ class ImageSet:
 
 
 def _decode(data: bytes, size: int) -> np.ndarray | None:
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    """Decode one image and resize it to (size, size, 3) RGB; None if unreadable."""
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # an empty file, or a header that exceeds OpenCV's pixel limit
+        return None
     if pixels is None:
         return None
     if pixels.shape[:2] != (size, size):
@@ -108,6 +112,8 @@ def load_image_set(
         )
     if len(names) < 2:
         raise ValueError(f"{source}: found {len(names)} class; at least 2 are needed")
+    if not images:
+        raise ValueError(f"{source}: none of the {len(entries)} images is readable")
     return ImageSet(np.stack(images), np.asarray(labels, np.int64), names)
 
 
