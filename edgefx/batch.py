@@ -314,20 +314,40 @@ STALE_TEMPORARY_SECONDS = 3600.0
 
 
 def remove_stale_temporaries(out_dir: Path) -> int:
-    """Delete temporary outputs that killed runs left under ``out_dir``; count them."""
+    """Delete temporary outputs that killed runs left under ``out_dir``; count them.
+
+    Every file named ``TEMP_PREFIX*`` (hidden, in ``out_dir`` or any subfolder) that
+    is older than STALE_TEMPORARY_SECONDS is removed. Younger ones are kept and
+    counted in a log line, because a run writing there right now owns them.
+    """
     if not out_dir.is_dir():
         return 0
     removed = 0
+    kept = 0
     now = time.time()
     for path in out_dir.rglob(f"{TEMP_PREFIX}*"):
         try:
-            if path.is_file() and now - path.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+            if not path.is_file():
+                continue
+            if now - path.stat().st_mtime > STALE_TEMPORARY_SECONDS:
                 path.unlink()
                 removed += 1
+            else:
+                kept += 1
         except OSError as err:
             logger.warning("cannot remove the stale temporary file %s: %s", path, err)
     if removed:
         logger.info("removed %d temporary files left by an interrupted run", removed)
+    if kept:
+        logger.info(
+            "kept %d temporary files (%s*) in %s that are less than %d minutes old, "
+            "because another edgefx run may be writing them; a run started later "
+            "removes them",
+            kept,
+            TEMP_PREFIX,
+            out_dir,
+            STALE_TEMPORARY_SECONDS // 60,
+        )
     return removed
 
 

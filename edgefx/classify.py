@@ -253,16 +253,28 @@ def preprocess_from_preset(
 
 
 def read_labels_file(path: Path) -> list[str]:
-    """Read class labels, one per line, skipping blank lines."""
+    """Read class labels, one per line; blank lines may only end the file.
+
+    A blank line between labels raises UsageError, because the line number is the
+    class index: dropping it would shift every later label by one class.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise UsageError(f"--labels {path}: file not found") from err
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"--labels {path}: cannot read the file: {err}") from err
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    labels = [line.strip() for line in text.splitlines()]
+    while labels and not labels[-1]:
+        labels.pop()
     if not labels:
         raise UsageError(f"--labels {path}: the file has no labels")
+    if "" in labels:
+        line = labels.index("") + 1
+        raise UsageError(
+            f"--labels {path}: line {line} is blank; give one label per line, in the "
+            "model's class order"
+        )
     return labels
 
 

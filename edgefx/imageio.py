@@ -313,8 +313,8 @@ def _matching_icc_profile(
 ) -> bytes | None:
     """Return ``profile`` when it describes the decoded pixels' color space, else None.
 
-    CMYK images are decoded to RGB, so their CMYK profile would mislabel the output's
-    colors; such a profile is dropped with a warning naming the file.
+    CMYK images are decoded to RGB, and their CMYK profile would mislabel the output's
+    colors. A profile that does not match is dropped with a warning naming the file.
     """
     if profile is None:
         return None
@@ -671,13 +671,18 @@ def write_image(
             )
         format = inferred
     try:
-        data = encode_image(image, format, quality)
+        data = encode_image(image, format, quality, name=str(path))
     except EncodeError as err:
         raise OutputError(path, err.reason) from err
     atomic_write_bytes(path, data)
 
 
-def encode_image(image: ImageData, format: str, quality: int | None = None) -> bytes:
+def encode_image(
+    image: ImageData,
+    format: str,
+    quality: int | None = None,
+    name: str | None = None,
+) -> bytes:
     """Encode ``image`` as file contents in ``format``, a format name from FORMATS.
 
     ``quality`` (1 to 100) applies to JPEG and WebP and is ignored otherwise. JPEG and
@@ -688,7 +693,7 @@ def encode_image(image: ImageData, format: str, quality: int | None = None) -> b
     Gray+alpha stays gray+alpha in PNG and 8-bit TIFF, but WebP, BMP and 16-bit TIFF
     store it as RGBA. WebP has no gray mode, so gray images read back from WebP as RGB.
     BMP keeps alpha as 32-bit BGRA. JPEG and PNG keep the image's ICC profile and
-    EXIF block.
+    EXIF block. ``name``, the output file, starts the warning when given.
 
     Raises UsageError for an unknown format, an invalid quality, alpha in JPEG, and a
     size above the JPEG or WebP maximum; EncodeError when the encoder fails.
@@ -711,7 +716,9 @@ def encode_image(image: ImageData, format: str, quality: int | None = None) -> b
     pixels, alpha = image.pixels, image.alpha
     if format in EIGHT_BIT_FORMATS and image.bit_depth == 16:
         logger.warning(
-            "%s stores only 8-bit samples, so the 16-bit image is converted", label
+            "%s%s stores only 8-bit samples, so the 16-bit image is converted",
+            f"{name}: " if name else "",
+            label,
         )
         pixels = _to_8bit(pixels)
         alpha = None if alpha is None else _to_8bit(alpha)

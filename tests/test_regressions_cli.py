@@ -1,12 +1,15 @@
 """Regression tests for defects found by running the CLI against hostile inputs.
 
-Each test names the case it guards: an output that would replace an input, symlink
-loops, file names that look like markup or contain control characters, models that
-return NaN or need fixed input sizes, color profiles that do not match the pixels.
+Each test names the case it guards. The cases are outputs that would replace an input,
+symlink loops and file names that look like markup or contain control characters.
+Others are models that return NaN or need fixed input sizes, and color profiles that do
+not match the pixels.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import cv2
@@ -262,10 +265,10 @@ def test_classify_nan_model_fails_files(tmp_path: Path) -> None:
     assert "nan" not in result.stdout.lower(), result.stdout
 
 
-def write_nan_enhancer(path: Path) -> Path:
-    """An enhancer with the edgefx interface whose enhanced audio is all NaN."""
+def write_nan_enhancer(path: Path, factor: float = np.nan) -> Path:
+    """An enhancer with the edgefx interface that multiplies the audio by ``factor``."""
     hop = 160
-    nan = numpy_helper.from_array(np.array([np.nan], np.float32), "nan")
+    nan = numpy_helper.from_array(np.array([factor], np.float32), "nan")
     hops = numpy_helper.from_array(np.array([0, -1, hop], np.int64), "hops")
     nodes = [
         helper.make_node("Mul", ["audio", "nan"], ["enhanced"]),
@@ -487,3 +490,76 @@ def test_quantize_no_readable_calibration_image(tmp_path: Path) -> None:
         f"error: {calibration}: none of the 1 chosen images is readable"
     ), lines
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------
+# Warnings that name the file, stale temporaries, blank label lines
+
+
+def test_16bit_to_jpeg_warning_names_file(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 65536, (16, 16, 3), np.uint16)
+    assert cv2.imwrite(str(folder / "deep.png"), pixels)
+    out = tmp_path / "out"
+
+    result = run_edgefx(
+        "denoise", folder, "--out", out, "--format", "jpeg", "--device", "cpu"
+    )
+
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
+    assert result.returncode == 0, result.stderr
+    assert warnings == [
+        f"warning: {out / 'deep.jpg'}: JPEG stores only 8-bit samples, so the "
+        "16-bit image is converted"
+    ], result.stderr
+
+
+def test_enhance_removes_stale_hidden_temporaries(tmp_path: Path) -> None:
+    model = write_nan_enhancer(tmp_path / "pass.onnx", factor=1.0)
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    tone = np.sin(np.arange(8000) * 2 * np.pi * 440 / 16000).astype(np.float32)
+    sf.write(folder / "sub" / "take.wav", 0.3 * tone, 16000)
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    # The name a SIGKILLed run leaves: hidden, in the mirrored subfolder.
+    stale = out / "sub" / ".edgefx-tmp-vvzxlg_3.wav"
+    stale.write_bytes(b"half a file")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    fresh = out / "sub" / ".edgefx-tmp-abcdef12.wav"
+    fresh.write_bytes(b"being written")
+
+    result = run_edgefx(
+        "enhance", folder, "--recursive", "--out", out, "--model", model
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert (out / "sub" / "take.wav").is_file()
+    assert not stale.exists()
+    assert fresh.exists()
+    assert "removed 1 temporary files left by an interrupted run" in result.stderr
+    assert "kept 1 temporary files (.edgefx-tmp-*)" in result.stderr
+
+
+def test_labels_blank_line_rejected(tmp_path: Path, classifier: Path) -> None:
+    photo = write_solid(tmp_path / "red.png", "red")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\n\ngreen\nblue\n", encoding="utf-8")
+
+    result = run_edgefx("classify", photo, "--model", classifier, "--labels", labels)
+
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines[-1].startswith(f"error: --labels {labels}: line 2 is blank"), lines
+
+    # Blank lines at the end of the file are only the end of the file.
+    labels.write_text("red\ngreen\nblue\n\n\n", encoding="utf-8")
+    result = run_edgefx(
+        "classify", photo, "--model", classifier, "--labels", labels,
+        "--format", "csv",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert ",red," in result.stdout, result.stdout
