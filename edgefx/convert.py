@@ -61,9 +61,9 @@ def _check_output(info: ModelInfo, output: Path) -> None:
 
 def _move_into_place(source: Path, target: Path) -> None:
     """Copy next to ``target`` under a temporary name, then rename over it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, partial)
         partial.replace(target)
     except OSError as err:

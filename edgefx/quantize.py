@@ -428,9 +428,9 @@ def quantize_model(
 def _save_atomically(model: onnx.ModelProto, output: Path) -> None:
     import onnx
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.partial")
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(temporary))
         temporary.replace(output)
     except OSError as err:
