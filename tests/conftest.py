@@ -33,7 +33,9 @@ def data_dir(repo_root: Path) -> Path:
     configured = os.environ.get("EDGEFX_DATA")
     path = Path(configured) if configured else repo_root.parent / "shared" / "data"
     if not path.is_dir():
-        pytest.skip(f"shared data not found at {path}")
+        pytest.skip(
+            f"shared data not found at {path}; set EDGEFX_DATA to the data folder"
+        )
     return path
 
 

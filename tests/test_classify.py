@@ -206,6 +206,36 @@ def test_cli_csv_to_out_file(
         assert float(row["score"]) == pytest.approx(float(pairs[0][1]))
 
 
+@pytest.mark.parametrize("name", ["labels.csv", "labels.jsonl", "labels.json"])
+def test_cli_out_suffix_sets_format(
+    model: Path, images: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    out = tmp_path / name
+    result = run_edgefx(
+        "classify", *images.values(), "--model", model, "--out", out, "--device", "cpu"
+    )
+    assert result.returncode == 0, result.stderr
+    text = out.read_text(encoding="utf-8")
+    if name.endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert len(rows) == 3
+        assert {row["label"] for row in rows} == set(LABELS)
+    else:
+        records = parse_jsonl(text)
+        assert len(records) == 3
+        assert {record["label"] for record in records} == set(LABELS)
+
+
+def test_cli_out_unknown_suffix_rejected(
+    model: Path, images: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "labels.txt"
+    result = run_edgefx("classify", *images.values(), "--model", model, "--out", out)
+    assert result.returncode == 2
+    assert ".csv, .jsonl or .json" in result.stderr
+    assert not out.exists()
+
+
 def test_cli_bad_file_fails_alone(
     model: Path, images: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -218,13 +218,14 @@ def classify(
         ),
     ] = 5,
     result_format: Annotated[
-        ResultFormat,
+        ResultFormat | None,
         typer.Option(
             "--format",
-            help="table (on stdout), or csv / jsonl (on stdout or to --out).",
+            help="table (on stdout), or csv / jsonl (on stdout or to --out). "
+            "Default: from the --out suffix (.csv, .jsonl, .json), else table.",
             case_sensitive=False,
         ),
-    ] = ResultFormat.table,
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -283,10 +284,7 @@ def classify(
     # The results are printed or written once every image is classified, so a stopped
     # run leaves nothing to resume from.
     with handle_errors("no results were written; run the same command again"):
-        if out is not None and result_format is ResultFormat.table:
-            from edgefx.errors import UsageError
-
-            raise UsageError("--out needs --format csv or --format jsonl")
+        result_format = _classify_result_format(result_format, out)
         if out is not None and out.is_dir():
             from edgefx.errors import UsageError
 
@@ -314,6 +312,35 @@ def classify(
         _write_classify_rows(rows, result_format, out)
     print_summary(summary, writes_outputs=False)
     raise typer.Exit(summary.exit_code)
+
+
+_SUFFIX_FORMATS = {
+    ".csv": ResultFormat.csv,
+    ".jsonl": ResultFormat.jsonl,
+    ".json": ResultFormat.jsonl,
+}
+
+
+def _classify_result_format(
+    result_format: ResultFormat | None, out: Path | None
+) -> ResultFormat:
+    """Return --format, else the format the --out suffix names, else table."""
+    from edgefx.errors import UsageError
+
+    if out is None:
+        return result_format or ResultFormat.table
+    if result_format is None:
+        inferred = _SUFFIX_FORMATS.get(out.suffix.lower())
+        if inferred is not None:
+            return inferred
+        raise UsageError(
+            f"--out {out}: cannot tell the format from the suffix "
+            f"'{out.suffix}'; use .csv, .jsonl or .json, or give --format csv or "
+            "--format jsonl"
+        )
+    if result_format is ResultFormat.table:
+        raise UsageError("--out writes csv or jsonl; --format table prints only")
+    return result_format
 
 
 def _write_classify_rows(
