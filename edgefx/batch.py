@@ -83,11 +83,18 @@ class BatchSummary:
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """Output settings: the output directory and the policy for existing outputs."""
+    """Output settings: the output directory and the policy for existing outputs.
+
+    ``out_dir`` may be given as a ``str`` or any path-like object; it is stored as a
+    ``Path``.
+    """
 
     out_dir: Path
     recursive: bool = False
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
 
 
 class Reporter:
@@ -100,8 +107,34 @@ class Reporter:
         """Called once per file, when it is done, skipped or failed."""
 
 
+PathsArgument = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+
+def path_list(paths: PathsArgument) -> list[str]:
+    """Return ``paths`` as a list of strings; one str or Path counts as one path."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [os.fspath(paths)]
+    return [os.fspath(path) for path in paths]
+
+
+def no_inputs_message(paths: PathsArgument, kind: str, recursive: bool) -> str:
+    """Say that no ``kind`` files were found, and hint at --recursive when it helps."""
+    names = path_list(paths)
+    message = f"no {kind} files found in {', '.join(names)}"
+    if not recursive and any(_has_subfolder(Path(name)) for name in names):
+        message += " (use --recursive to search subfolders)"
+    return message
+
+
+def _has_subfolder(path: Path) -> bool:
+    try:
+        return path.is_dir() and any(child.is_dir() for child in path.iterdir())
+    except OSError:
+        return False
+
+
 def collect_inputs(
-    paths: Sequence[str],
+    paths: PathsArgument,
     suffixes: Iterable[str],
     recursive: bool = False,
     exclude: Path | None = None,
@@ -115,6 +148,7 @@ def collect_inputs(
     Files under ``exclude`` (the output directory) are left out, so that a rerun never
     takes its own outputs as inputs.
     """
+    paths = path_list(paths)
     wanted = {s.lower() for s in suffixes}
     excluded = exclude.resolve() if exclude else None
     found: list[InputFile] = []
@@ -436,7 +470,7 @@ def _process_one(item: BatchItem, process: Callable[[BatchItem], float]) -> File
 
 
 def plan_batch(
-    paths: Sequence[str],
+    paths: PathsArgument,
     suffixes: Iterable[str],
     batch: BatchOptions,
     suffix_for: Callable[[Path], str],
@@ -455,7 +489,7 @@ def plan_batch(
     )
     if not inputs:
         reasons = "; ".join(m.error or "" for m in missing)
-        raise UsageError(reasons or f"no {kind} files found in {', '.join(paths)}")
+        raise UsageError(reasons or no_inputs_message(paths, kind, batch.recursive))
     items = plan_outputs(inputs, batch.out_dir, suffix_for)
     # A rerun whose outputs all exist writes nothing, so it may run on a read-only copy.
     if batch.overwrite or not all(_is_finished_output(i.output) for i in items):

@@ -21,8 +21,10 @@ from edgefx.batch import (
     BatchItem,
     BatchSummary,
     InputFile,
+    PathsArgument,
     Reporter,
     collect_inputs,
+    no_inputs_message,
 )
 from edgefx.errors import InferenceError, ModelError, UsageError
 from edgefx.fsutil import TEMP_PREFIX, check_output_file
@@ -591,7 +593,7 @@ def check_results_path(path: Path, inputs: Sequence[InputFile]) -> None:
 
 
 def classify_files(
-    paths: Sequence[str],
+    paths: PathsArgument,
     recursive: bool = False,
     options: ClassifyOptions | None = None,
     runtime: RuntimeOptions | None = None,
@@ -618,7 +620,7 @@ def classify_files(
     inputs, missing = collect_inputs(paths, imageio.FORMATS, recursive=recursive)
     if not inputs:
         reasons = "; ".join(m.error or "" for m in missing)
-        raise UsageError(reasons or f"no image files found in {', '.join(paths)}")
+        raise UsageError(reasons or no_inputs_message(paths, "image", recursive))
     if results_path is not None:
         check_results_path(results_path, inputs)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +14,7 @@ from edgefx.batch import (
     BatchItem,
     BatchOptions,
     BatchSummary,
+    PathsArgument,
     Reporter,
     plan_batch,
 )
@@ -317,7 +318,7 @@ class DenoiseTask:
 
 
 def denoise_files(
-    paths: Sequence[str],
+    paths: PathsArgument,
     batch: BatchOptions,
     options: DenoiseOptions | None = None,
     runtime: RuntimeOptions | None = None,

@@ -14,7 +14,6 @@ band. Each channel is enhanced on its own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +25,7 @@ from edgefx.batch import (
     BatchItem,
     BatchOptions,
     BatchSummary,
+    PathsArgument,
     Reporter,
     plan_batch,
 )
@@ -466,7 +466,7 @@ class EnhanceTask:
 
 
 def enhance_files(
-    paths: Sequence[str],
+    paths: PathsArgument,
     batch: BatchOptions,
     options: EnhanceOptions | None = None,
     runtime: RuntimeOptions | None = None,

@@ -614,3 +614,29 @@ def test_denoise_keeps_icc_and_exif(run_cli, samples_dir: Path, tmp_path: Path) 
         assert output.info.get("icc_profile") == profile
         assert output.getexif().get(0x010F) == "TestMake"
         assert output.getexif().get(0x0132) == "2026:12:04 10:00:00"
+
+
+def test_subfolders_only_hint_recursive(
+    run_cli, small_batch: Path, tmp_path: Path
+) -> None:
+    parent = small_batch.parent
+
+    result = run_cli("denoise", parent, "--out", tmp_path / "out")
+
+    assert result.returncode == 2, result.stderr
+    assert "no image files found" in result.stderr
+    assert "--recursive" in result.stderr
+
+
+def test_denoise_files_str_paths(small_batch: Path, tmp_path: Path) -> None:
+    from edgefx.batch import BatchOptions
+    from edgefx.denoise import denoise_files
+
+    out = tmp_path / "apiout"
+    source = str(small_batch / "camera.png")
+
+    summary = denoise_files(source, BatchOptions(out_dir=str(out)))
+
+    assert summary.done == 1
+    assert summary.failed == 0
+    assert (out / "camera.png").is_file()
