@@ -26,6 +26,7 @@ from edgefx.errors import (
     UsageError,
 )
 from edgefx.fsutil import TEMP_PREFIX, find_unwritable_folder
+from edgefx.text import count_noun, throughput_line
 
 logger = logging.getLogger(__name__)
 
@@ -371,13 +372,16 @@ def remove_stale_temporaries(out_dir: Path) -> int:
         except OSError as err:
             logger.warning("cannot remove the stale temporary file %s: %s", path, err)
     if removed:
-        logger.info("removed %d temporary files left by an interrupted run", removed)
+        logger.info(
+            "removed %s left by an interrupted run",
+            count_noun(removed, "temporary file"),
+        )
     if kept:
         logger.info(
-            "kept %d temporary files (%s*) in %s that are less than %d minutes old, "
+            "kept %s (%s*) in %s that are less than %d minutes old, "
             "because another edgefx run may be writing them; a run started later "
             "removes them",
-            kept,
+            count_noun(kept, "temporary file"),
             TEMP_PREFIX,
             out_dir,
             STALE_TEMPORARY_SECONDS // 60,
@@ -415,13 +419,7 @@ def run_batch(
     done_units = sum(r.units for r in summary.results if r.status == "done")
     busy = sum(r.seconds for r in summary.results if r.status == "done")
     if summary.done and busy > 0:
-        logger.info(
-            "throughput: %.3g files/s, %.3g %s/s over %d processed files",
-            summary.done / busy,
-            done_units / busy,
-            unit,
-            summary.done,
-        )
+        logger.info("%s", throughput_line(summary.done, done_units, unit, busy))
     return summary
 
 

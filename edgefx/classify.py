@@ -31,6 +31,7 @@ from edgefx.fsutil import TEMP_PREFIX, check_output_file
 from edgefx.pipeline import EngineOptions, Stages, execute_task
 from edgefx.registry import ModelInfo, resolve_model, shipped_models
 from edgefx.runtime import RuntimeOptions, create_session
+from edgefx.text import count_noun
 
 logger = logging.getLogger(__name__)
 
@@ -129,15 +130,14 @@ def read_signature(
     shape = tuple(image.shape)
     problem = None
     if len(shape) != 4:
-        problem = f"{len(shape)}-D"
+        problem = f"is {len(shape)}-D"
     elif isinstance(shape[1], int) and shape[1] != 3:
-        problem = f"{shape[1]} channels"
+        problem = f"has {count_noun(shape[1], 'channel')}"
     elif image.type != "tensor(float)":
-        problem = f"of type {image.type}"
+        problem = f"is of type {image.type}"
     if problem is not None:
         raise ModelError(
-            f"{info.path}: the model's {_describe_input(image)} is {problem}; "
-            f"{expected}"
+            f"{info.path}: the model's {_describe_input(image)} {problem}; {expected}"
         )
     if not outputs or len(outputs[0].shape) != 2:
         shapes = ", ".join(f"{node.name}{list(node.shape)}" for node in outputs)

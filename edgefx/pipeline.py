@@ -39,6 +39,7 @@ from edgefx.batch import (
     remove_stale_temporaries,
 )
 from edgefx.errors import UsageError
+from edgefx.text import count_noun, throughput_line
 
 logger = logging.getLogger(__name__)
 
@@ -336,12 +337,9 @@ def _log_throughput(summary: BatchSummary, jobs: int, unit: str) -> None:
         return
     done_units = sum(r.units for r in summary.results if r.status == "done")
     logger.info(
-        "throughput: %.3g files/s, %.3g %s/s over %d processed files (%d workers)",
-        summary.done / summary.seconds,
-        done_units / summary.seconds,
-        unit,
-        summary.done,
-        jobs,
+        "%s (%s)",
+        throughput_line(summary.done, done_units, unit, summary.seconds),
+        count_noun(jobs, "worker"),
     )
 
 

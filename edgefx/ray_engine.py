@@ -26,6 +26,7 @@ from edgefx.batch import BatchItem, BatchSummary, FileResult, Reporter
 from edgefx.errors import DeviceError, ModelError, UsageError
 from edgefx.pipeline import EngineOptions, Stages, Task, run_pipeline
 from edgefx.runtime import RuntimeOptions
+from edgefx.text import throughput_line
 
 logger = logging.getLogger(__name__)
 
@@ -267,10 +268,7 @@ def _run(
     if summary.done:
         done_units = sum(r.units for r in summary.results if r.status == "done")
         logger.info(
-            "throughput: %.3g files/s, %.3g %s/s over %d processed files on Ray",
-            summary.done / summary.seconds,
-            done_units / summary.seconds,
-            unit,
-            summary.done,
+            "%s on Ray",
+            throughput_line(summary.done, done_units, unit, summary.seconds),
         )
     return summary, records

@@ -335,7 +335,7 @@ def test_cli_rejects_wrong_input(
         model = write_color_classifier(
             tmp_path / "gray.onnx", ["N", 1, 32, 32], contract_metadata()
         )
-        stated = "1 channels"
+        stated = "has 1 channel;"
     result = run_edgefx("classify", images["red"], "--model", model, "--device", "cpu")
     assert result.returncode == 2
     assert stated in result.stderr

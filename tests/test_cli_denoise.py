@@ -8,6 +8,7 @@ because on a CPU most of a run's time goes into starting Python and ONNX Runtime
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -133,6 +134,20 @@ def test_denoise_dir_exit_0(noisy_run) -> None:
     result, _ = noisy_run
 
     assert result.returncode == 0, result.stderr
+
+
+def test_denoise_dir_log_wording(noisy_run) -> None:
+    result, _ = noisy_run
+    throughput = next(
+        line for line in result.stderr.splitlines() if line.startswith("throughput:")
+    )
+
+    assert re.fullmatch(
+        r"throughput: [0-9.]+ files/s, [0-9.]+ MP/s over 6 processed files "
+        r"\(\d+ workers?\)",
+        throughput,
+    ), throughput
+    assert "(1 workers)" not in throughput
 
 
 def test_denoise_dir_one_output_each(noisy_run, samples_dir: Path) -> None:

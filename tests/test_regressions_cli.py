@@ -539,8 +539,8 @@ def test_enhance_removes_stale_hidden_temporaries(tmp_path: Path) -> None:
     assert (out / "sub" / "take.wav").is_file()
     assert not stale.exists()
     assert fresh.exists()
-    assert "removed 1 temporary files left by an interrupted run" in result.stderr
-    assert "kept 1 temporary files (.edgefx-tmp-*)" in result.stderr
+    assert "removed 1 temporary file left by an interrupted run" in result.stderr
+    assert "kept 1 temporary file (.edgefx-tmp-*)" in result.stderr
 
 
 def test_labels_blank_line_rejected(tmp_path: Path, classifier: Path) -> None:
