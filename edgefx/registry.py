@@ -198,6 +198,7 @@ def resolve_model(
     if name_or_path:
         matches = [e for e in candidates if e.name == name_or_path]
         if not matches:
+            _reject_other_model_file(name_or_path)
             names = ", ".join(e.name for e in candidates) or "none"
             raise UsageError(
                 f"no shipped {task} model is named {name_or_path!r}; "
@@ -227,6 +228,20 @@ def resolve_model(
     )
 
 
+def _reject_other_model_file(name: str) -> None:
+    """Raise UsageError when ``name`` is an existing file that is not .onnx."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        return
+    message = f"{path}: the file exists, but edgefx runs .onnx model files only"
+    if path.suffix.lower() == ".ort":
+        message += (
+            " (.ort is the format of minimal ONNX Runtime builds); give the .onnx "
+            "file it was converted from"
+        )
+    raise UsageError(message)
+
+
 def resolve_any_model(name_or_path: str) -> ModelInfo:
     """Find a shipped model by name, or open a model file, whatever its task.
 
@@ -247,6 +262,7 @@ def resolve_any_model(name_or_path: str) -> ModelInfo:
     for entry in load_manifest():
         if entry.name == name_or_path:
             return resolve_model(entry.name, entry.task)
+    _reject_other_model_file(name_or_path)
     names = ", ".join(e.name for e in load_manifest())
     raise UsageError(
         f"no shipped model is named {name_or_path!r}; available: {names} "

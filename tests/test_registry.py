@@ -339,3 +339,23 @@ def test_shipped_macs_match_graph(shipped_metadata: dict[str, str]) -> None:
         int(np.prod(t.dims)) for t in graph.initializer if t.name in conv_weights
     )
     assert int(shipped_metadata["macs_per_pixel"]) == elements // 4
+
+
+def test_cli_ort_file_rejected(tmp_path: Path, samples_dir: Path) -> None:
+    ort = tmp_path / "denoise-s.ort"
+    ort.write_bytes(b"ORT flatbuffer stand-in")
+
+    result = run_edgefx(
+        "denoise",
+        samples_dir / "noisy" / "camera.png",
+        "--out",
+        tmp_path / "out",
+        "--model",
+        ort.name,
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 2
+    assert "the file exists" in result.stderr
+    assert ".onnx model files only" in result.stderr
+    assert "no shipped" not in result.stderr
