@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -145,6 +146,10 @@ def test_cli_table_labels_colors(model: Path, images: dict[str, Path]) -> None:
     for color, path in images.items():
         line = next(row for row in result.stdout.splitlines() if path.name in row)
         assert color in line
+        # The score column and the top-k list use the same three decimals.
+        scores = re.findall(r"\b[01]\.\d+\b", line)
+        assert scores
+        assert {len(score) for score in scores} == {5}
     assert "3 done" in result.stderr
 
 

@@ -655,3 +655,23 @@ def test_denoise_files_str_paths(small_batch: Path, tmp_path: Path) -> None:
     assert summary.done == 1
     assert summary.failed == 0
     assert (out / "camera.png").is_file()
+
+
+def test_invalid_choice_lists_choices(
+    run_cli, small_batch: Path, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "denoise", small_batch, "--out", tmp_path / "out", "--format", "xml"
+    )
+
+    assert result.returncode == 2
+    assert "Value error" not in result.stderr
+    assert "'xml' (choose one of png, jpeg, webp, tiff, bmp)" in result.stderr
+
+
+def test_help_hides_verbose_default(run_cli) -> None:
+    result = run_cli("denoise", "--help", env={"COLUMNS": "200"})
+    verbose = next(line for line in result.stdout.splitlines() if "--verbose" in line)
+
+    assert result.returncode == 0
+    assert "default" not in verbose

@@ -29,6 +29,8 @@ from edgefx.cli._common import (
     RecursiveOption,
     ThreadsOption,
     VerboseOption,
+    choice_metavar,
+    choice_parser,
     configure_logging,
     handle_errors,
     print_summary,
@@ -126,7 +128,8 @@ def denoise(
         typer.Option(
             "--format",
             help="Output format. Default: the input's format, bit depth and alpha.",
-            case_sensitive=False,
+            parser=choice_parser(ImageFormat),
+            metavar=choice_metavar(ImageFormat),
         ),
     ] = None,
     quality: Annotated[
@@ -223,7 +226,8 @@ def classify(
             "--format",
             help="table (on stdout), or csv / jsonl (on stdout or to --out). "
             "Default: from the --out suffix (.csv, .jsonl, .json), else table.",
-            case_sensitive=False,
+            parser=choice_parser(ResultFormat),
+            metavar=choice_metavar(ResultFormat),
         ),
     ] = None,
     out: Annotated[
@@ -252,7 +256,8 @@ def classify(
             help="Preprocessing for a model without metadata: imagenet (224x224 "
             "crop, ImageNet mean and std) or unit (pixels in [0, 1], stretched to "
             "the model's fixed input size).",
-            case_sensitive=False,
+            parser=choice_parser(Preset),
+            metavar=choice_metavar(Preset),
         ),
     ] = None,
     recursive: RecursiveOption = False,
@@ -360,7 +365,7 @@ def _write_classify_rows(
             table.add_row(
                 Text(printable(str(row.file))),
                 Text(printable(row.label)),
-                f"{row.score:.4f}",
+                f"{row.score:.3f}",
                 Text(printable(top)),
             )
         Console().print(table)
@@ -428,7 +433,8 @@ def enhance(
         typer.Option(
             "--format",
             help="Output format. Default: the input's format and sample format.",
-            case_sensitive=False,
+            parser=choice_parser(AudioFormat),
+            metavar=choice_metavar(AudioFormat),
         ),
     ] = None,
     recursive: RecursiveOption = False,

@@ -9,9 +9,9 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -25,6 +25,35 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("edgefx")
 
+ChoiceT = TypeVar("ChoiceT", bound=Enum)
+
+
+def choice_parser(choices: type[ChoiceT]) -> Callable[[object], ChoiceT]:
+    """Return a Typer parser that maps a value to a member of ``choices``.
+
+    Typer 0.29's own choice check words its error as "Value error, 'xml' is not one
+    of ..."; this parser lists the choices in plain words instead. Matching ignores
+    case.
+    """
+
+    def parse(value: object) -> ChoiceT:
+        if isinstance(value, choices):
+            return value
+        text = str(value)
+        for member in choices:
+            if str(member.value).casefold() == text.casefold():
+                return member
+        names = ", ".join(str(member.value) for member in choices)
+        # Typer puts "Invalid value for '--format': " in front of this message.
+        raise typer.BadParameter(f"{text!r} (choose one of {names})")
+
+    return parse
+
+
+def choice_metavar(choices: type[Enum]) -> str:
+    """Return the help placeholder for a choice option, such as <cpu|cuda>."""
+    return "<" + "|".join(str(member.value) for member in choices) + ">"
+
 
 class Device(str, Enum):
     auto = "auto"
@@ -37,7 +66,8 @@ DeviceOption = Annotated[
     Device,
     typer.Option(
         help="Where the model runs: auto uses CUDA when it initializes, else the CPU.",
-        case_sensitive=False,
+        parser=choice_parser(Device),
+        metavar=choice_metavar(Device),
     ),
 ]
 ThreadsOption = Annotated[
@@ -60,7 +90,8 @@ OptimizationOption = Annotated[
     typer.Option(
         "--graph-optimization",
         help="ONNX Runtime graph optimization level.",
-        case_sensitive=False,
+        parser=choice_parser(Optimization),
+        metavar=choice_metavar(Optimization),
     ),
 ]
 JobsOption = Annotated[
@@ -86,7 +117,8 @@ EngineOption = Annotated[
     typer.Option(
         help="Where the batch runs: local (this process) or ray (a Ray cluster; "
         'needs pip install "edgefx[ray]").',
-        case_sensitive=False,
+        parser=choice_parser(Engine),
+        metavar=choice_metavar(Engine),
     ),
 ]
 RayAddressOption = Annotated[
@@ -111,6 +143,7 @@ VerboseOption = Annotated[
         "--verbose",
         "-v",
         count=True,
+        show_default=False,
         help="Log debug details, such as the estimated sigma of each photo or the rate "
         "and length of each recording.",
     ),

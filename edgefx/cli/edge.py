@@ -12,6 +12,8 @@ from edgefx.cli._common import (
     QuietOption,
     ThreadsOption,
     VerboseOption,
+    choice_metavar,
+    choice_parser,
     configure_logging,
     handle_errors,
     stderr_console,
@@ -134,7 +136,8 @@ def export(
             "--format",
             help="ort: ORT format for minimal ONNX Runtime builds, with its "
             "required-operators config; onnx: an ONNX file (needs --fp16).",
-            case_sensitive=False,
+            parser=choice_parser(ExportFormat),
+            metavar=choice_metavar(ExportFormat),
         ),
     ],
     fp16: Annotated[
