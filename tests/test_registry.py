@@ -18,6 +18,7 @@ from cli_helpers import run_edgefx
 from edgefx.errors import ModelError, UsageError
 from edgefx.registry import (
     MANIFEST_NAME,
+    model_summaries,
     models_directory,
     read_metadata,
     resolve_model,
@@ -359,3 +360,17 @@ def test_cli_ort_file_rejected(tmp_path: Path, samples_dir: Path) -> None:
     assert "the file exists" in result.stderr
     assert ".onnx model files only" in result.stderr
     assert "no shipped" not in result.stderr
+
+
+def test_cli_models_piped_whole_rows() -> None:
+    result = run_edgefx("models", env={"COLUMNS": "80"})
+
+    assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout
+    for summary in model_summaries(None):
+        line = next(
+            (row for row in result.stdout.splitlines() if f" {summary.name} " in row),
+            None,
+        )
+        assert line is not None, summary.name
+        assert summary.key_metric in line

@@ -500,32 +500,62 @@ def models(
     The default column says which model runs without --model: "yes" everywhere, or
     "CPU" and "CUDA" where an int8 variant is the CPU default.
     """
+    from rich import box
+    from rich.console import Console
     from rich.table import Table
 
     from edgefx.registry import model_summaries
 
     with handle_errors():
         rows = model_summaries(task)
-    table = Table(title="edgefx models", title_justify="left")
+    # Every column but the key metric keeps its whole text on one line. The key
+    # metric gets the remaining width and ends in an ellipsis when it does not fit;
+    # piped output is not width-limited, so it keeps the whole text.
+    table = Table(title="edgefx models", title_justify="left", box=box.SIMPLE_HEAD)
     columns = ("name", "task", "precision", "default", "size", "parameters")
-    for column in (*columns, "key metric"):
-        table.add_column(
-            column, justify="right" if column in ("size", "parameters") else "left"
-        )
-    for row in rows:
-        table.add_row(
+    cells = [
+        (
             row.name,
             row.task,
             row.precision,
             row.default_on,
             f"{row.size_bytes / 1e6:.2f} MB",
             f"{row.parameters:,}",
-            row.key_metric,
         )
-    from rich.console import Console
-
+        for row in rows
+    ]
+    for index, column in enumerate(columns):
+        widest = max([len(column)] + [len(cell[index]) for cell in cells])
+        table.add_column(
+            column,
+            justify="right" if column in ("size", "parameters") else "left",
+            no_wrap=True,
+            min_width=widest,
+        )
     console = Console()
+    fixed_width = sum(column.min_width or 0 for column in table.columns)
+    # Below this width the key metric would show only a few characters, so it goes
+    # on lines of its own under the table instead.
+    metric_column = console.width >= fixed_width + 2 * len(columns) + 24
+    if metric_column or not console.is_terminal:
+        table.add_column("key metric", no_wrap=True, overflow="ellipsis")
+        for row, cell in zip(rows, cells, strict=True):
+            table.add_row(*cell, row.key_metric)
+    else:
+        for cell in cells:
+            table.add_row(*cell)
+    if not console.is_terminal:
+        # Pipes and files get whole lines, whatever the width of the terminal.
+        console = Console(width=Console(width=10_000).measure(table).maximum)
     console.print(table)
+    if not metric_column and console.is_terminal:
+        for row in rows:
+            console.print(
+                f"{row.name}: {row.key_metric}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
     for row in rows:
         if row.default_on == "CPU":
             console.print(
