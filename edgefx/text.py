@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 
 
 def count_noun(count: int, singular: str, plural: str | None = None) -> str:
@@ -29,3 +30,17 @@ def throughput_line(done: int, units: float, unit: str, seconds: float) -> str:
         f"{format_rate(units / seconds)} {unit}/s over "
         f"{count_noun(done, 'processed file')}"
     )
+
+
+def key_values(record: Mapping[str, object], exclude: Collection[str] = ()) -> str:
+    """Return ``record`` as "key=value" fields, floats with four significant digits.
+
+    Keys in ``exclude``, such as a step number already in the message, are left out.
+    """
+    fields = []
+    for key, value in record.items():
+        if key in exclude:
+            continue
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        fields.append(f"{key}={text}")
+    return " ".join(fields)

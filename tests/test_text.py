@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgefx.text import count_noun, format_rate, throughput_line
+from edgefx.text import count_noun, format_rate, key_values, throughput_line
 
 
 @pytest.mark.parametrize(
@@ -26,3 +26,11 @@ def test_throughput_line_one_file() -> None:
     line = throughput_line(1, 0.5, "MP", 0.25)
 
     assert line == "throughput: 4.00 files/s, 2.00 MP/s over 1 processed file"
+
+
+def test_key_values_fields() -> None:
+    record = {"step": 20, "loss": 0.0123456, "lr": 0.001, "seconds": 12.0}
+
+    text = key_values(record, exclude=("step",))
+
+    assert text == "loss=0.01235 lr=0.001 seconds=12"

@@ -118,6 +118,18 @@ def test_train_log_ends_at_last_step(first_run) -> None:
     assert [record["step"] for record in log_records(work_dir)] == [4]
 
 
+def test_train_log_lines_readable(first_run) -> None:
+    result, _ = first_run
+    lines = result.stderr.splitlines()
+
+    assert any(line.startswith("step 4: loss=") for line in lines), result.stderr
+    assert "{'" not in result.stderr
+    exported = [
+        line for line in lines + result.stdout.splitlines() if "exported" in line
+    ]
+    assert len(exported) == 1, exported
+
+
 def test_exported_metadata(first_run) -> None:
     _, work_dir = first_run
     metadata = read_metadata(work_dir / "tiny.onnx")

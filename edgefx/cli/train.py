@@ -100,7 +100,6 @@ def train_denoise(
         typer.echo(f"best checkpoint: {best}")
         if export is not None:
             export_best(best, export, options)
-            typer.echo(f"exported: {export}")
 
 
 @train_app.command("classify")
@@ -200,7 +199,6 @@ def train_classify(
             export_best(
                 best, export, data_description=data.name, flip_average=flip_average
             )
-            typer.echo(f"exported: {export}")
 
 
 def _audio_files(folder: Path) -> list[Path]:
@@ -309,4 +307,3 @@ def train_enhance(
         typer.echo(f"best checkpoint: {best}")
         if export is not None:
             export_best(best, export, data_description=description)
-            typer.echo(f"exported: {export}")

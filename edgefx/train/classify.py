@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgefx.classify import FLIP_AVERAGE_METADATA
+from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import CifarResNet, FlipAveraged
 
@@ -322,7 +323,7 @@ def train(options: ClassifyTrainOptions) -> Path:
         }
         with log_path.open("a") as log:
             log.write(json.dumps(record) + "\n")
-        logger.info("epoch %d: %s", epoch + 1, record)
+        logger.info("epoch %d: %s", epoch + 1, key_values(record, exclude=("epoch",)))
         if accuracy > best_accuracy:
             best_accuracy = accuracy
             save(options.work_dir / "best.pt")

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import DenoiseNet
 
@@ -264,7 +265,7 @@ def train(options: DenoiseTrainOptions) -> Path:
             steps_since_record = 0
             with log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
-            logger.info("step %d: %s", step, record)
+            logger.info("step %d: %s", step, key_values(record, exclude=("step",)))
             if psnr > best_psnr:
                 best_psnr = psnr
                 save(options.work_dir / "best.pt")

@@ -23,6 +23,7 @@ import soundfile
 import soxr
 import torch
 
+from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import SpeechEnhancerNet
 
@@ -381,7 +382,7 @@ def train(options: EnhanceTrainOptions) -> Path:
             running, count = 0.0, 0
             with log_path.open("a") as log:
                 log.write(json.dumps(record) + "\n")
-            logger.info("step %d: %s", step, record)
+            logger.info("step %d: %s", step, key_values(record, exclude=("step",)))
             if record["validation_si_sdr"] > best_score:
                 best_score = record["validation_si_sdr"]
                 save(options.work_dir / "best.pt")
