@@ -126,9 +126,12 @@ class Enhancer:
     ) -> np.ndarray:
         """Enhance a whole signal, (frames,) or (frames, channels), at ``rate`` Hz.
 
-        Returns float32 of the same shape and rate.
+        Float samples are taken as they are, with full scale at 1.0. Integer PCM is
+        scaled to [-1, 1): int16 divided by 32768, int32 by 2**31, and unsigned
+        types such as uint8 centered on their midpoint first. Returns float32 of the
+        same shape and rate.
         """
-        samples = np.asarray(audio, dtype=np.float32)
+        samples = pcm_to_float(audio)
         if samples.ndim not in (1, 2):
             raise ValueError(
                 f"expected (frames,) or (frames, channels), got {samples.shape}"
@@ -142,6 +145,26 @@ class Enhancer:
         pieces.append(stream.flush())
         result = np.concatenate(pieces, axis=0)
         return result.reshape(samples.shape)
+
+
+def pcm_to_float(audio: np.ndarray) -> np.ndarray:
+    """Return ``audio`` as float32 with full scale at 1.0.
+
+    Float arrays are only cast. Signed integers are divided by 2**(bits - 1), so int16
+    32767 becomes 0.99997. Unsigned integers are centered on their midpoint first, as
+    in 8-bit WAV files, where 128 is silence. Other dtypes raise TypeError.
+    """
+    samples = np.asarray(audio)
+    kind = samples.dtype.kind
+    if kind == "f":
+        return samples.astype(np.float32, copy=False)
+    if kind in ("i", "u"):
+        half = 2.0 ** (samples.dtype.itemsize * 8 - 1)
+        offset = half if kind == "u" else 0.0
+        return ((samples.astype(np.float64) - offset) / half).astype(np.float32)
+    raise TypeError(
+        f"expected float or integer PCM samples, got an array of dtype {samples.dtype}"
+    )
 
 
 class _Fifo:
@@ -206,8 +229,11 @@ class EnhanceStream:
         self.limiter = PeakLimiter(channels)
 
     def process(self, block: np.ndarray) -> np.ndarray:
-        """Push (frames, channels) float32 at the stream rate; return what is ready."""
-        block = np.asarray(block, np.float32)
+        """Push (frames, channels) samples at the stream rate; return what is ready.
+
+        Integer PCM is scaled to [-1, 1) as in ``Enhancer.enhance``.
+        """
+        block = pcm_to_float(block)
         if block.ndim == 1 and self.channels == 1:
             block = block[:, None]
         if block.ndim != 2 or block.shape[1] != self.channels:

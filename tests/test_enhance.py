@@ -24,6 +24,7 @@ from edgefx.enhance import (  # noqa: E402
     Enhancer,
     EnhanceStream,
     limit_peaks,
+    pcm_to_float,
 )
 from edgefx.errors import UsageError  # noqa: E402
 from edgefx.runtime import RuntimeOptions  # noqa: E402
@@ -320,6 +321,39 @@ def test_enhance_empty_signal(enhancer: Enhancer, shape: tuple[int, ...]) -> Non
     result = enhancer.enhance(np.zeros(shape, np.float32), 16000)
 
     assert result.shape == shape
+
+
+def test_enhance_int16_scaled_like_float(enhancer: Enhancer) -> None:
+    audio = make_signal(4000, 1, 16000)[:, 0]
+    pcm = np.round(audio * 16000).astype(np.int16)
+
+    from_int = enhancer.enhance(pcm, 16000)
+    from_float = enhancer.enhance(pcm.astype(np.float32) / 32768, 16000)
+
+    assert from_int.dtype == np.float32
+    np.testing.assert_array_equal(from_int, from_float)
+
+
+@pytest.mark.parametrize(
+    ("pcm", "expected"),
+    [
+        (np.array([-32768, 0, 16384], np.int16), [-1.0, 0.0, 0.5]),
+        (np.array([-(2**31), 2**30], np.int32), [-1.0, 0.5]),
+        (np.array([0, 128, 192], np.uint8), [-1.0, 0.0, 0.5]),
+        (np.array([0.25], np.float64), [0.25]),
+    ],
+    ids=["int16", "int32", "uint8", "float64"],
+)
+def test_pcm_to_float_full_scale(pcm: np.ndarray, expected: list[float]) -> None:
+    result = pcm_to_float(pcm)
+
+    assert result.dtype == np.float32
+    np.testing.assert_array_equal(result, np.array(expected, np.float32))
+
+
+def test_pcm_to_float_rejects_bool() -> None:
+    with pytest.raises(TypeError, match="dtype bool"):
+        pcm_to_float(np.array([True, False]))
 
 
 def test_stream_rejects_wrong_channel_count(enhancer: Enhancer) -> None:
