@@ -238,8 +238,8 @@ def held_out_mixtures(
     speech, noise = _audio_split_lists(root, "test")
     if not speech or not noise:
         raise UsageError(
-            f"{root}: no held-out speech and noise found; give the shared audio "
-            "folder (see edgefx/train/audio_split.py)"
+            f"{root}: no held-out speech and noise found; give the speech and noise "
+            "corpus folder that `edgefx train enhance --data` takes"
         )
     noises: dict[Path, np.ndarray] = {}
     pairs: list[tuple[np.ndarray, np.ndarray]] = []

@@ -20,6 +20,7 @@ import numpy as np
 from edgefx.errors import ModelError, OutputError, UsageError
 from edgefx.fsutil import check_output_file
 from edgefx.quality import (
+    ENHANCE_TEST_SNRS,
     MAX_CALIBRATION_SIGMA,
     METRIC_LABELS,
     METRIC_TOLERANCES,
@@ -33,6 +34,7 @@ from edgefx.quality import (
 )
 from edgefx.registry import ModelInfo, resolve_any_model, sha256_of
 from edgefx.runtime import RuntimeOptions
+from edgefx.text import count_noun
 
 if TYPE_CHECKING:
     import onnx
@@ -109,7 +111,8 @@ class Comparison:
         if self.int8_failed:
             reason = f"its output could not be scored on {self.int8_failed} test items"
         elif not self.within_tolerance:
-            reason = f"quality drops by more than {self.tolerance:g}"
+            unit = TOLERANCE_UNITS[self.metric]
+            reason = f"quality drops by more than {self.tolerance:g} {unit}"
         else:
             reason = f"less than {MIN_SPEEDUP:g} times as fast as fp32 on this CPU"
         return f"not fit to be the CPU default: {reason}"
@@ -118,6 +121,14 @@ class Comparison:
     def ship_for_cpu(self) -> bool:
         """int8 is the CPU default only when it is faster and close enough."""
         return self.within_tolerance and self.speedup >= MIN_SPEEDUP
+
+
+# Units of METRIC_TOLERANCES: top-1 accuracy drops in percentage points.
+TOLERANCE_UNITS = {
+    "psnr_db": "dB PSNR",
+    "top1_percent": "percentage points of top-1 accuracy",
+    "pesq_wb": "PESQ",
+}
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,12 @@ def enhance_feeds(info: ModelInfo, source: Path, samples: int) -> list[Feeds]:
             _, state, _ = enhancer.session.run(None, feed)
     if not feeds:
         raise UsageError(f"{source}: the recordings are shorter than 0.5 s")
+    logger.info(
+        "cut %s into %s of %g s",
+        count_noun(len(clips), "recording"),
+        count_noun(len(feeds), "model input"),
+        chunk / enhancer.rate,
+    )
     return feeds
 
 
@@ -278,10 +295,17 @@ def describe(comparison: Comparison) -> str:
     """One line: int8 quality, its change, and the CPU speedup."""
     label = METRIC_LABELS[comparison.metric]
     items = f"{comparison.count} test items"
-    if comparison.int8_failed:
+    if comparison.metric == "pesq_wb":
+        utterances = comparison.count // len(ENHANCE_TEST_SNRS)
         items = (
-            f"{comparison.count} test items (int8 on {comparison.int8_count}: its "
-            f"output could not be scored on {comparison.int8_failed})"
+            f"{comparison.count} test mixtures "
+            f"({count_noun(utterances, 'utterance')} at "
+            f"{len(ENHANCE_TEST_SNRS)} SNRs)"
+        )
+    if comparison.int8_failed:
+        items += (
+            f" (int8 on {comparison.int8_count}: its output could not be scored on "
+            f"{comparison.int8_failed})"
         )
     return (
         f"int8 {comparison.int8:.2f} {label} ({comparison.delta:+.2f} vs fp32 "
@@ -359,9 +383,9 @@ def quantize_model(
 
     feeds = FEEDS_FOR_TASK[info.task](info, options.calibration, options.samples)
     logger.info(
-        "calibrating %s on %d inputs from %s",
+        "calibrating %s on %s from %s",
         info.name,
-        len(feeds),
+        count_noun(len(feeds), "model input"),
         options.calibration,
     )
     with tempfile.TemporaryDirectory(prefix="edgefx-quantize-") as work:

@@ -202,17 +202,24 @@ def create_session(
             f"--device {options.device} cannot start: {diagnose_cuda()}. "
             "To run on the CPU instead, use --device cpu"
         )
-    if options.device == "auto" and wanted[0] != running:
-        logger.info(
-            "CUDA is not usable, so the CPU runs the model: %s", diagnose_cuda()
-        )
-    logger.info(
-        "model %s on %s, %s",
-        model_path,
-        running,
-        f"threads: {options.threads}" if options.threads else "default thread count",
+    threads = (
+        f"threads: {options.threads}" if options.threads else "default thread count"
     )
+    # Commands such as quantize open several sessions (calibration, scoring, timing,
+    # temporary files); the user sees the device and model line once per setting.
+    announcement = (running, threads, options.device == "auto" and wanted[0] != running)
+    level = logging.DEBUG if announcement in _ANNOUNCED else logging.INFO
+    _ANNOUNCED.add(announcement)
+    if options.device == "auto" and wanted[0] != running:
+        logger.log(
+            level, "CUDA is not usable, so the CPU runs the model: %s", diagnose_cuda()
+        )
+    logger.log(level, "model %s on %s, %s", model_path, running, threads)
     return session
+
+
+# (provider, thread setting, CUDA fallback) combinations already logged at INFO.
+_ANNOUNCED: set[tuple[str, str, bool]] = set()
 
 
 def describe_run_error(err: Exception) -> str:

@@ -228,6 +228,11 @@ def test_quantize_shipped_enhancer_runs(run_cli, data_dir, tmp_path):
     assert record["test"]["metric"] == "pesq_wb"
     assert record["test"]["count"] == 5  # one utterance at five SNRs
     assert "MatMul" in record["quantized_ops"]
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("cut 2 recordings into ") for line in lines)
+    assert "5 test mixtures (1 utterance at 5 SNRs)" in result.stderr
+    model_lines = [line for line in lines if line.startswith("model ")]
+    assert len(model_lines) == 1, model_lines
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     assert sorted(i.name for i in session.get_inputs()) == [
         "audio",
@@ -286,12 +291,9 @@ def test_cpu_default_picks_int8_variant(variant_folder, monkeypatch):
 def test_models_shows_default_variant(run_cli, variant_folder):
     result = run_cli("models", models_dir=variant_folder, env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
-    cells = [
-        [cell.strip() for cell in line.split("│")[1:-1]]
-        for line in result.stdout.splitlines()
-        if line.startswith("│")
-    ]
-    rows = {row[0]: row[1:4] for row in cells}
+    # Columns are separated by spaces; the first four cells contain no spaces.
+    cells = [line.split() for line in result.stdout.splitlines()]
+    rows = {row[0]: row[1:4] for row in cells if row and row[0].startswith("small-")}
     assert rows == {
         "small-denoiser": ["denoise", "fp32", "CUDA"],
         "small-denoiser-int8": ["denoise", "int8", "CPU"],
@@ -417,3 +419,20 @@ def test_update_manifest_marks_cpu_default(repo_root, variant_folder):
     subprocess.run(command, check=True, timeout=60, capture_output=True)
     rows = json.loads((variant_folder / "manifest.json").read_text())["models"]
     assert {r["name"] for r in rows if r.get("cpu_default")} == {"small-denoiser-int8"}
+
+
+def test_verdict_names_tolerance_unit():
+    from edgefx.quantize import Comparison
+
+    comparison = Comparison(
+        metric="psnr_db",
+        fp32=30.0,
+        int8=29.5,
+        count=4,
+        data="photos",
+        fp32_seconds=2.0,
+        int8_seconds=1.0,
+        unit="MP",
+    )
+
+    assert comparison.verdict.endswith("quality drops by more than 0.1 dB PSNR")

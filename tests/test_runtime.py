@@ -17,6 +17,7 @@ import pytest
 from cli_helpers import run_edgefx
 from onnx import TensorProto, helper, numpy_helper
 
+import edgefx.runtime
 from edgefx.errors import DeviceError, ModelError, UsageError
 from edgefx.runtime import (
     DEVICES,
@@ -159,6 +160,24 @@ def test_session_applies_optimization_level(
     np.testing.assert_array_equal(y, np.ones(ADD_INPUT_SHAPE, np.float32))
 
 
+def test_second_session_logs_model_at_debug(
+    add_model: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.getLogger("edgefx"), "propagate", True)
+    monkeypatch.setattr(edgefx.runtime, "_ANNOUNCED", set())
+    caplog.set_level(logging.DEBUG, logger="edgefx.runtime")
+
+    for _ in range(3):
+        create_session(add_model, RuntimeOptions(device="cpu", threads=1))
+
+    levels = [
+        record.levelno
+        for record in caplog.records
+        if record.getMessage().startswith(f"model {add_model} on ")
+    ]
+    assert levels == [logging.INFO, logging.DEBUG, logging.DEBUG]
+
+
 def test_session_unloadable_file_raises_model_error(tmp_path: Path) -> None:
     path = tmp_path / "notes.onnx"
     path.write_text("these are not protobuf bytes\n")
@@ -178,6 +197,8 @@ def test_auto_falls_back_to_cpu_with_reason(
     skip_if_provider_runs("CUDAExecutionProvider", add_model)
     # An in-process CLI run elsewhere in the suite turns propagation off for "edgefx".
     monkeypatch.setattr(logging.getLogger("edgefx"), "propagate", True)
+    # Sessions opened by earlier tests would make this one log at DEBUG only.
+    monkeypatch.setattr(edgefx.runtime, "_ANNOUNCED", set())
     caplog.set_level(logging.INFO, logger="edgefx.runtime")
 
     session = create_session(add_model, RuntimeOptions(device="auto"))

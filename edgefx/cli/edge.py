@@ -41,10 +41,11 @@ def quantize(
         Path,
         typer.Option(
             "--calibrate",
-            help="Training data to calibrate on: a folder (or zip) of images for the "
-            "denoiser and the classifier, a folder of recordings for the enhancer "
-            "(the shared/data/audio folder is split by edgefx.train.audio_split). "
-            "Never the test set.",
+            help="Training data to calibrate on, never the test set: a folder (or "
+            "zip) of images for the denoiser and the classifier. For the enhancer, a "
+            "folder of noisy speech recordings, or the speech and noise corpus that "
+            "`edgefx train enhance --data` takes (its training speech is mixed with "
+            "its training noise).",
             show_default=False,
         ),
     ],
@@ -52,9 +53,11 @@ def quantize(
         Path | None,
         typer.Option(
             "--test-data",
-            help="Test data to score both models on: clean photos (noise sigma 25 is "
-            "added), a folder or zip of labelled images (one subfolder per class), "
-            "or the shared audio folder (PESQ). The result goes into the model's "
+            help="Test data to score both models on: a folder of clean photos "
+            "(noise of sigma 25 is added; PSNR in dB), a folder or zip of labelled "
+            "images with one subfolder per class (top-1 accuracy in %), or the "
+            "speech and noise corpus that `edgefx train enhance --data` takes (PESQ "
+            "on its held-out speakers and noises). The result goes into the model's "
             "metadata.",
         ),
     ] = None,
@@ -63,13 +66,19 @@ def quantize(
         typer.Option("--out", "-o", help="Output file. Default: ./NAME-int8.onnx."),
     ] = None,
     samples: Annotated[
-        int, typer.Option(help="Calibration photos, images or recordings.", min=1)
+        int,
+        typer.Option(
+            help="Calibration photos, images or recordings to read. The enhancer "
+            "cuts each recording into several model inputs.",
+            min=1,
+        ),
     ] = 64,
     test_limit: Annotated[
         int | None,
         typer.Option(
-            help="Score on this many test images (or utterances), evenly spread. "
-            "Default: all.",
+            help="Score on this many test photos, images or held-out utterances, "
+            "evenly spread. Each utterance is mixed with noise at 5 SNRs, so it "
+            "gives 5 test mixtures. Default: all.",
             min=1,
         ),
     ] = None,
