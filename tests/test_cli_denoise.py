@@ -675,3 +675,12 @@ def test_help_hides_verbose_default(run_cli) -> None:
 
     assert result.returncode == 0
     assert "default" not in verbose
+
+
+@pytest.mark.parametrize("command", ["denoise", "classify", "enhance"])
+def test_usage_line_plain_paths(run_cli, command: str) -> None:
+    result = run_cli(command, "--help")
+    usage = result.stdout.splitlines()[0]
+
+    assert result.returncode == 0
+    assert usage.endswith(f" {command} [OPTIONS] PATHS...")

@@ -23,6 +23,7 @@ from edgefx.cli._common import (
     Optimization,
     OptimizationOption,
     OverwriteOption,
+    PlainUsageCommand,
     ProgressReporter,
     QuietOption,
     RayAddressOption,
@@ -96,7 +97,7 @@ def root(
         limit_library_threads()
 
 
-@app.command()
+@app.command(cls=PlainUsageCommand)
 def denoise(
     paths: Annotated[
         list[str],
@@ -204,7 +205,7 @@ class Preset(str, Enum):
     unit = "unit"
 
 
-@app.command()
+@app.command(cls=PlainUsageCommand)
 def classify(
     paths: Annotated[
         list[str],
@@ -399,7 +400,7 @@ def _write_classify_rows(
     atomic_write_bytes(out, buffer.getvalue().encode("utf-8"))
 
 
-@app.command()
+@app.command(cls=PlainUsageCommand)
 def enhance(
     paths: Annotated[
         list[str],
@@ -566,8 +567,8 @@ def models(
             )
 
 
-app.command()(quantize)
-app.command()(export)
+app.command(cls=PlainUsageCommand)(quantize)
+app.command(cls=PlainUsageCommand)(export)
 
 
 def main() -> None:

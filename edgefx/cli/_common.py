@@ -11,9 +11,10 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from edgefx.batch import Reporter
 
@@ -160,6 +161,29 @@ OverwriteOption = Annotated[
     bool,
     typer.Option(help="Replace existing outputs instead of skipping them."),
 ]
+
+
+class PlainUsageCommand(TyperCommand):
+    """A Typer command whose usage line writes arguments as ``PATHS...``.
+
+    Typer 0.29 writes a required argument as ``{PATHS}...``, which reads like a set
+    of choices; this class keeps the Unix convention, with brackets only around
+    optional arguments.
+    """
+
+    # ctx is Typer's vendored click Context, which Typer does not export.
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if not isinstance(param, TyperArgument):
+                pieces.extend(param.get_usage_pieces(ctx))
+                continue
+            name = param.metavar or (param.name or "").upper()
+            if param.nargs != 1:
+                name += "..."
+            pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
 
 _console: Console | None = None
 
