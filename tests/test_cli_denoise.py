@@ -684,3 +684,5 @@ def test_usage_line_plain_paths(run_cli, command: str) -> None:
 
     assert result.returncode == 0
     assert usage.endswith(f" {command} [OPTIONS] PATHS...")
+    assert "<list[str]>" not in result.stdout
+    assert any(line.startswith("  PATHS...  ") for line in result.stdout.splitlines())

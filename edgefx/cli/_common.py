@@ -184,6 +184,32 @@ class PlainUsageCommand(TyperCommand):
             pieces.append(name if param.required else f"[{name}]")
         return pieces
 
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        """Write the Arguments and Options sections; arguments without a type.
+
+        Typer 0.29 lists a variadic argument as ``PATHS <list[str]>``, a Python type
+        that tells a user nothing, so it is written as ``PATHS...`` instead.
+        """
+        arguments = []
+        options = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if isinstance(param, TyperArgument):
+                name = param.metavar or (param.name or "").upper()
+                if param.nargs != 1:
+                    name += "..."
+                arguments.append((name, record[1]))
+            elif param.param_type_name == "option":
+                options.append(record)
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        if options:
+            with formatter.section("Options"):
+                formatter.write_dl(options)
+
 
 _console: Console | None = None
 
