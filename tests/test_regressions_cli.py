@@ -470,7 +470,7 @@ def test_quantize_skips_bad_calibration_images(tmp_path: Path) -> None:
         f"warning: {calibration / 'empty.png'}: skipped, cannot decode this image",
         f"warning: {calibration / 'garbage.jpg'}: skipped, cannot decode this image",
     ], result.stderr
-    assert "calibrating denoise-s on 2 inputs" in result.stderr
+    assert "calibrating denoise-s on 2 model inputs" in result.stderr
 
 
 def test_quantize_no_readable_calibration_image(tmp_path: Path) -> None:
