@@ -100,6 +100,7 @@ def train_denoise(
         typer.echo(f"best checkpoint: {best}")
         if export is not None:
             export_best(best, export, options)
+            typer.echo(f"exported: {export}")
 
 
 @train_app.command("classify")
@@ -199,6 +200,7 @@ def train_classify(
             export_best(
                 best, export, data_description=data.name, flip_average=flip_average
             )
+            typer.echo(f"exported: {export}")
 
 
 def _audio_files(folder: Path) -> list[Path]:
@@ -307,3 +309,4 @@ def train_enhance(
         typer.echo(f"best checkpoint: {best}")
         if export is not None:
             export_best(best, export, data_description=description)
+            typer.echo(f"exported: {export}")

@@ -87,7 +87,7 @@ def export_denoiser(
             f"{DENOISE_PARITY_TOLERANCE:.2e}"
         )
     temporary.replace(out_path)
-    logger.info("exported %s (max difference to torch %.2e)", out_path, error)
+    logger.info("ONNX matches torch: max difference %.2e", error)
     return error
 
 
@@ -185,7 +185,7 @@ def export_classifier(
             f"{CLASSIFY_PARITY_TOLERANCE:.2e}"
         )
     temporary.replace(out_path)
-    logger.info("exported %s (max logit difference to torch %.2e)", out_path, error)
+    logger.info("ONNX matches torch: max logit difference %.2e", error)
     return error
 
 
@@ -265,5 +265,5 @@ def export_enhancer(
             f"the tolerance {ENHANCE_PARITY_TOLERANCE:.2e}"
         )
     temporary.replace(out_path)
-    logger.info("exported %s (max difference %.2e)", out_path, error)
+    logger.info("ONNX matches torch: max difference %.2e", error)
     return error
