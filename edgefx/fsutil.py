@@ -82,7 +82,7 @@ def find_unwritable_folder(out_dir: Path) -> tuple[Path, str] | None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     # NOTE: os.access can be wrong where the server maps user ids (NFS root squash) or
-    # applies ACLs; a folder it passes that refuses writes still fails file by file.
+    # applies ACLs. A folder that passes it but rejects writes still fails file by file.
     if os.access(folder, os.W_OK | os.X_OK):
         return None
     try:

@@ -118,7 +118,7 @@ def default_jobs(cores: int | None = None) -> int:
     oversubscribing them.
     """
     # TODO: on an idle 2-core machine, classify of 32x32 JPEGs ran at 0.70 to 0.83 of
-    # the serial speed with these workers (bench/pipeline.py); small images may need a
+    # the serial speed with these workers (bench/pipeline.py). Small images may need a
     # serial path or batched decoding.
     cores = cores or available_cores()
     return max(1, min(MAX_DEFAULT_JOBS, cores // 2))

@@ -52,7 +52,7 @@ MIN_SPEEDUP = 1.1
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    """What to calibrate on, what to test on, and how to time."""
+    """Calibration data, optional test data and timing settings of a quantization."""
 
     calibration: Path
     test_data: Path | None = None
@@ -292,7 +292,7 @@ def compare(
 
 
 def describe(comparison: Comparison) -> str:
-    """One line: int8 quality, its change, and the CPU speedup."""
+    """Format int8 quality, its change and the CPU speedup as one line."""
     label = METRIC_LABELS[comparison.metric]
     items = f"{comparison.count} test items"
     if comparison.metric == "pesq_wb":

@@ -30,8 +30,8 @@ from edgefx.text import throughput_line
 
 logger = logging.getLogger(__name__)
 
-# Most files per actor call. Each call runs the local pipeline over its files, so
-# classify batches within a call and a call's decoded files stay few.
+# Maximum files per actor call. Each call runs the local pipeline over its files, so
+# classify batches within a call and a call holds few decoded files at once.
 FILES_PER_CALL = 16
 # Status of a result row whose error stops the whole batch (ModelError, DeviceError).
 FATAL = "fatal"

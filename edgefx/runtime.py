@@ -133,8 +133,8 @@ def diagnose_cuda() -> str:
 def cuda_usable() -> bool:
     """Return whether CUDA can run here: the provider is built in and a driver loads.
 
-    This is cheaper than starting a session and decides which shipped variant runs by
-    default; a session that then fails on CUDA still falls back to the CPU.
+    This is cheaper than starting a session, and it decides which shipped variant runs
+    by default. A session that then fails on CUDA still falls back to the CPU.
     """
     ort = _import_onnxruntime()
     if "CUDAExecutionProvider" not in ort.get_available_providers():

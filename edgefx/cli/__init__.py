@@ -498,7 +498,7 @@ def models(
 ) -> None:
     """List the shipped models with their size, parameters and key metric.
 
-    The default column says which model runs without --model: "yes" everywhere, or
+    The default column shows which model runs without --model: "yes" everywhere, or
     "CPU" and "CUDA" where an int8 variant is the CPU default.
     """
     from rich import box
@@ -510,8 +510,8 @@ def models(
     with handle_errors():
         rows = model_summaries(task)
     # Every column but the key metric keeps its whole text on one line. The key
-    # metric gets the remaining width and ends in an ellipsis when it does not fit;
-    # piped output is not width-limited, so it keeps the whole text.
+    # metric gets the remaining width and ends in an ellipsis when it does not fit.
+    # Piped output is not width-limited, so it keeps the whole text.
     table = Table(title="edgefx models", title_justify="left", box=box.SIMPLE_HEAD)
     columns = ("name", "task", "precision", "default", "size", "parameters")
     cells = [

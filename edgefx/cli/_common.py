@@ -167,7 +167,7 @@ class PlainUsageCommand(TyperCommand):
     """A Typer command whose usage line writes arguments as ``PATHS...``.
 
     Typer 0.29 writes a required argument as ``{PATHS}...``, which reads like a set
-    of choices; this class keeps the Unix convention, with brackets only around
+    of choices. This class keeps the Unix convention, with brackets only around
     optional arguments.
     """
 
@@ -188,7 +188,7 @@ class PlainUsageCommand(TyperCommand):
         """Write the Arguments and Options sections; arguments without a type.
 
         Typer 0.29 lists a variadic argument as ``PATHS <list[str]>``, a Python type
-        that tells a user nothing, so it is written as ``PATHS...`` instead.
+        that means nothing to a user, so it is written as ``PATHS...`` instead.
         """
         arguments = []
         options = []
@@ -258,7 +258,7 @@ def configure_logging(verbosity: int) -> None:
 def printable(text: str) -> str:
     """Return ``text`` with control characters written as escapes, such as \\x1b.
 
-    File names may contain ESC, newlines or undecodable bytes; printed raw, they could
+    File names may contain ESC, newlines or undecodable bytes. Printed raw, they could
     move the cursor, clear the terminal or split one message into several lines.
     """
     return "".join(
