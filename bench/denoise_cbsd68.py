@@ -39,6 +39,7 @@ import onnxruntime
 from edgefx.denoise import MAX_SIGMA, DenoiseOptions, Denoiser
 from edgefx.errors import EdgefxError
 from edgefx.imageio import read_image
+from edgefx.quality import psnr
 from edgefx.registry import sha256_of
 from edgefx.runtime import RuntimeOptions, provider_name
 
@@ -155,15 +156,6 @@ def add_noise(
     noisy = clean.astype(np.float64) + rng.normal(0.0, sigma, clean.shape)
     noisy_uint8 = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
     return noisy, noisy_uint8
-
-
-def psnr(clean: np.ndarray, image: np.ndarray) -> float:
-    """PSNR in dB over all pixels and channels, on the 0-255 scale."""
-    error = clean.astype(np.float64) - image.astype(np.float64)
-    mse = float(np.mean(error**2))
-    if mse == 0.0:
-        return float("inf")
-    return 10.0 * np.log10(255.0**2 / mse)
 
 
 def tuning_indices(count: int, tune_images: int) -> list[int]:
