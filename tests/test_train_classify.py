@@ -15,7 +15,11 @@ torch = pytest.importorskip("torch")
 from cli_helpers import run_edgefx  # noqa: E402
 
 from edgefx.registry import read_metadata  # noqa: E402
-from edgefx.train.classify import load_image_set, split_validation  # noqa: E402
+from edgefx.train.classify import (  # noqa: E402
+    augment,
+    load_image_set,
+    split_validation,
+)
 
 COLORS = {"red": (0, 0, 255), "blue": (255, 0, 0)}  # BGR, as cv2 writes
 
@@ -238,3 +242,29 @@ def test_train_classify_skips_unreadable_images(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert f"{data}: skipped 2 unreadable or unknown-class images" in result.stderr
+
+
+FILL = np.asarray([1, 2, 3], np.uint8)
+
+
+def painted_pixels(images: np.ndarray) -> np.ndarray:
+    return np.all(images == FILL, axis=3).sum(axis=(1, 2))
+
+
+def test_cutout_paints_clipped_squares() -> None:
+    images = np.full((200, 32, 32, 3), 200, np.uint8)
+
+    out = augment(images, np.random.default_rng(0), cutout=10, fill=FILL)
+
+    painted = painted_pixels(out)
+    assert painted.max() == 100  # a whole square inside the image
+    assert painted.min() >= 25  # at least a quarter: the centre is inside the image
+    assert painted.min() < 100  # some squares are clipped at the border
+
+
+def test_cutout_zero_paints_nothing() -> None:
+    images = np.full((50, 32, 32, 3), 200, np.uint8)
+
+    out = augment(images, np.random.default_rng(0), cutout=0, fill=FILL)
+
+    assert painted_pixels(out).max() == 0

@@ -29,7 +29,10 @@ from edgefx.train.enhance import (  # noqa: E402
     draw_mixtures,
     export_best,
     load_enhancer_checkpoint,
+    load_enhancer_weights,
     load_recordings,
+    si_sdr,
+    si_sdr_loss,
     split_recordings,
     train,
 )
@@ -295,12 +298,21 @@ def test_draw_mixtures_shapes(loaded) -> None:
     assert np.max(np.abs(noisy)) <= 0.99 + 1e-6
 
 
-def test_draw_mixtures_snr_in_range(loaded) -> None:
+@pytest.mark.parametrize("variation", [False, True])
+def test_draw_mixtures_snr_in_range(loaded, variation: bool) -> None:
     speech, noise = loaded
     rng = np.random.default_rng(1)
 
     noisy, clean = draw_mixtures(
-        speech, noise, 12, 8000, rng, snr_low=0.0, snr_high=10.0, extremes=False
+        speech,
+        noise,
+        12,
+        8000,
+        rng,
+        snr_low=0.0,
+        snr_high=10.0,
+        extremes=False,
+        variation=variation,
     )
 
     for index, (mixture, voice) in enumerate(zip(noisy, clean, strict=True)):
@@ -309,6 +321,32 @@ def test_draw_mixtures_snr_in_range(loaded) -> None:
             np.sum(voice.astype(np.float64) ** 2) / np.sum(background**2)
         )
         assert -0.01 <= snr <= 10.01, f"pair {index}: SNR {snr:.2f} dB"
+
+
+def test_draw_mixtures_variation_changes_noise(loaded) -> None:
+    speech, noise = loaded
+
+    plain = draw_mixtures(speech, noise, 8, 8000, np.random.default_rng(3))
+    varied = draw_mixtures(
+        speech, noise, 8, 8000, np.random.default_rng(3), variation=True
+    )
+
+    assert varied[0].shape == plain[0].shape
+    assert np.max(np.abs(varied[0])) <= 0.99 + 1e-6
+    assert not np.allclose(varied[0], plain[0])
+
+
+def test_draw_mixtures_variation_repeats_with_seed(loaded) -> None:
+    speech, noise = loaded
+
+    first = draw_mixtures(
+        speech, noise, 6, 8000, np.random.default_rng(5), variation=True
+    )
+    second = draw_mixtures(
+        speech, noise, 6, 8000, np.random.default_rng(5), variation=True
+    )
+
+    assert np.array_equal(first[0], second[0])
 
 
 def test_draw_mixtures_repeat_with_seed(loaded) -> None:
@@ -398,3 +436,88 @@ def test_train_survives_unreadable_validation_file(recordings, tmp_path: Path) -
     best = train(options)
 
     assert best.is_file()
+
+
+# --------------------------------------------------------------------------------------
+# The SI-SDR loss term
+
+
+def test_si_sdr_loss_matches_metric() -> None:
+    rng = np.random.default_rng(0)
+    clean = rng.standard_normal((3, 4000)).astype(np.float32)
+    estimate = clean + 0.3 * rng.standard_normal((3, 4000)).astype(np.float32)
+
+    loss = si_sdr_loss(torch.from_numpy(estimate), torch.from_numpy(clean))
+
+    expected = -np.mean([si_sdr(e, c) for e, c in zip(estimate, clean, strict=True)])
+    assert float(loss) == pytest.approx(expected, abs=1e-3)
+
+
+def test_si_sdr_loss_skips_silent_references() -> None:
+    rng = np.random.default_rng(1)
+    clean = rng.standard_normal((2, 4000)).astype(np.float32)
+    clean[1] = 0
+    estimate = clean + 0.1 * rng.standard_normal((2, 4000)).astype(np.float32)
+
+    loss = si_sdr_loss(torch.from_numpy(estimate), torch.from_numpy(clean))
+
+    assert math.isfinite(float(loss))
+    assert float(loss) == pytest.approx(-si_sdr(estimate[0], clean[0]), abs=1e-3)
+
+
+def test_si_sdr_loss_all_silent_is_zero() -> None:
+    silent = torch.zeros(2, 100)
+
+    assert float(si_sdr_loss(torch.ones(2, 100), silent)) == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Starting from exported weights
+
+
+def test_load_weights_from_onnx_match_checkpoint(trained, exported: Path) -> None:
+    _, best = trained
+    expected, _ = load_enhancer_checkpoint(best)
+
+    loaded_model = load_enhancer_weights(exported)
+
+    reference = expected.state_dict()
+    for name, value in loaded_model.state_dict().items():
+        assert torch.allclose(value, reference[name], atol=1e-6), name
+
+
+def test_load_weights_rejects_other_models(tmp_path: Path) -> None:
+    models = Path(__file__).resolve().parents[1] / "models"
+
+    with pytest.raises(ValueError, match="not an edgefx speech enhancer"):
+        load_enhancer_weights(models / "classify-cifar10.onnx")
+
+
+def test_init_starts_from_given_weights(
+    trained, exported: Path, tmp_path: Path
+) -> None:
+    options, _ = trained
+    # A learning rate of 0 leaves the weights where they started.
+    run = replace(
+        options,
+        work_dir=tmp_path / "W",
+        init=exported,
+        steps=1,
+        validate_every=1,
+        learning_rate=0.0,
+    )
+
+    best = train(run)
+
+    start = load_enhancer_weights(exported).state_dict()
+    after = load_checkpoint(best)["model"]
+    for name, value in start.items():
+        assert torch.allclose(after[name], value, atol=1e-6), name
+
+
+def test_init_other_network_raises(trained, exported: Path, tmp_path: Path) -> None:
+    options, _ = trained
+    run = replace(options, work_dir=tmp_path / "W", init=exported, hidden=12)
+
+    with pytest.raises(ValueError, match="same --hidden"):
+        train(run)

@@ -142,6 +142,14 @@ def train_classify(
         int, typer.Option(help="Residual blocks per stage (ResNet-20: 3).", min=1)
     ] = 3,
     learning_rate: Annotated[float, typer.Option(help="Peak SGD learning rate.")] = 0.1,
+    cutout: Annotated[
+        int,
+        typer.Option(
+            help="Side in pixels of a square painted over each training image at a "
+            "random place (cutout augmentation); 0 turns it off.",
+            min=0,
+        ),
+    ] = 0,
     threads: Annotated[
         int, typer.Option(help="PyTorch CPU threads; 0 keeps its default.", min=0)
     ] = 0,
@@ -184,6 +192,7 @@ def train_classify(
             width=width,
             blocks=blocks,
             learning_rate=learning_rate,
+            cutout=cutout,
             threads=threads,
             seed=seed,
             precision=precision,
@@ -263,6 +272,31 @@ def train_enhance(
     ] = 2e-3,
     snr_low: Annotated[float, typer.Option(help="Lowest mixing SNR in dB.")] = -5.0,
     snr_high: Annotated[float, typer.Option(help="Highest mixing SNR in dB.")] = 20.0,
+    variation: Annotated[
+        bool,
+        typer.Option(
+            help="Vary the noise recordings in speed and loudness over time, and draw "
+            "more mixtures from the low end of the SNR range."
+        ),
+    ] = True,
+    si_sdr_weight: Annotated[
+        float,
+        typer.Option(
+            help="Weight of the negative SI-SDR (in dB) added to the spectral loss; "
+            "0 turns it off.",
+            min=0.0,
+        ),
+    ] = 0.02,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from these weights: an edgefx enhancer ONNX file (such as "
+            "the shipped one) or a training checkpoint. Ignored when --work-dir "
+            "already holds a checkpoint to resume.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     threads: Annotated[
         int, typer.Option(help="PyTorch CPU threads; 0 keeps its default.", min=0)
     ] = 0,
@@ -299,6 +333,9 @@ def train_enhance(
             learning_rate=learning_rate,
             snr_low=snr_low,
             snr_high=snr_high,
+            variation=variation,
+            si_sdr_weight=si_sdr_weight,
+            init=init,
             threads=threads,
             seed=seed,
         )

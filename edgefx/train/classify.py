@@ -43,6 +43,7 @@ class ClassifyTrainOptions:
     learning_rate: float = 0.1
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    cutout: int = 0
     validation_fraction: float = 0.1
     checkpoint_every: int = 100
     seed: int = 0
@@ -148,8 +149,18 @@ def to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> torch.
     return torch.from_numpy(array.transpose(0, 3, 1, 2).copy())
 
 
-def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random crop after 4 pixels of reflection padding, and horizontal flips."""
+def augment(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    cutout: int = 0,
+    fill: np.ndarray | None = None,
+) -> np.ndarray:
+    """Random crop after 4 pixels of reflection padding, and horizontal flips.
+
+    ``cutout`` > 0 also paints a square of that side, centred at a random pixel and
+    clipped at the borders, with the ``fill`` color (DeVries and Taylor 2017), so the
+    network cannot rely on any one part of the object.
+    """
     count, height, width, _ = images.shape
     padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
     ys = rng.integers(0, 9, size=(count,))
@@ -159,6 +170,16 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         y, x = int(ys[i]), int(xs[i])
         crop = padded[i, y : y + height, x : x + width]
         out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
+    if cutout > 0:
+        color = np.zeros(3, np.uint8) if fill is None else fill
+        centres_y = rng.integers(0, height, size=(count,))
+        centres_x = rng.integers(0, width, size=(count,))
+        for i in range(count):
+            top = int(centres_y[i]) - cutout // 2
+            left = int(centres_x[i]) - cutout // 2
+            rows = slice(max(0, top), max(0, top + cutout))
+            columns = slice(max(0, left), max(0, left + cutout))
+            out[i, rows, columns] = color
     return out
 
 
@@ -279,6 +300,8 @@ def train(options: ClassifyTrainOptions) -> Path:
         temporary.replace(path)
 
     loss_function = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
+    # Cutout paints the mean color, which the normalization maps to zero.
+    fill_color = np.asarray([round(255 * m) for m in mean], np.uint8)
     bfloat16 = use_bfloat16(options.precision)
     logger.info("forward pass in %s", "bfloat16 autocast" if bfloat16 else "float32")
     started = time.monotonic()
@@ -295,7 +318,7 @@ def train(options: ClassifyTrainOptions) -> Path:
             indices = order[
                 position * options.batch_size : (position + 1) * options.batch_size
             ]
-            images = augment(train_set.images[indices], rng)
+            images = augment(train_set.images[indices], rng, options.cutout, fill_color)
             batch = to_tensor(images, mean, std).contiguous(
                 memory_format=torch.channels_last
             )

@@ -52,6 +52,9 @@ class EnhanceTrainOptions:
     validate_every: int = 250
     seed: int = 0
     threads: int = 0
+    si_sdr_weight: float = 0.0
+    variation: bool = False
+    init: Path | None = None
 
 
 def load_mono(path: Path, rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -103,6 +106,31 @@ def _tilt(x: np.ndarray, rng: np.random.Generator, decibels: float = 6.0) -> np.
     return np.fft.irfft(spectrum * 10 ** (gain_db / 20), n=len(x)).astype(np.float32)
 
 
+def _varied_crop(
+    recording: np.ndarray, length: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Crop ``length`` samples of a noise recording, changed in speed and loudness."""
+    if rng.random() < 0.5:
+        speed = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+        source = _crop(recording, int(np.ceil(length * speed)) + 1, rng)
+        # Played back faster: the same samples at a higher rate, resampled to ours.
+        piece = soxr.resample(source, SAMPLE_RATE * speed, SAMPLE_RATE, quality="LQ")
+        piece = np.asarray(piece, np.float32)
+        if len(piece) < length:
+            piece = np.pad(piece, (0, length - len(piece)), mode="wrap")
+        piece = piece[:length]
+    else:
+        piece = _crop(recording, length, rng).copy()
+    if rng.random() < 0.3:
+        knots = max(2, int(length / SAMPLE_RATE / rng.uniform(0.25, 1.0)) + 2)
+        decibels = rng.uniform(-6, 6, size=knots)
+        envelope = np.interp(
+            np.arange(length), np.linspace(0, length - 1, knots), decibels
+        )
+        piece = piece * (10 ** (envelope / 20)).astype(np.float32)
+    return piece
+
+
 def draw_mixtures(
     speech: list[np.ndarray],
     noise: list[np.ndarray],
@@ -112,6 +140,7 @@ def draw_mixtures(
     snr_low: float = -5.0,
     snr_high: float = 20.0,
     extremes: bool = True,
+    variation: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``count`` (noisy, clean) pairs of ``length`` samples each.
 
@@ -119,6 +148,12 @@ def draw_mixtures(
     clean speech alone, so the model learns to silence pure noise and to pass clean
     speech unchanged. Validation sets leave them out, because SI-SDR is undefined or
     unbounded there.
+
+    With ``variation``, the noise recordings are stretched into new ones: half of them
+    are played 0.8 to 1.25 times as fast (which shifts their pitch too), and three in
+    ten get a slow random loudness envelope of +-6 dB, so that a few dozen noise files
+    stand for many more. Two SNRs in five are then drawn from the lowest 10 dB of the
+    range, where the model has the most to learn.
     """
     weights = np.asarray([len(s) for s in speech], np.float64)
     weights /= weights.sum()
@@ -136,15 +171,19 @@ def draw_mixtures(
         voice *= 10 ** (rng.uniform(-38, -12) / 20) / _rms(voice)
         if extremes and rng.random() < 0.05:
             voice[:] = 0  # noise alone: the model must learn to remove it all
-        background = _tilt(
-            _crop(noise[int(rng.integers(len(noise)))], length, rng), rng
-        )
+        recording = noise[int(rng.integers(len(noise)))]
+        if variation:
+            background = _tilt(_varied_crop(recording, length, rng), rng)
+        else:
+            background = _tilt(_crop(recording, length, rng), rng)
         if rng.random() < 0.3:
             second = _crop(noise[int(rng.integers(len(noise)))], length, rng)
             background = background / _rms(background) + rng.uniform(0.2, 1) * (
                 second / _rms(second)
             )
         snr = rng.uniform(snr_low, snr_high)
+        if variation and rng.random() < 0.4:
+            snr = rng.uniform(snr_low, min(snr_high, snr_low + 10))
         level = _rms(voice) if voice.any() else 10 ** (rng.uniform(-45, -20) / 20)
         background *= level / _rms(background) / 10 ** (snr / 20)
         if extremes and rng.random() < 0.05:
@@ -181,6 +220,24 @@ def spectral_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         complex_part = (estimate - reference).abs().square().mean()
         total = total + magnitude + 0.3 * complex_part
     return total
+
+
+def si_sdr_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Negative mean SI-SDR in dB over the signals (B, N) that contain speech."""
+    voiced = target.square().sum(dim=1) > 1e-8
+    if not bool(voiced.any()):
+        return output.new_zeros(())
+    estimate = output[voiced] - output[voiced].mean(dim=1, keepdim=True)
+    reference = target[voiced] - target[voiced].mean(dim=1, keepdim=True)
+    scale = (estimate * reference).sum(dim=1, keepdim=True) / (
+        reference.square().sum(dim=1, keepdim=True) + 1e-8
+    )
+    projection = scale * reference
+    residual = estimate - projection
+    ratio = (projection.square().sum(dim=1) + 1e-8) / (
+        residual.square().sum(dim=1) + 1e-8
+    )
+    return -10 * torch.log10(ratio).mean()
 
 
 def si_sdr(estimate: np.ndarray, reference: np.ndarray) -> float:
@@ -303,6 +360,19 @@ def train(options: EnhanceTrainOptions) -> Path:
         step = int(state["step"])
         best_score = float(state["best_score"])
         logger.info("resumed from %s at step %d", checkpoint_path, step)
+    elif options.init is not None:
+        start = load_enhancer_weights(options.init)
+        if (start.hidden, start.embedding, start.hop) != (
+            options.hidden,
+            options.embedding,
+            model.hop,
+        ):
+            raise ValueError(
+                f"{options.init} has {start.hidden} GRU units and an embedding of "
+                f"{start.embedding}; train with the same --hidden and --embedding"
+            )
+        model.load_state_dict(start.state_dict())
+        logger.info("starting from the weights of %s", options.init)
     else:
         sample_noisy, _ = draw_mixtures(
             speech, noise, 64, length, np.random.default_rng(options.seed + 1)
@@ -360,11 +430,15 @@ def train(options: EnhanceTrainOptions) -> Path:
             rng,
             options.snr_low,
             options.snr_high,
+            variation=options.variation,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, options.steps, options.learning_rate)
         enhanced = enhance_offline(model, torch.from_numpy(noisy))
-        loss = spectral_loss(enhanced, torch.from_numpy(clean))
+        target = torch.from_numpy(clean)
+        loss = spectral_loss(enhanced, target)
+        if options.si_sdr_weight:
+            loss = loss + options.si_sdr_weight * si_sdr_loss(enhanced, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -402,6 +476,70 @@ def load_enhancer_checkpoint(path: Path) -> tuple[SpeechEnhancerNet, dict]:
     model = SpeechEnhancerNet(config["hop"], config["hidden"], config["embedding"])
     model.load_state_dict(state["model"])
     return model.eval(), state
+
+
+def _gru_from_onnx(
+    gru: torch.nn.GRU, w: np.ndarray, r: np.ndarray, b: np.ndarray
+) -> None:
+    # ONNX stacks the gates as update, reset, new; PyTorch as reset, update, new.
+    def reorder(matrix: np.ndarray) -> torch.Tensor:
+        update, reset, new = np.split(matrix, 3, axis=0)
+        return torch.from_numpy(np.concatenate([reset, update, new], axis=0).copy())
+
+    input_bias, recurrent_bias = np.split(b[0], 2)
+    sources = {
+        "weight_ih_l0": w[0],
+        "weight_hh_l0": r[0],
+        "bias_ih_l0": input_bias,
+        "bias_hh_l0": recurrent_bias,
+    }
+    with torch.no_grad():
+        for name, source in sources.items():
+            gru.get_parameter(name).copy_(reorder(source))
+
+
+def load_enhancer_weights(path: Path) -> SpeechEnhancerNet:
+    """Build the network from a training checkpoint or from an exported ONNX file.
+
+    Reading the ONNX file lets a user fine-tune the shipped model on new recordings
+    without its training checkpoint.
+    """
+    if path.suffix.lower() != ".onnx":
+        return load_enhancer_checkpoint(path)[0]
+    import onnx
+    from onnx import numpy_helper
+
+    model_proto = onnx.load(str(path))
+    metadata = {p.key: p.value for p in model_proto.metadata_props}
+    if metadata.get("task") != "enhance":
+        raise ValueError(f"{path}: not an edgefx speech enhancer (task metadata)")
+    graph = model_proto.graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    bins = int(metadata["hop"]) + 1
+    tables = {"analysis_cos", "analysis_sin", "synthesis_cos", "synthesis_sin"}
+    weights = [
+        values[n.input[1]]
+        for n in graph.node
+        if n.op_type == "MatMul" and n.input[1] in values and n.input[1] not in tables
+    ]
+    grus = [n for n in graph.node if n.op_type == "GRU"]
+    encoders = [w for w in weights if w.shape[0] == bins]
+    decoders = [w for w in weights if w.shape[1] == bins and w.shape[0] != bins]
+    if len(grus) != 2 or len(encoders) != 1 or len(decoders) != 1:
+        raise ValueError(f"{path}: not laid out like an edgefx speech enhancer")
+    encoder, decoder = encoders[0], decoders[0]
+    hidden = int(values[grus[0].input[2]].shape[2])
+    model = SpeechEnhancerNet(int(metadata["hop"]), hidden, encoder.shape[1])
+    with torch.no_grad():
+        model.feature_mean.copy_(torch.from_numpy(values["feature_mean"].copy()))
+        model.feature_scale.copy_(torch.from_numpy(values["feature_scale"].copy()))
+        model.encoder.weight.copy_(torch.from_numpy(encoder.T.copy()))
+        model.encoder.bias.copy_(torch.from_numpy(values["encoder.bias"].copy()))
+        model.decoder.weight.copy_(torch.from_numpy(decoder.T.copy()))
+        model.decoder.bias.copy_(torch.from_numpy(values["decoder.bias"].copy()))
+    for gru, node in zip((model.gru1, model.gru2), grus, strict=True):
+        _gru_from_onnx(gru, *(values[name] for name in node.input[1:4]))
+    return model.eval()
 
 
 def export_best(
