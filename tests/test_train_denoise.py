@@ -19,12 +19,17 @@ torch = pytest.importorskip("torch")
 from cli_helpers import run_edgefx  # noqa: E402
 
 from edgefx.registry import read_metadata  # noqa: E402
-from edgefx.train.denoise import DenoiseTrainOptions, train  # noqa: E402
+from edgefx.train.denoise import (  # noqa: E402
+    DenoiseTrainOptions,
+    load_denoiser_weights,
+    train,
+)
 from edgefx.train.export import (  # noqa: E402
     DENOISE_PARITY_TOLERANCE,
     denoiser_metadata,
     denoiser_parity_error,
     export_denoiser,
+    load_denoiser_checkpoint,
 )
 from edgefx.train.nets import DenoiseNet  # noqa: E402
 
@@ -155,6 +160,68 @@ def test_train_resumes_from_checkpoint(
     assert f"resumed from {work_dir / 'checkpoint.pt'} at step 4" in result.stderr
     assert [record["step"] for record in log_records(work_dir)] == [4, 6]
     assert checkpoint_step(work_dir / "checkpoint.pt") == 6
+
+
+# Starting from exported weights
+
+
+def test_load_weights_from_onnx_match_checkpoint(first_run) -> None:
+    _, work_dir = first_run
+    expected = load_denoiser_checkpoint(work_dir / "best.pt").state_dict()
+
+    loaded = load_denoiser_weights(work_dir / "tiny.onnx").state_dict()
+
+    assert loaded.keys() == expected.keys()
+    for name, value in loaded.items():
+        assert torch.allclose(value, expected[name], atol=1e-6), name
+
+
+def test_load_weights_rejects_other_models() -> None:
+    with pytest.raises(ValueError, match="not an edgefx denoiser"):
+        load_denoiser_weights(REPO_ROOT / "models" / "classify-cifar10.onnx")
+
+
+def test_init_starts_from_given_weights(
+    first_run, data_folder: Path, tmp_path: Path
+) -> None:
+    _, first_dir = first_run
+    work_dir = tmp_path / "W"
+    # A learning rate of 0 leaves the weights where they started.
+    result = train_tiny(
+        data_folder,
+        work_dir,
+        1,
+        "--init",
+        first_dir / "tiny.onnx",
+        "--learning-rate",
+        "0",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "starting from the weights of" in result.stderr
+    start = load_denoiser_weights(first_dir / "tiny.onnx").state_dict()
+    after = torch.load(work_dir / "checkpoint.pt", weights_only=True)["model"]
+    for name, value in start.items():
+        assert torch.allclose(after[name], value, atol=1e-6), name
+
+
+def test_init_other_network_exits_two(
+    first_run, data_folder: Path, tmp_path: Path
+) -> None:
+    _, first_dir = first_run
+
+    result = train_tiny(
+        data_folder,
+        tmp_path / "W",
+        1,
+        "--init",
+        first_dir / "tiny.onnx",
+        "--features",
+        "16",
+    )
+
+    assert result.returncode == 2
+    assert "same --features" in result.stderr
 
 
 def test_resume_other_features_exits_two(

@@ -68,6 +68,23 @@ def train_denoise(
         int, typer.Option(help="PyTorch CPU threads; 0 keeps its default.", min=0)
     ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Forward-pass precision: auto (bf16 where the CPU has native bf16), "
+            "bf16 or fp32. The exported model is float32 either way."
+        ),
+    ] = "auto",
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from these weights: an edgefx denoiser ONNX file (such as the "
+            "shipped one) or a training checkpoint. Ignored when --work-dir already "
+            "holds a checkpoint to resume.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Train the image denoiser on a folder of clean photos (resumable).
 
@@ -92,6 +109,8 @@ def train_denoise(
             learning_rate=learning_rate,
             threads=threads,
             seed=seed,
+            precision=precision,
+            init=init,
         )
         try:
             best = train(options)

@@ -21,6 +21,7 @@ import torch
 from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import DenoiseNet
+from edgefx.train.precision import use_bfloat16
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class DenoiseTrainOptions:
     checkpoint_every: int = 100
     seed: int = 0
     threads: int = 0
+    precision: str = "auto"
+    init: Path | None = None
 
 
 @dataclass
@@ -212,6 +215,23 @@ def train(options: DenoiseTrainOptions) -> Path:
         step = int(state["step"])
         best_psnr = float(state["best_psnr"])
         logger.info("resumed from %s at step %d", checkpoint_path, step)
+    elif options.init is not None:
+        start = load_denoiser_weights(options.init)
+        if (start.channels, start.features, start.blocks) != (
+            3,
+            options.features,
+            options.blocks,
+        ):
+            raise ValueError(
+                f"{options.init} has {start.features} features and {start.blocks} "
+                "blocks; train with the same --features and --blocks"
+            )
+        model.load_state_dict(start.state_dict())
+        logger.info("starting from the weights of %s", options.init)
+    bfloat16 = use_bfloat16(options.precision)
+    # Channels-last tensors let oneDNN pick its fast convolution kernels on the CPU.
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    logger.info("forward pass in %s", "bfloat16 autocast" if bfloat16 else "float32")
 
     # A different seed per resume point keeps resumed runs from replaying the same
     # patches.
@@ -243,8 +263,10 @@ def train(options: DenoiseTrainOptions) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, options)
         noisy, level, clean = sampler.batch()
-        restored = model(noisy, level)
-        loss = torch.mean((restored - clean) ** 2)
+        noisy = noisy.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            restored = model(noisy, level)
+        loss = torch.mean((restored.float() - clean) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -272,6 +294,36 @@ def train(options: DenoiseTrainOptions) -> Path:
         if step % options.checkpoint_every == 0 or step == options.steps:
             save(checkpoint_path)
     return options.work_dir / "best.pt"
+
+
+def load_denoiser_weights(path: Path) -> DenoiseNet:
+    """Build the network from a training checkpoint or from an exported ONNX file.
+
+    The exporter keeps PyTorch's parameter names for the ONNX initializers, so the
+    shipped model can be fine-tuned without its training checkpoint.
+    """
+    from edgefx.train.export import load_denoiser_checkpoint
+
+    if path.suffix.lower() != ".onnx":
+        return load_denoiser_checkpoint(path)
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    if metadata.get("task") != "denoise":
+        raise ValueError(f"{path}: not an edgefx denoiser (task metadata)")
+    weights = {
+        t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
+        for t in proto.graph.initializer
+    }
+    if "head.weight" not in weights or "tail.weight" not in weights:
+        raise ValueError(f"{path}: not laid out like an edgefx denoiser")
+    features, inputs = weights["head.weight"].shape[:2]
+    blocks = len({name.split(".")[1] for name in weights if name.startswith("body.")})
+    model = DenoiseNet((inputs - 1) // 4, features, blocks)
+    model.load_state_dict(weights)
+    return model.eval()
 
 
 def export_best(
