@@ -113,7 +113,8 @@ def _varied_crop(
     if rng.random() < 0.5:
         speed = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
         source = _crop(recording, int(np.ceil(length * speed)) + 1, rng)
-        # Played back faster: the same samples at a higher rate, resampled to ours.
+        # Treating the samples as recorded at speed x our rate and resampling them to
+        # our rate plays the noise back `speed` times as fast.
         piece = soxr.resample(source, SAMPLE_RATE * speed, SAMPLE_RATE, quality="LQ")
         piece = np.asarray(piece, np.float32)
         if len(piece) < length:
@@ -481,7 +482,7 @@ def load_enhancer_checkpoint(path: Path) -> tuple[SpeechEnhancerNet, dict]:
 def _gru_from_onnx(
     gru: torch.nn.GRU, w: np.ndarray, r: np.ndarray, b: np.ndarray
 ) -> None:
-    # ONNX stacks the gates as update, reset, new; PyTorch as reset, update, new.
+    # ONNX stacks the gates as update, reset, new, and PyTorch as reset, update, new.
     def reorder(matrix: np.ndarray) -> torch.Tensor:
         update, reset, new = np.split(matrix, 3, axis=0)
         return torch.from_numpy(np.concatenate([reset, update, new], axis=0).copy())
