@@ -16,8 +16,11 @@ each of --repeat rounds, and the ratios are computed per round, so that other lo
 the machine affects the three alike. Inputs are real files from the shared data
 folder: CBSD68 photos (PNG, 481x321), CIFAR-10 test images (32x32 JPEG, copied from
 test.zip into a temporary folder) and LibriSpeech test-other recordings (FLAC, 16 kHz).
+With --jpeg-photos N, classify also runs on N CBSD68 photos written as JPEG (quality
+90) and cropped to 480x320 or 320x480, so that its 1/2-scale JPEG decode applies.
 
 Run: python bench/pipeline.py [--data DIR] [--threads 0,1] [--jobs 1,2] [--repeat 3]
+     [--jpeg-photos 16]
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import onnxruntime
 import soundfile as sf
@@ -62,6 +66,10 @@ from edgefx.runtime import RuntimeOptions
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 CLASSIFY_BATCH = 8
+JPEG_PHOTO_QUALITY = 90
+# The photos are cropped to a multiple of this many pixels, so that no JPEG block is
+# partial and classify may decode them at reduced scale.
+JPEG_PHOTO_BLOCK = 16
 
 
 @dataclass
@@ -147,7 +155,9 @@ def bench_denoise(
     return measure("denoise", len(paths), threads, jobs, runs, repeat)
 
 
-def bench_classify(folder: Path, threads: int, jobs: int, repeat: int) -> Row:
+def bench_classify(
+    folder: Path, threads: int, jobs: int, repeat: int, command: str = "classify"
+) -> Row:
     runtime = RuntimeOptions(device="cpu", threads=threads)
     options = ClassifyOptions(top_k=5, batch_size=CLASSIFY_BATCH)
     classifier = Classifier(None, runtime)
@@ -177,7 +187,7 @@ def bench_classify(folder: Path, threads: int, jobs: int, repeat: int) -> Row:
         classify_files([str(folder)], options=options, runtime=runtime, engine=engine)
 
     runs = (model_only, serial, pipelined)
-    return measure("classify", len(paths), threads, jobs, runs, repeat)
+    return measure(command, len(paths), threads, jobs, runs, repeat)
 
 
 def bench_enhance(
@@ -221,7 +231,22 @@ def prepare_inputs(data: Path, work: Path, args: argparse.Namespace) -> dict[str
     speech = data / "audio" / "librispeech_resemblyzer" / "librispeech_test-other"
     for recording in sorted(speech.rglob("*.flac"))[: args.recordings]:
         os.symlink(recording, folders["enhance"] / recording.name)
+    if args.jpeg_photos:
+        folders["photos"] = work / "in-photos"
+        folders["photos"].mkdir()
+        for photo in photos[: args.jpeg_photos]:
+            write_cropped_jpeg(photo, folders["photos"] / f"{photo.stem}.jpg")
     return folders
+
+
+def write_cropped_jpeg(source: Path, target: Path) -> None:
+    pixels = cv2.imread(str(source), cv2.IMREAD_COLOR)
+    height, width = pixels.shape[:2]
+    block = JPEG_PHOTO_BLOCK
+    cropped = pixels[: height // block * block, : width // block * block]
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_PHOTO_QUALITY]
+    if not cv2.imwrite(str(target), cropped, params):
+        raise OSError(f"cannot write {target}")
 
 
 def describe_machine() -> list[str]:
@@ -247,6 +272,12 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=24, help="CBSD68 photos")
     parser.add_argument("--cifar", type=int, default=1000, help="CIFAR-10 images")
     parser.add_argument("--recordings", type=int, default=20, help="FLAC recordings")
+    parser.add_argument(
+        "--jpeg-photos",
+        type=int,
+        default=0,
+        help="CBSD68 photos to classify as JPEG files, besides CIFAR-10; 0 for none",
+    )
     parser.add_argument(
         "--threads", default="0", help="ONNX Runtime intra-op threads, e.g. 0,1"
     )
@@ -276,6 +307,16 @@ def main() -> None:
                 if "classify" in commands:
                     rows.append(
                         bench_classify(folders["classify"], threads, jobs, args.repeat)
+                    )
+                if "classify" in commands and args.jpeg_photos:
+                    rows.append(
+                        bench_classify(
+                            folders["photos"],
+                            threads,
+                            jobs,
+                            args.repeat,
+                            command="classify JPEG photos",
+                        )
                     )
                 if "enhance" in commands:
                     rows.append(

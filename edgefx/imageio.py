@@ -162,6 +162,9 @@ class ImageData:
     # EXIF block as Image.Exif.tobytes returns it (starting with b"Exif\0\0"), with no
     # orientation tag, because read_image has already rotated the pixels.
     exif: bytes | None = None
+    # 2, 4 or 8 when read_image decoded a JPEG at that fraction of its stored width and
+    # height (its min_size argument), else 1.
+    reduction: int = 1
 
     def __post_init__(self) -> None:
         if self.pixels.dtype not in (np.uint8, np.uint16):
@@ -224,13 +227,19 @@ class _Header:
     # alpha OpenCV drops, and RGBA with unassociated alpha, whose colors OpenCV
     # premultiplies by the alpha.
     decode_with_pillow: bool = False
+    # Components of a JPEG frame: 1 gray, 3 color, 4 CMYK. 0 for other formats.
+    components: int = 0
 
 
 # --------------------------------------------------------------------------------------
 # Reading
 
 
-def read_image(path: Path, max_pixels: int = 250_000_000) -> ImageData:
+def read_image(
+    path: Path,
+    max_pixels: int = 250_000_000,
+    min_size: tuple[int, int] | None = None,
+) -> ImageData:
     """Decode an image file into RGB or gray pixels and a separate alpha plane.
 
     The EXIF orientation is applied to the pixels. The ICC profile (JPEG, PNG, WebP and
@@ -239,6 +248,14 @@ def read_image(path: Path, max_pixels: int = 250_000_000) -> ImageData:
     InputError with a one-line reason for a missing, unreadable, empty, damaged or
     unsupported file, and for an image whose header declares more than ``max_pixels``
     pixels.
+
+    ``min_size`` is the (height, width) that the caller needs after the orientation is
+    applied, for callers that shrink the image anyway. A JPEG is then decoded at 1/2,
+    1/4 or 1/8 of its width and height through libjpeg's DCT scaling: the largest
+    factor that divides the stored width and height and leaves both sides at least
+    ``min_size``. ``reduction`` records it. Each reduced pixel is then close to the
+    mean of a full block of factor x factor pixels, and such a decode costs a fraction
+    of a full one. Other formats always decode at full size.
 
     NOTE: OpenCV also rejects images above its own limit of 2**30 pixels (the
     OPENCV_IO_MAX_IMAGE_PIXELS environment variable changes it), so a larger
@@ -252,18 +269,29 @@ def read_image(path: Path, max_pixels: int = 250_000_000) -> ImageData:
         raise InputError(path, f"unsupported format {suffix}; supported: {supported}")
 
     alpha: np.ndarray | None
+    reduction = 1
     try:
         with open(path, "rb") as handle:
             if os.fstat(handle.fileno()).st_size == 0:
                 raise InputError(path, "empty file")
-            header = _read_header(path, handle, suffix_format)
+            prefix = handle.read(HEADER_PREFIX_BYTES)
+            header = _read_header(path, handle, suffix_format, prefix)
             _check_pixel_limit(path, header, max_pixels)
-            handle.seek(0)
             if header.decode_with_pillow:
+                handle.seek(0)
                 pixels, alpha = _decode_with_pillow(path, handle, header)
             else:
-                data = np.fromfile(handle, dtype=np.uint8)
-                decoded = _decode_with_opencv(path, data, header.format)
+                if len(prefix) < HEADER_PREFIX_BYTES:
+                    # A short read means end of file, so the prefix is the whole file.
+                    data = np.frombuffer(prefix, dtype=np.uint8)
+                else:
+                    handle.seek(0)
+                    data = np.fromfile(handle, dtype=np.uint8)
+                flags = cv2.IMREAD_UNCHANGED
+                if min_size is not None and header.format == "jpeg":
+                    reduction = _jpeg_reduction(header, min_size)
+                    flags = _jpeg_reduced_flags(header, reduction)
+                decoded = _decode_with_opencv(path, data, header.format, flags)
                 pixels, alpha = _split_channels(path, decoded, header)
     except FileNotFoundError as err:
         raise InputError(path, "file not found") from err
@@ -289,18 +317,68 @@ def read_image(path: Path, max_pixels: int = 250_000_000) -> ImageData:
         format=header.format,
         icc_profile=_matching_icc_profile(path, header.icc_profile, pixels.ndim == 2),
         exif=header.exif,
+        reduction=reduction,
     )
-    logger.debug(
-        "read %s: %s %dx%d, %d-bit, %s%s",
-        path,
-        FORMAT_LABELS[image.format],
-        image.width,
-        image.height,
-        image.bit_depth,
-        "gray" if image.is_gray else "RGB",
-        "+alpha" if alpha is not None else "",
-    )
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "read %s: %s %dx%d, %d-bit, %s%s%s",
+            path,
+            FORMAT_LABELS[image.format],
+            image.width,
+            image.height,
+            image.bit_depth,
+            "gray" if image.is_gray else "RGB",
+            "+alpha" if alpha is not None else "",
+            f", decoded at 1/{reduction} scale" if reduction > 1 else "",
+        )
     return image
+
+
+# The first read of a file. It holds the header of almost every file (a JPEG's EXIF
+# block may be larger), and all of a small file, which then needs no second read.
+HEADER_PREFIX_BYTES = 1 << 16
+
+# libjpeg's DCT scaling factors that OpenCV's IMREAD_REDUCED_* flags select, largest
+# first, with the flag for color and for gray output.
+JPEG_REDUCTIONS = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+    (4, cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+    (2, cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+)
+
+
+def _jpeg_reduction(header: _Header, min_size: tuple[int, int]) -> int:
+    """Return the largest JPEG scale denominator that keeps the image >= min_size.
+
+    The factor must divide both stored sides. libjpeg rounds a scaled side up, so
+    otherwise the last row or column would average fewer pixels than the others, and
+    a later resize would shift the image by up to one reduced pixel. EXIF
+    orientations 5 to 8 swap the width and height.
+    """
+    height, width = header.height, header.width
+    if header.orientation >= 5:
+        height, width = width, height
+    min_height, min_width = min_size
+    for factor, _, _ in JPEG_REDUCTIONS:
+        if height % factor or width % factor:
+            continue
+        if height >= factor * min_height and width >= factor * min_width:
+            return factor
+    return 1
+
+
+def _jpeg_reduced_flags(header: _Header, reduction: int) -> int:
+    """Return the imdecode flags for a JPEG decode at 1/``reduction`` scale.
+
+    The reduced flags convert to color or gray, unlike IMREAD_UNCHANGED, so a gray
+    JPEG takes the gray flag. OpenCV's own EXIF rotation is turned off, because
+    read_image applies the orientation from the header.
+    """
+    for factor, color, gray in JPEG_REDUCTIONS:
+        if factor == reduction:
+            flag = gray if header.components == 1 else color
+            return flag | cv2.IMREAD_IGNORE_ORIENTATION
+    return cv2.IMREAD_UNCHANGED
 
 
 # Bytes 16 to 20 of an ICC profile header name the color space of the pixel data it
@@ -348,23 +426,31 @@ def _sniff_format(prefix: bytes) -> str | None:
     return None
 
 
-def _read_header(path: Path, handle: IO[bytes], suffix_format: str) -> _Header:
-    """Parse the header with Pillow, without decoding pixels.
+def _read_header(
+    path: Path, handle: IO[bytes], suffix_format: str, prefix: bytes
+) -> _Header:
+    """Parse the header, without decoding pixels; ``prefix`` is the file's start.
 
     The format comes from the file signature, so a JPEG named .png is read as JPEG.
-    Pillow's plugin classes are constructed directly instead of through Image.open,
-    because Image.open applies Pillow's decompression bomb limit (with the default
-    Image.MAX_IMAGE_PIXELS, above about 179 million pixels it raises
-    DecompressionBombError), which would override ``max_pixels``.
+    A JPEG with no APP1 or APP2 segment (so no EXIF, XMP or ICC profile) is parsed by
+    _scan_jpeg_header, because Pillow's parser costs more than decoding a 32x32 JPEG.
+    Everything else is parsed by Pillow. Pillow's plugin classes are constructed
+    directly instead of through Image.open, because Image.open applies Pillow's
+    decompression bomb limit (with the default Image.MAX_IMAGE_PIXELS, above about 179
+    million pixels it raises DecompressionBombError), which would override
+    ``max_pixels``.
     """
-    prefix = handle.read(32)
-    handle.seek(0)
-    file_format = _sniff_format(prefix)
+    file_format = _sniff_format(prefix[:32])
     if file_format is None:
         label = FORMAT_LABELS[suffix_format]
         raise InputError(path, f"cannot decode image: not a valid {label} file")
     if file_format != suffix_format:
         logger.debug("%s: the file contents are %s", path, FORMAT_LABELS[file_format])
+    if file_format == "jpeg":
+        scanned = _scan_jpeg_header(prefix)
+        if scanned is not None:
+            return scanned
+    handle.seek(0)
 
     # Pillow reports damaged tags through warnings.warn, so they are logged instead.
     with warnings.catch_warnings(record=True) as caught:
@@ -431,7 +517,60 @@ def _read_pillow_header(
         gray_alpha=gray_alpha,
         icc_profile=_bytes_or_none(parsed.info.get("icc_profile")),
         exif=exif,
+        components=int(getattr(parsed, "layers", 0)) if file_format == "jpeg" else 0,
     )
+
+
+# JPEG marker codes (ITU-T T.81, table B.1) that _scan_jpeg_header reads or skips:
+# start of frame for baseline, extended and progressive Huffman coding, and segments
+# that do not change the header fields (DHT, DQT, DRI, COM, APP0 and APP3 to APP15).
+JPEG_SOF_HUFFMAN = frozenset({0xC0, 0xC1, 0xC2})
+JPEG_SKIPPED_SEGMENTS = frozenset({0xC4, 0xDB, 0xDD, 0xFE, 0xE0, *range(0xE3, 0xF0)})
+JPEG_SOS = 0xDA
+
+
+def _scan_jpeg_header(data: bytes) -> _Header | None:
+    """Read a JPEG's size from its frame header, when nothing else is needed from it.
+
+    Returns None, so that Pillow parses the header instead, for anything else. That
+    covers APP1 segments (EXIF or XMP, which may hold the orientation) and APP2
+    segments (ICC profile). It also covers frames other than 8-bit baseline, extended
+    or progressive Huffman, a second frame header, a width or height of 0, other
+    markers, bytes between segments and a header that does not end within ``data``.
+    """
+    position = 2  # after the SOI marker
+    frame: bytes | None = None
+    end = len(data)
+    while True:
+        if position + 4 > end or data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte before a marker (T.81, B.1.1.2)
+            position += 1
+            continue
+        if marker == JPEG_SOS:
+            break
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        segment_end = position + 2 + length
+        if length < 2 or segment_end > end:
+            return None
+        if marker in JPEG_SOF_HUFFMAN:
+            if frame is not None:
+                return None
+            frame = data[position + 4 : segment_end]
+        elif marker not in JPEG_SKIPPED_SEGMENTS:
+            return None
+        position = segment_end
+    # A frame header starts with the sample precision, the height, the width and the
+    # number of components (T.81, B.2.2).
+    if frame is None or len(frame) < 6 or frame[0] != 8:
+        return None
+    height = int.from_bytes(frame[1:3], "big")
+    width = int.from_bytes(frame[3:5], "big")
+    components = frame[5]
+    if height == 0 or width == 0 or components not in (1, 3, 4):
+        return None
+    return _Header(format="jpeg", width=width, height=height, components=components)
 
 
 def _read_exif(path: Path, parsed: ImageFile.ImageFile) -> tuple[int, bytes | None]:
@@ -549,11 +688,13 @@ def _check_pixel_limit(path: Path, header: _Header, max_pixels: int) -> None:
         )
 
 
-def _decode_with_opencv(path: Path, data: np.ndarray, file_format: str) -> np.ndarray:
+def _decode_with_opencv(
+    path: Path, data: np.ndarray, file_format: str, flags: int = cv2.IMREAD_UNCHANGED
+) -> np.ndarray:
     # Python reads the file and OpenCV decodes it from memory. OpenCV never opens the
     # path itself, which keeps non-ASCII paths working on every platform.
     try:
-        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        decoded = cv2.imdecode(data, flags)
     except cv2.error as err:
         logger.debug("%s: OpenCV cannot decode the image: %s", path, err)
         decoded = None

@@ -47,6 +47,12 @@ ENGINES = ("local", "ray")
 # Cap on the default worker count, so that a many-core machine does not hold dozens of
 # decoded files in memory at once. --jobs sets more.
 MAX_DEFAULT_JOBS = 4
+# A worker task loads files one after the other until about this many seconds of
+# loading, up to MAX_LOAD_GROUP files, so that files that decode in microseconds
+# (32x32 JPEG files) do not pay one thread hand-off each. The size of a group follows
+# the mean load time measured so far, so slow files still go one per task.
+LOAD_GROUP_SECONDS = 0.002
+MAX_LOAD_GROUP = 16
 
 Loaded = TypeVar("Loaded")
 Inferred = TypeVar("Inferred")
@@ -59,9 +65,9 @@ class Stages(Generic[Loaded, Inferred]):
 
     ``load`` runs in worker threads, ``infer`` in the calling thread with up to
     ``batch_size`` loaded files at a time and in input order, and ``save`` in worker
-    threads. ``save`` returns the work done (megapixels, audio seconds). ``records``
-    collects what a task returns besides files, such as classification rows, keyed
-    by source path.
+    threads, or in the calling thread when ``save_inline`` is set. ``save`` returns
+    the work done (megapixels, audio seconds). ``records`` collects what a task
+    returns besides files, such as classification rows, keyed by source path.
     """
 
     load: Callable[[BatchItem], Loaded]
@@ -69,6 +75,9 @@ class Stages(Generic[Loaded, Inferred]):
     save: Callable[[BatchItem, Inferred], float]
     batch_size: int = 1
     records: dict[Path, Any] = field(default_factory=dict)
+    # Set when save only stores a result in memory: handing it to a worker thread
+    # would cost more than running it.
+    save_inline: bool = False
 
 
 class Task(Protocol):
@@ -117,9 +126,11 @@ def default_jobs(cores: int | None = None) -> int:
     prepares and finishes its calls, so half the cores keeps both busy without
     oversubscribing them.
     """
-    # TODO: on an idle 2-core machine, classify of 32x32 JPEGs ran at 0.70 to 0.83 of
-    # the serial speed with these workers (bench/pipeline.py). Small images may need a
-    # serial path or batched decoding.
+    # NOTE: classify of 32x32 JPEG files once ran at 0.70 to 0.83 of the serial speed
+    # with these workers, because each file cost two thread hand-offs. With load
+    # groups and inline saves, 2,000 such files ran as fast with 1 or 2 workers as
+    # with every stage in the calling thread (within 2 %, on the 2-core development
+    # machine beside two training jobs). A machine with idle cores was not measured.
     cores = cores or available_cores()
     return max(1, min(MAX_DEFAULT_JOBS, cores // 2))
 
@@ -172,8 +183,10 @@ def execute_task(
 class _Pending:
     index: int
     item: BatchItem
+    # Result of one file's stage, or of a load group: a list with one entry per file.
     future: Future[Any]
     seconds: float = 0.0  # time this file spent in the stages so far
+    slot: int = 0  # position of this file's entry in the load group's list
 
 
 def _timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -198,6 +211,31 @@ def _guard(item: BatchItem, step: Callable[[], Any]) -> tuple[FileResult, Any]:
     return result, values[0] if values else None
 
 
+def _load_group(
+    load: Callable[[BatchItem], Any], items: list[BatchItem]
+) -> list[tuple[tuple[FileResult, Any], float]]:
+    """Load each item in turn; each gets its own result, value and seconds."""
+    return [_timed(_guard, item, _bind(load, item)) for item in items]
+
+
+class _LoadTimer:
+    """Mean load time per file so far, which sizes the next load group."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.seconds = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.files += 1
+        self.seconds += seconds
+
+    def group_size(self) -> int:
+        if self.files == 0 or self.seconds <= 0:
+            return 1
+        mean = self.seconds / self.files
+        return max(1, min(MAX_LOAD_GROUP, int(LOAD_GROUP_SECONDS / mean)))
+
+
 def run_pipeline(
     items: Sequence[BatchItem],
     open_stages: Callable[[], Stages[Any, Any]],
@@ -210,7 +248,8 @@ def run_pipeline(
 
     ``open_stages`` is called when the first file needs work, so a rerun that only
     skips finished outputs does not load the model. An item whose output exists is
-    skipped unless ``overwrite``.
+    skipped unless ``overwrite``. Each worker task loads a group of files whose size
+    follows the mean load time (LOAD_GROUP_SECONDS), one file until it is measured.
     """
     reporter = reporter or Reporter()
     summary = BatchSummary()
@@ -231,6 +270,24 @@ def run_pipeline(
     saves: deque[_Pending] = deque()
     todo = iter(enumerate(items))
     stages: Stages[Any, Any] | None = None
+    timer = _LoadTimer()
+
+    def next_group(size: int) -> list[tuple[int, BatchItem]]:
+        """Take up to ``size`` items that need work, recording skipped ones."""
+        nonlocal stages
+        group: list[tuple[int, BatchItem]] = []
+        while len(group) < size:
+            entry = next(todo, None)
+            if entry is None:
+                break
+            index, item = entry
+            if not overwrite and _is_finished_output(item.output):
+                results[index] = FileResult(item.source, item.output, "skipped")
+                continue
+            if stages is None:
+                stages = open_stages()
+            group.append(entry)
+        return group
 
     def finish_save(pending: _Pending) -> None:
         outcome, seconds = pending.future.result()
@@ -238,8 +295,21 @@ def run_pipeline(
             outcome.seconds = pending.seconds + seconds
         results[pending.index] = outcome
 
+    def save_now(pending: _Pending, value: Any, share: float) -> None:
+        assert stages is not None
+        save = stages.save
+        item = pending.item
+        (outcome, units), seconds = _timed(_guard, item, lambda: save(item, value))
+        if outcome.status == "done":
+            outcome.units = units
+            outcome.seconds = share + seconds
+        results[pending.index] = outcome
+
     def submit_save(pending: _Pending, value: Any, share: float) -> None:
         assert stages is not None
+        if stages.save_inline:
+            save_now(pending, value, share)
+            return
         save = stages.save
         item = pending.item
 
@@ -256,20 +326,21 @@ def run_pipeline(
 
     try:
         while True:
-            # Keep the load queue full: the next batch plus a few files per worker.
-            while stages is None or len(loads) < stages.batch_size + 2 * jobs:
-                entry = next(todo, None)
-                if entry is None:
+            # Keep the load queue full: the next batch plus a few groups per worker.
+            while True:
+                size = timer.group_size()
+                if stages is not None and (
+                    len(loads) >= stages.batch_size + 2 * jobs * size
+                ):
                     break
-                index, item = entry
-                if not overwrite and _is_finished_output(item.output):
-                    results[index] = FileResult(item.source, item.output, "skipped")
-                    continue
-                if stages is None:
-                    stages = open_stages()
-                load = stages.load
-                future = pool.submit(_timed, _guard, item, _bind(load, item))
-                loads.append(_Pending(index, item, future))
+                group = next_group(size)
+                if not group:
+                    break
+                assert stages is not None
+                batch_items = [item for _, item in group]
+                future = pool.submit(_load_group, stages.load, batch_items)
+                for slot, (index, item) in enumerate(group):
+                    loads.append(_Pending(index, item, future, slot=slot))
             if not loads:
                 break
             assert stages is not None
@@ -278,7 +349,8 @@ def run_pipeline(
             values: list[Any] = []
             while loads and len(batch) < stages.batch_size:
                 pending = loads.popleft()
-                (outcome, value), seconds = pending.future.result()
+                (outcome, value), seconds = pending.future.result()[pending.slot]
+                timer.add(seconds)
                 if outcome.status != "done":
                     results[pending.index] = outcome
                     continue

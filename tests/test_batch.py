@@ -201,6 +201,17 @@ def test_collect_duplicates_once(tmp_path: Path) -> None:
     assert [item.path for item in found] == [photo]
 
 
+def test_collect_duplicates_through_linked_folder(tmp_path: Path) -> None:
+    photo = touch(tmp_path / "in" / "a.png")
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+
+    found, _ = collect_inputs(
+        [str(tmp_path / "in"), str(tmp_path / "link")], IMAGE_SUFFIXES
+    )
+
+    assert [item.path for item in found] == [photo]
+
+
 # --------------------------------------------------------------------------------------
 # plan_outputs
 

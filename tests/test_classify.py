@@ -20,8 +20,10 @@ import pytest
 from cli_helpers import run_edgefx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefx.classify import Classifier, ClassifyOptions
-from edgefx.errors import ModelError
+from edgefx.batch import collect_inputs
+from edgefx.classify import Classifier, ClassifyOptions, check_results_path
+from edgefx.errors import ModelError, UsageError
+from edgefx.imageio import FORMATS
 from edgefx.registry import sha256_of
 from edgefx.runtime import RuntimeOptions
 
@@ -404,3 +406,14 @@ def test_missing_preprocessing_needs_preset(tmp_path: Path) -> None:
     model = write_color_classifier(tmp_path / "bare.onnx", ["N", 3, 32, 32])
     with pytest.raises(ModelError, match="--preset"):
         Classifier(str(model), RuntimeOptions(device="cpu"))
+
+
+def test_results_path_through_linked_folder(images: dict[str, Path]) -> None:
+    folder = images["red"].parent
+    link = folder.parent / "linked"
+    link.symlink_to(folder)
+    inputs, _ = collect_inputs([str(link)], FORMATS)
+    # The inputs are named through the link, the --out file through the real folder.
+    with pytest.raises(UsageError, match="would replace the input"):
+        check_results_path(images["green"], inputs)
+    check_results_path(folder / "results.csv", inputs)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefx import pipeline
 from edgefx.batch import BatchItem, Reporter
 from edgefx.errors import InputError, ModelError, UsageError
 from edgefx.imageio import read_image
@@ -182,6 +183,64 @@ def test_all_skipped_never_opens(tmp_path: Path) -> None:
 
     summary = run_pipeline(items, open_fails, jobs=2)
     assert summary.skipped == 3
+
+
+def test_load_group_follows_load_time() -> None:
+    timer = pipeline._LoadTimer()
+    assert timer.group_size() == 1  # nothing measured yet
+    for _ in range(10):
+        timer.add(0.00006)  # a 32x32 JPEG file
+    assert timer.group_size() == pipeline.MAX_LOAD_GROUP
+    slow = pipeline._LoadTimer()
+    slow.add(0.0008)
+    assert slow.group_size() == 2
+    slow.add(0.05)  # a photo
+    assert slow.group_size() == 1
+
+
+def test_grouped_loads_keep_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = make_items(tmp_path, 60)
+    tracker = Tracker()
+    tasks: list[int] = []
+    load_group = pipeline._load_group
+
+    def counted(load, group):  # the engine's own function, with a call count
+        tasks.append(len(group))
+        return load_group(load, group)
+
+    monkeypatch.setattr(pipeline, "_load_group", counted)
+    reporter = Recorder()
+    summary = run_pipeline(
+        items, lambda: tracker.stages(batch_size=8), jobs=2, reporter=reporter
+    )
+    # Loads that take microseconds share worker tasks once their time is measured.
+    assert sum(tasks) == len(items)
+    assert max(tasks) > 1
+    assert reporter.names == [i.source.name for i in items]
+    assert summary.done == 59
+    failed = [r for r in summary.results if r.status == "failed"]
+    assert [r.error for r in failed] == [f"{items[3].source}: cannot decode"]
+    assert items[59].output.read_text(encoding="utf-8") == "590"
+
+
+def test_inline_save_runs_in_caller(tmp_path: Path) -> None:
+    items = make_items(tmp_path, 6)
+    tracker = Tracker()
+    threads: set[str] = set()
+
+    def save(item: BatchItem, value: int) -> float:
+        threads.add(threading.current_thread().name)
+        return tracker.save(item, value)
+
+    stages = Stages(tracker.load, tracker.infer, save, batch_size=2, save_inline=True)
+    summary = run_pipeline(items, lambda: stages, jobs=2)
+    assert threads == {threading.current_thread().name}
+    assert summary.done == 5
+    done = [r for r in summary.results if r.status == "done"]
+    assert all(r.units == 1.0 for r in done)
+    assert items[5].output.read_text(encoding="utf-8") == "50"
 
 
 def test_read_ahead_keeps_order() -> None:
