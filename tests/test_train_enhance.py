@@ -26,6 +26,8 @@ from edgefx.runtime import RuntimeOptions  # noqa: E402
 from edgefx.train.enhance import (  # noqa: E402
     SAMPLE_RATE,
     EnhanceTrainOptions,
+    babble_noise,
+    colored_noise,
     draw_mixtures,
     export_best,
     load_enhancer_checkpoint,
@@ -347,6 +349,32 @@ def test_draw_mixtures_variation_repeats_with_seed(loaded) -> None:
     )
 
     assert np.array_equal(first[0], second[0])
+
+
+def test_colored_noise_is_shaped() -> None:
+    rng = np.random.default_rng(2)
+    noises = [colored_noise(SAMPLE_RATE, rng) for _ in range(8)]
+
+    low_to_high = []
+    for noise in noises:
+        assert noise.shape == (SAMPLE_RATE,)
+        assert np.all(np.isfinite(noise))
+        power = np.abs(np.fft.rfft(noise)) ** 2
+        low_to_high.append(power[100:1000].mean() / power[5000:8000].mean())
+    # White noise has a ratio near 1; random slopes and bumps spread it widely.
+    assert max(low_to_high) / min(low_to_high) > 10
+
+
+def test_babble_mixes_several_talkers(loaded) -> None:
+    speech, _ = loaded
+    weights = np.full(len(speech), 1 / len(speech))
+
+    babble = babble_noise(speech, weights, 8000, np.random.default_rng(4))
+
+    assert babble.shape == (8000,)
+    assert babble.dtype == np.float32
+    # Each of three or more talkers is scaled to unit RMS before mixing.
+    assert np.sqrt(np.mean(babble.astype(np.float64) ** 2)) > 1.0
 
 
 def test_draw_mixtures_repeat_with_seed(loaded) -> None:

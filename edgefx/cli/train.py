@@ -298,6 +298,16 @@ def train_enhance(
             "more mixtures from the low end of the SNR range."
         ),
     ] = True,
+    noise_validation_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Share of the noise files kept out of training and used to score "
+            "the model on noises it has not heard (at least one file when there "
+            "are two or more).",
+            min=0.0,
+            max=0.5,
+        ),
+    ] = 0.1,
     si_sdr_weight: Annotated[
         float,
         typer.Option(
@@ -353,6 +363,7 @@ def train_enhance(
             snr_low=snr_low,
             snr_high=snr_high,
             variation=variation,
+            noise_validation_fraction=noise_validation_fraction,
             si_sdr_weight=si_sdr_weight,
             init=init,
             threads=threads,

@@ -48,6 +48,7 @@ class EnhanceTrainOptions:
     hidden: int = 72
     embedding: int = 64
     validation_fraction: float = 0.05
+    noise_validation_fraction: float = 0.1
     checkpoint_every: int = 100
     validate_every: int = 250
     seed: int = 0
@@ -132,6 +133,44 @@ def _varied_crop(
     return piece
 
 
+# Shares of the backgrounds that draw_mixtures makes up instead of taking them from the
+# noise recordings, when it varies the noise.
+BABBLE_SHARE = 0.1
+COLORED_NOISE_SHARE = 0.1
+
+
+def babble_noise(
+    speech: list[np.ndarray],
+    weights: np.ndarray,
+    length: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Mix three to seven random speech stretches at levels within +-3 dB."""
+    talkers = int(rng.integers(3, 8))
+    mixture = np.zeros(length, np.float32)
+    for _ in range(talkers):
+        voice = _crop(speech[int(rng.choice(len(speech), p=weights))], length, rng)
+        gain = 10 ** (rng.uniform(-3, 3) / 20) / _rms(voice)
+        mixture += (voice * gain).astype(np.float32)
+    return mixture
+
+
+def colored_noise(length: int, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise with a random smooth spectrum.
+
+    The gain in dB follows a slope of -6 to +2 dB per octave plus two to four bumps of
+    up to +-10 dB, each about an octave wide, at random frequencies.
+    """
+    spectrum = np.fft.rfft(rng.standard_normal(length))
+    octaves = np.log2(np.maximum(np.fft.rfftfreq(length, 1 / SAMPLE_RATE), 50.0) / 50)
+    gain_db = rng.uniform(-6, 2) * octaves
+    for _ in range(int(rng.integers(2, 5))):
+        centre = rng.uniform(0, octaves[-1])
+        gain_db += rng.uniform(-10, 10) * np.exp(-0.5 * ((octaves - centre) / 0.5) ** 2)
+    shaped = np.fft.irfft(spectrum * 10 ** (gain_db / 20), n=length)
+    return shaped.astype(np.float32)
+
+
 def draw_mixtures(
     speech: list[np.ndarray],
     noise: list[np.ndarray],
@@ -153,8 +192,11 @@ def draw_mixtures(
     With ``variation``, the noise recordings are stretched into new ones: half of them
     are played 0.8 to 1.25 times as fast (which shifts their pitch too), and three in
     ten get a slow random loudness envelope of +-6 dB, so that a few dozen noise files
-    stand for many more. Two SNRs in five are then drawn from the lowest 10 dB of the
-    range, where the model has the most to learn.
+    stand for many more. One background in ten is babble (three to seven other
+    utterances of the speech set at once) and one in ten stationary noise with a random
+    smooth spectrum, two kinds of noise that few recordings cover. Two SNRs in five
+    are then drawn from the lowest 10 dB of the range, where the model has the most to
+    learn.
     """
     weights = np.asarray([len(s) for s in speech], np.float64)
     weights /= weights.sum()
@@ -173,7 +215,12 @@ def draw_mixtures(
         if extremes and rng.random() < 0.05:
             voice[:] = 0  # noise alone: the model must learn to remove it all
         recording = noise[int(rng.integers(len(noise)))]
-        if variation:
+        kind = rng.random() if variation else 1.0
+        if kind < BABBLE_SHARE:
+            background = _tilt(babble_noise(speech, weights, length, rng), rng)
+        elif kind < BABBLE_SHARE + COLORED_NOISE_SHARE:
+            background = colored_noise(length, rng)
+        elif variation:
             background = _tilt(_varied_crop(recording, length, rng), rng)
         else:
             background = _tilt(_crop(recording, length, rng), rng)
@@ -313,20 +360,27 @@ def train(options: EnhanceTrainOptions) -> Path:
         options.validation_fraction,
         options.seed,
     )
-    noise = load_recordings(sorted(options.noise), minimum_seconds=0.1)
+    # Held-out noise files make the validation score measure how the model does on
+    # noises it has not heard, which is what users feed it.
+    noise, validation_noise = split_recordings(
+        load_recordings(sorted(options.noise), minimum_seconds=0.1),
+        options.noise_validation_fraction,
+        options.seed,
+    )
     logger.info(
-        "%d training and %d validation speech files (%.1f min), %d noise files "
-        "(%.1f min)",
+        "%d training and %d validation speech files (%.1f min), %d training and %d "
+        "validation noise files (%.1f min of training noise)",
         len(speech),
         len(validation_speech),
         sum(map(len, speech)) / SAMPLE_RATE / 60,
         len(noise),
+        len(validation_noise) if validation_noise is not noise else 0,
         sum(map(len, noise)) / SAMPLE_RATE / 60,
     )
     length = int(options.seconds * SAMPLE_RATE)
     validation_noisy, validation_clean = draw_mixtures(
         validation_speech,
-        noise,
+        validation_noise,
         48,
         4 * SAMPLE_RATE,
         np.random.default_rng(options.seed + 12345),
