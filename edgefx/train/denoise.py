@@ -355,6 +355,8 @@ def export_best(
         "noise": f"additive white Gaussian, sigma uniform in 0-{options.max_sigma:g}",
         "validation_psnr_sigma25": round(float(state["best_psnr"]), 3),
     }
+    if options.init is not None:
+        training["initialized_from"] = options.init.name
     metadata = denoiser_metadata(model, name or out_path.stem, "1", training)
     metadata.update(extra_metadata or {})
     export_denoiser(model, out_path, metadata)
