@@ -3,7 +3,8 @@
 libsndfile, through the soundfile package, decodes and encodes the samples. Reading
 goes block by block, so memory stays bounded for long recordings. Writing goes to a
 temporary file beside the output, which replaces the output only when the whole file
-is written.
+is written. An output in an object store is uploaded from a local temporary file once
+the whole file is written.
 Facts about libsndfile below were checked with soundfile 0.14.0 and libsndfile 1.2.2.
 NOTE: libmpg123, which decodes MP3 inside libsndfile, prints warnings such as
 "Warning: Xing stream size off" and decoder errors straight to stderr, in lines that
@@ -33,6 +34,7 @@ from edgefx.errors import InputError, OutputError, UsageError
 # reading it means setting it. The outputs here get the same mode as fsutil's.
 from edgefx.fsutil import _UMASK as UMASK
 from edgefx.fsutil import TEMP_PREFIX, describe_os_error
+from edgefx.objectstore import ObjectPath, upload_file
 
 logger = logging.getLogger(__name__)
 
@@ -563,8 +565,10 @@ class AudioWriter:
 
     The blocks go to a temporary file in the output's directory, named with
     fsutil.TEMP_PREFIX, which replaces ``path`` when the ``with`` block ends without an
-    exception. On any exception, KeyboardInterrupt included, the temporary file is
-    removed and ``path`` is left as it was. ``format`` is a format name ("wav") or a
+    exception. For an ObjectPath, the temporary file is in the system's temporary
+    directory and is uploaded as the object, then removed. On any exception,
+    KeyboardInterrupt included, the temporary file is removed and ``path`` is left as
+    it was. ``format`` is a format name ("wav") or a
     soundfile major format ("WAV") and defaults to the one of the path's suffix.
     ``subtype`` defaults to soundfile's default for the format (PCM_16 for WAV).
 
@@ -574,13 +578,13 @@ class AudioWriter:
 
     def __init__(
         self,
-        path: Path | str,
+        path: Path | str | ObjectPath,
         rate: int,
         channels: int,
         format: str | None = None,
         subtype: str | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = path if isinstance(path, ObjectPath) else Path(path)
         if format is None:
             suffix_format = FORMAT_FOR_SUFFIX.get(self.path.suffix.lower())
             if suffix_format is None:
@@ -611,9 +615,15 @@ class AudioWriter:
             raise RuntimeError("an AudioWriter can be entered only once")
         self._entered = True
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(self.path, ObjectPath):
+                # NOTE: a killed run leaves this file in the temporary directory,
+                # where remove_stale_temporaries does not look.
+                folder = None
+            else:
+                folder = self.path.parent
+                folder.mkdir(parents=True, exist_ok=True)
             self._descriptor, name = tempfile.mkstemp(
-                prefix=TEMP_PREFIX, suffix=self.path.suffix, dir=self.path.parent
+                prefix=TEMP_PREFIX, suffix=self.path.suffix, dir=folder
             )
         except OSError as err:
             raise OutputError(self.path, describe_os_error(err)) from err
@@ -763,6 +773,12 @@ class AudioWriter:
         except OSError as err:
             raise OutputError(self.path, describe_os_error(err)) from err
         self._check_frames_written()
+        if isinstance(self.path, ObjectPath):
+            # The file is uploaded only once it is complete and checked. When the
+            # upload fails, __exit__ removes the temporary file.
+            upload_file(self._temporary, self.path)
+            self._discard()
+            return
         try:
             os.chmod(self._temporary, 0o666 & ~UMASK)
             os.replace(self._temporary, self.path)

@@ -3,7 +3,8 @@
 A batch maps every input file to one output path under the output directory, mirroring
 the input tree. An output that already exists is skipped unless overwrite is set, and
 every output is written atomically, so an interrupted batch resumes where it stopped
-when the same command runs again.
+when the same command runs again. The output directory is a local path or a prefix in
+an object store (edgefx.objectstore), with the same rules.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ from edgefx.errors import (
     UsageError,
 )
 from edgefx.fsutil import TEMP_PREFIX, find_unwritable_folder
+from edgefx.objectstore import (
+    ObjectPath,
+    OutputPath,
+    check_prefix,
+    is_finished_object,
+    parse_output,
+)
 from edgefx.text import count_noun, throughput_line
 
 logger = logging.getLogger(__name__)
@@ -44,13 +52,13 @@ class InputFile:
 @dataclass(frozen=True)
 class BatchItem:
     source: Path
-    output: Path
+    output: OutputPath
 
 
 @dataclass
 class FileResult:
     source: Path
-    output: Path | None
+    output: OutputPath | None
     status: str  # "done", "skipped" or "failed"
     error: str | None = None
     seconds: float = 0.0
@@ -86,16 +94,17 @@ class BatchSummary:
 class BatchOptions:
     """Output settings: the output directory and the policy for existing outputs.
 
-    ``out_dir`` may be given as a ``str`` or any path-like object; it is stored as a
-    ``Path``.
+    ``out_dir`` may be given as a ``str``, any path-like object or an ObjectPath. A
+    string with a URI scheme (``s3://bucket/prefix``) is stored as an ObjectPath and
+    anything else as a ``Path``.
     """
 
-    out_dir: Path
+    out_dir: OutputPath
     recursive: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "out_dir", parse_output(self.out_dir))
 
 
 class Reporter:
@@ -316,7 +325,7 @@ def check_out_dir_writable(out_dir: Path) -> None:
 
 def plan_outputs(
     inputs: Sequence[InputFile],
-    out_dir: Path,
+    out_dir: OutputPath,
     suffix_for: Callable[[Path], str],
 ) -> list[BatchItem]:
     """Map inputs to output paths under ``out_dir``, mirroring their relative paths.
@@ -332,15 +341,15 @@ def plan_outputs(
     # same directory (a.jpg -> a.png with --format png); it is left out, not denoised
     # again, and it does not count as an output that replaces its input.
     written_by_other = {
-        output.resolve()
+        _output_key(output)
         for entry, output in planned
-        if output.resolve() != entry.path.resolve()
+        if _output_key(output) != entry.path.resolve()
     }
 
     items: list[BatchItem] = []
-    owners: dict[Path, Path] = {}
+    owners: dict[OutputPath, Path] = {}
     for entry, output in planned:
-        key = output.resolve()
+        key = _output_key(output)
         if entry.path.resolve() in written_by_other:
             continue
         if key == entry.path.resolve():
@@ -358,20 +367,26 @@ def plan_outputs(
     return items
 
 
+def _output_key(output: OutputPath) -> OutputPath:
+    """Return what identifies an output: its resolved path, or the object itself."""
+    return output if isinstance(output, ObjectPath) else output.resolve()
+
+
 # A temporary output older than this was left by a process that was killed (SIGKILL,
 # power loss) mid-write. Younger ones may belong to another edgefx run writing to the
 # same directory right now, so they are left alone.
 STALE_TEMPORARY_SECONDS = 3600.0
 
 
-def remove_stale_temporaries(out_dir: Path) -> int:
+def remove_stale_temporaries(out_dir: OutputPath) -> int:
     """Delete temporary outputs that killed runs left under ``out_dir``; count them.
 
     Every file named ``TEMP_PREFIX*`` (hidden, in ``out_dir`` or any subfolder) that
     is older than STALE_TEMPORARY_SECONDS is removed. Younger ones are kept and
-    counted in a log line, because a run writing there right now owns them.
+    counted in a log line, because a run writing there right now owns them. An object
+    store prefix has none, because its outputs are uploaded without temporaries.
     """
-    if not out_dir.is_dir():
+    if isinstance(out_dir, ObjectPath) or not out_dir.is_dir():
         return 0
     removed = 0
     kept = 0
@@ -439,12 +454,14 @@ def run_batch(
     return summary
 
 
-def _is_finished_output(path: Path) -> bool:
+def _is_finished_output(path: OutputPath) -> bool:
     """Tell whether ``path`` is a finished output that a rerun may skip.
 
     edgefx never leaves an empty file, so an empty file (or a directory) at the output
-    path came from elsewhere and is not taken as done.
+    path came from elsewhere and is not taken as done. The same holds for objects.
     """
+    if isinstance(path, ObjectPath):
+        return is_finished_object(path)
     try:
         return path.is_file() and path.stat().st_size > 0
     except OSError:
@@ -495,19 +512,29 @@ def plan_batch(
     Returns the planned items and a failed result for each named path that is missing.
     Raises UsageError when no input of ``kind`` ("image", "audio") is found, when
     plan_outputs finds a clash, or when an output is due but the output folder is not
-    writable, before any file is touched.
+    writable, before any file is touched. An object store prefix is checked with
+    check_prefix instead, because inputs are local files and cannot be inside it.
     """
-    check_out_dir(batch.out_dir)
+    out_dir = batch.out_dir
+    if isinstance(out_dir, ObjectPath):
+        check_prefix(out_dir)
+    else:
+        check_out_dir(out_dir)
     inputs, missing = collect_inputs(
-        paths, suffixes, recursive=batch.recursive, exclude=batch.out_dir
+        paths,
+        suffixes,
+        recursive=batch.recursive,
+        exclude=None if isinstance(out_dir, ObjectPath) else out_dir,
     )
     if not inputs:
         reasons = "; ".join(m.error or "" for m in missing)
         raise UsageError(reasons or no_inputs_message(paths, kind, batch.recursive))
-    items = plan_outputs(inputs, batch.out_dir, suffix_for)
+    items = plan_outputs(inputs, out_dir, suffix_for)
+    if isinstance(out_dir, ObjectPath):
+        return items, missing
     # A rerun whose outputs all exist writes nothing, so it may run on a read-only copy.
     if batch.overwrite or not all(_is_finished_output(i.output) for i in items):
-        check_out_dir_writable(batch.out_dir)
+        check_out_dir_writable(out_dir)
     return items, missing
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgefx.objectstore import ObjectPath
 
 
 class EdgefxError(Exception):
@@ -47,9 +51,9 @@ class InputError(EdgefxError):
 
 
 class OutputError(EdgefxError):
-    """An output file cannot be written (read-only directory, full disk)."""
+    """An output cannot be written (read-only directory, full disk, failed upload)."""
 
-    def __init__(self, path: Path | str, reason: str) -> None:
+    def __init__(self, path: Path | str | ObjectPath, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
+        self.path = Path(path) if isinstance(path, str) else path
         self.reason = reason

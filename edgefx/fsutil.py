@@ -1,4 +1,7 @@
-"""Atomic file writes: a temporary file in the target's directory, then a rename."""
+"""Atomic file writes: a temporary file in the target's directory, then a rename.
+
+An output in an object store is uploaded in one piece instead (edgefx.objectstore).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from edgefx.errors import OutputError, UsageError
+from edgefx.objectstore import ObjectPath, write_object
 
 # Temporary files start with this prefix so that a resumed batch can tell them apart
 # from finished outputs and never mistakes a half-written file for a done one.
@@ -27,12 +31,15 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path | ObjectPath, data: bytes) -> None:
     """Write ``data`` to ``path``; readers see either the old file or the new one.
 
-    Raises OutputError for a missing or read-only directory and for a full disk; no
-    partial file is left behind in either case.
+    Raises OutputError for a missing or read-only directory, for a full disk and for
+    a failed upload. No partial file or object is left behind in any case.
     """
+    if isinstance(path, ObjectPath):
+        write_object(path, data)
+        return
     descriptor = -1
     temporary = ""
     try:

@@ -37,6 +37,7 @@ from PIL import (
 
 from edgefx.errors import EdgefxError, InputError, OutputError, UsageError
 from edgefx.fsutil import atomic_write_bytes, describe_os_error
+from edgefx.objectstore import ObjectPath, parse_output
 
 # OpenCV logs decoder warnings and errors straight to stderr, in lines that name no
 # file. Every decode failure here becomes an InputError with the path instead.
@@ -790,18 +791,19 @@ ORIENTATION_TRANSFORMS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def write_image(
-    path: Path,
+    path: Path | ObjectPath,
     image: ImageData,
     format: str | None = None,
     quality: int | None = None,
 ) -> None:
     """Encode ``image`` and write it to ``path`` atomically.
 
-    The format comes from the suffix of ``path`` when ``format`` is None. Raises
-    UsageError for an unknown format or one that cannot store the image (see
-    encode_image), and OutputError when encoding or writing fails.
+    ``path`` is a file or an object in an object store, which gets the encoded bytes
+    in one upload. The format comes from the suffix of ``path`` when ``format`` is
+    None. Raises UsageError for an unknown format or one that cannot store the image
+    (see encode_image), and OutputError when encoding or writing fails.
     """
-    path = Path(path)
+    path = parse_output(path)
     if format is None:
         inferred = FORMATS.get(path.suffix.lower())
         if inferred is None:

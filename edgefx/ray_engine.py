@@ -5,7 +5,11 @@ Ray Data splits the planned items into blocks and hands them to a pool of worker
 actors. Each actor opens the task once (one ONNX Runtime session) and runs the local
 pipeline on every block it receives, so the skip rule, the atomic writes and the
 per-file error messages are the local engine's own. Outputs are written by the
-actors, so the output directory must be a filesystem that every node mounts.
+actors, so the output directory must be a filesystem that every node mounts at the same
+path, or an object store URI (``s3://bucket/prefix``) that every node can reach. Each
+actor opens the object store itself, with the credentials of its node (for S3, the
+AWS_* environment variables, ~/.aws files or the instance's role), and uploads each
+output in one piece, so a reader never sees part of an object.
 
 Ray is an optional dependency: ``pip install "edgefx[ray]"``.
 """
@@ -95,7 +99,7 @@ class _Worker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [
-            BatchItem(Path(source), Path(output))
+            BatchItem(Path(source), pickle.loads(output))
             for source, output in zip(batch["source"], batch["output"], strict=True)
         ]
         try:
@@ -210,8 +214,14 @@ def _run(
 
     task, cpus, gpus = _actor_resources(task)
     actors = _actor_count(engine, len(items), cpus, gpus, ray)
+    # Outputs travel pickled, because an ObjectPath keeps the URI's query parameters,
+    # which its str() leaves out.
     rows = [
-        {"index": index, "source": str(item.source), "output": str(item.output)}
+        {
+            "index": index,
+            "source": str(item.source),
+            "output": pickle.dumps(item.output),
+        }
         for index, item in enumerate(items)
     ]
     # At least two blocks per actor, so that no actor waits for the others' blocks.

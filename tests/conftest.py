@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cli_helpers import run_edgefx
+from s3_helpers import DUMMY_AWS_ENV, S3TestServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,3 +44,25 @@ def data_dir(repo_root: Path) -> Path:
 def run_cli() -> RunCli:
     """The ``run_edgefx`` function: ``run_cli(*args, cwd=None, env=None)``."""
     return run_edgefx
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3TestServer]:
+    """An S3-compatible server (moto) on loopback, with dummy AWS credentials.
+
+    The credentials and the other DUMMY_AWS_ENV variables are set in this process for
+    the session, and CLI runs inherit them. Tests that use it skip where moto or
+    pyarrow is not installed.
+    """
+    pytest.importorskip("pyarrow.fs", reason="pyarrow is not installed")
+    pytest.importorskip(
+        "moto.server",
+        reason='moto is not installed; pip install "moto[server]" (in the dev extra)',
+    )
+    patch = pytest.MonkeyPatch()
+    for name, value in DUMMY_AWS_ENV.items():
+        patch.setenv(name, value)
+    server = S3TestServer()
+    yield server
+    server.stop()
+    patch.undo()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from s3_helpers import DUMMY_AWS_ENV
 
 ray = pytest.importorskip(
     "ray", reason='Ray is not installed; pip install -e ".[ray]" to run these tests'
@@ -32,12 +33,17 @@ CPU = RuntimeOptions(device="cpu", threads=1)
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> object:
-    """Local Ray instance for this module, yielding its GCS address."""
+    """Local Ray instance for this module, yielding its GCS address.
+
+    Its workers get the dummy AWS settings of the s3_server fixture, for the test
+    that writes to it.
+    """
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
         _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": DUMMY_AWS_ENV},
     )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
@@ -112,6 +118,20 @@ def test_denoise_ray_rerun_skips(denoise_runs, image_inputs: Path) -> None:
     assert summary.skipped == 6
     assert summary.done == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_denoise_ray_s3_same_objects(
+    denoise_runs, s3_server, image_inputs: Path
+) -> None:
+    local, local_out = denoise_runs["local"]
+    paths = [str(image_inputs), str(image_inputs / "missing.png")]
+    batch = BatchOptions(s3_server.uri("ray"))
+    remote = denoise_files(paths, batch, runtime=CPU, engine=RAY)
+    local_files = {p.name: p.read_bytes() for p in local_out.iterdir()}
+    assert len(local_files) == 6
+    assert s3_server.objects("ray") == local_files
+    assert failures(remote) == failures(local)
+    assert statuses(remote) == statuses(local)
 
 
 def test_classify_ray_same_rows(ray_cluster: object, image_inputs: Path) -> None:

@@ -42,6 +42,7 @@ from edgefx.cli.train import train_app
 
 if TYPE_CHECKING:
     from edgefx.classify import ClassifyRow
+    from edgefx.objectstore import ObjectPath
 
 app = typer.Typer(
     name="edgefx",
@@ -108,11 +109,12 @@ def denoise(
         ),
     ],
     out: Annotated[
-        Path,
+        str,
         typer.Option(
             "--out",
             "-o",
-            help="Output directory; the input tree is mirrored inside it.",
+            help="Output directory, or an object store prefix such as "
+            "s3://bucket/prefix (needs pyarrow); the input tree is mirrored inside it.",
         ),
     ],
     sigma: Annotated[
@@ -166,6 +168,7 @@ def denoise(
         configure_logging(-1 if quiet else verbose)
     from edgefx.batch import BatchOptions
     from edgefx.denoise import DenoiseOptions, denoise_files
+    from edgefx.objectstore import parse_output
     from edgefx.pipeline import EngineOptions
     from edgefx.runtime import RuntimeOptions
 
@@ -177,7 +180,9 @@ def denoise(
         )
         engine_options = EngineOptions(engine.value, jobs, ray_address)
         options = DenoiseOptions(sigma=sigma, tile=tile)
-        batch = BatchOptions(out_dir=out, recursive=recursive, overwrite=overwrite)
+        batch = BatchOptions(
+            out_dir=parse_output(out), recursive=recursive, overwrite=overwrite
+        )
         with ProgressReporter("denoise") as reporter:
             summary = denoise_files(
                 paths,
@@ -232,11 +237,12 @@ def classify(
         ),
     ] = None,
     out: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--out",
             "-o",
-            help="Write the csv or jsonl results to this file instead of stdout.",
+            help="Write the csv or jsonl results to this file, or to an object store "
+            "URI such as s3://bucket/results.csv (needs pyarrow), instead of stdout.",
         ),
     ] = None,
     batch_size: Annotated[
@@ -287,17 +293,21 @@ def classify(
     if verbose or quiet:
         configure_logging(-1 if quiet else verbose)
     from edgefx.classify import ClassifyOptions, classify_files
+    from edgefx.objectstore import ObjectPath, check_object, parse_output
     from edgefx.pipeline import EngineOptions
     from edgefx.runtime import RuntimeOptions
 
     # The results are printed or written once every image is classified, so a stopped
     # run leaves nothing to resume from.
     with handle_errors("no results were written; run the same command again"):
-        result_format = _classify_result_format(result_format, out)
-        if out is not None and out.is_dir():
+        results = parse_output(out) if out is not None else None
+        result_format = _classify_result_format(result_format, results)
+        if isinstance(results, ObjectPath):
+            check_object(results)
+        elif results is not None and results.is_dir():
             from edgefx.errors import UsageError
 
-            raise UsageError(f"--out {out} is a directory; give a file path")
+            raise UsageError(f"--out {results} is a directory; give a file path")
         runtime = RuntimeOptions(
             device=device.value,
             threads=threads,
@@ -316,9 +326,11 @@ def classify(
                 preset=preset.value if preset else None,
                 reporter=reporter,
                 engine=engine_options,
-                results_path=out,
+                # An object cannot be one of the local inputs, so only a local file
+                # needs classify_files's checks.
+                results_path=results if isinstance(results, Path) else None,
             )
-        _write_classify_rows(rows, result_format, out)
+        _write_classify_rows(rows, result_format, results)
     print_summary(summary, writes_outputs=False)
     raise typer.Exit(summary.exit_code)
 
@@ -331,7 +343,7 @@ _SUFFIX_FORMATS = {
 
 
 def _classify_result_format(
-    result_format: ResultFormat | None, out: Path | None
+    result_format: ResultFormat | None, out: Path | ObjectPath | None
 ) -> ResultFormat:
     """Return --format, else the format the --out suffix names, else table."""
     from edgefx.errors import UsageError
@@ -353,7 +365,7 @@ def _classify_result_format(
 
 
 def _write_classify_rows(
-    rows: list[ClassifyRow], result_format: ResultFormat, out: Path | None
+    rows: list[ClassifyRow], result_format: ResultFormat, out: Path | ObjectPath | None
 ) -> None:
     if result_format is ResultFormat.table:
         from rich.console import Console
@@ -418,11 +430,12 @@ def enhance(
         ),
     ],
     out: Annotated[
-        Path,
+        str,
         typer.Option(
             "--out",
             "-o",
-            help="Output directory; the input tree is mirrored inside it.",
+            help="Output directory, or an object store prefix such as "
+            "s3://bucket/prefix (needs pyarrow); the input tree is mirrored inside it.",
         ),
     ],
     atten_limit: Annotated[
@@ -468,6 +481,7 @@ def enhance(
         configure_logging(-1 if quiet else verbose)
     from edgefx.batch import BatchOptions
     from edgefx.enhance import EnhanceOptions, enhance_files
+    from edgefx.objectstore import parse_output
     from edgefx.pipeline import EngineOptions
     from edgefx.runtime import RuntimeOptions
 
@@ -479,7 +493,9 @@ def enhance(
         )
         engine_options = EngineOptions(engine.value, jobs, ray_address)
         options = EnhanceOptions(atten_limit_db=atten_limit)
-        batch = BatchOptions(out_dir=out, recursive=recursive, overwrite=overwrite)
+        batch = BatchOptions(
+            out_dir=parse_output(out), recursive=recursive, overwrite=overwrite
+        )
         with ProgressReporter("enhance") as reporter:
             summary = enhance_files(
                 paths,
