@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pickle
 import time
 from collections.abc import Sequence
@@ -58,15 +59,21 @@ def _import_ray() -> Any:
 def connect(address: str | None) -> bool:
     """Connect to the Ray cluster at ``address``, or start a local one for None.
 
-    A local instance listens on the loopback interface only. Returns whether this
-    call started the connection, in which case the caller shuts it down. A process
-    already connected (a test, a notebook) keeps its connection.
+    A local instance is told to use the loopback address, and its usage statistics
+    (which Ray would send to Anyscale) are off unless RAY_USAGE_STATS_ENABLED is set.
+    Returns whether this call started the connection, in which case the caller shuts
+    it down. A process already connected (a test, a notebook) keeps its connection.
+
+    NOTE: some Ray processes were seen listening on a non-loopback interface even
+    with the loopback node address (Ray 2.x on this machine); a firewall, not this
+    setting, is what keeps a local instance private.
     """
     ray = _import_ray()
     if ray.is_initialized():
         return False
     try:
         if address is None:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(
                 address="local",
                 include_dashboard=False,

@@ -7,6 +7,7 @@ where the ``ray`` extra is not installed.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def ray_cluster() -> object:
     Its workers get the dummy AWS settings of the s3_server fixture, for the test
     that writes to it.
     """
+    # Ray's usage statistics would look up cloud metadata and report to Anyscale.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
         num_cpus=2,
         include_dashboard=False,
