@@ -2,9 +2,9 @@
 
 An ``--out`` value that starts with a URI scheme names a prefix or an object in an
 object store, and any other value is a local path. pyarrow.fs.FileSystem.from_uri opens
-the store, so every scheme that the installed pyarrow supports is accepted (s3://,
-gs://, and more), and the URI's query parameters configure it (for S3:
-``endpoint_override``, ``region``, ``scheme``). Credentials come from pyarrow's
+the store. Only s3:// is accepted, because it is the scheme tested against a server,
+and the URI's query parameters configure it (``endpoint_override``, ``region``,
+``scheme``). Credentials come from pyarrow's
 defaults, for S3 the AWS_* environment variables, then ~/.aws/credentials and
 ~/.aws/config, then the EC2 instance metadata service.
 
@@ -34,6 +34,8 @@ URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # pyarrow filesystems whose paths start with a bucket (S3, Google Cloud Storage) or a
 # container (Azure), which must exist before objects are written into it.
 BUCKET_FILESYSTEMS = frozenset({"s3", "gcs", "abfs"})
+# URI schemes that --out accepts: the ones tested against a real server.
+SUPPORTED_SCHEMES = frozenset({"s3"})
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,20 @@ def parse_output(value: str | os.PathLike[str] | ObjectPath) -> OutputPath:
     if not URI_SCHEME.match(text):
         return Path(text)
     parts = urlsplit(text)
-    if parts.scheme.lower() == "file":
+    scheme = parts.scheme.lower()
+    if scheme == "file":
         return Path(unquote(parts.path))
+    shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    if scheme not in SUPPORTED_SCHEMES:
+        # TODO: gs:// and other pyarrow schemes need a bounded retry time first:
+        # without credentials, pyarrow's GCS filesystem retried for 15 minutes in a
+        # native call that ignored SIGTERM.
+        raise UsageError(
+            f"--out {shown}: unsupported object store scheme {parts.scheme}://; "
+            "use s3:// (S3-compatible servers through ?endpoint_override=HOST:PORT)"
+        )
+    if not parts.hostname:
+        raise UsageError(f"--out {shown}: missing bucket name; use s3://BUCKET/PREFIX")
     return ObjectPath(text)
 
 

@@ -208,10 +208,16 @@ def test_out_uri_rejected(
         denoise_files([str(image_inputs)], batch, runtime=CPU)
 
 
-def test_unknown_scheme_rejected(image_inputs: Path) -> None:
-    pytest.importorskip("pyarrow.fs", reason="pyarrow is not installed")
-    with pytest.raises(UsageError, match="--out nope://bucket/out: Unrecognized"):
-        denoise_files([str(image_inputs)], BatchOptions("nope://bucket/out"))
+@pytest.mark.parametrize("uri", ["nope://bucket/out", "gs://bucket/out"])
+def test_unsupported_scheme_rejected(image_inputs: Path, uri: str) -> None:
+    with pytest.raises(UsageError, match=f"--out {uri}: unsupported object store"):
+        denoise_files([str(image_inputs)], BatchOptions(uri))
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3://?endpoint_override=127.0.0.1:9"])
+def test_missing_bucket_rejected(image_inputs: Path, uri: str) -> None:
+    with pytest.raises(UsageError, match="missing bucket name"):
+        denoise_files([str(image_inputs)], BatchOptions(uri))
 
 
 def test_cli_classify_results_s3(
