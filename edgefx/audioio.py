@@ -33,7 +33,7 @@ from edgefx.errors import InputError, OutputError, UsageError
 # fsutil reads the umask once at import, before any worker thread exists, because
 # reading it means setting it. The outputs here get the same mode as fsutil's.
 from edgefx.fsutil import _UMASK as UMASK
-from edgefx.fsutil import TEMP_PREFIX, describe_os_error
+from edgefx.fsutil import TEMP_PREFIX, describe_os_error, interrupts_deferred
 from edgefx.objectstore import ObjectPath, upload_file
 
 logger = logging.getLogger(__name__)
@@ -622,12 +622,18 @@ class AudioWriter:
             else:
                 folder = self.path.parent
                 folder.mkdir(parents=True, exist_ok=True)
-            self._descriptor, name = tempfile.mkstemp(
-                prefix=TEMP_PREFIX, suffix=self.path.suffix, dir=folder
-            )
+            with interrupts_deferred():
+                self._descriptor, name = tempfile.mkstemp(
+                    prefix=TEMP_PREFIX, suffix=self.path.suffix, dir=folder
+                )
+                self._temporary = Path(name)
         except OSError as err:
             raise OutputError(self.path, describe_os_error(err)) from err
-        self._temporary = Path(name)
+        except BaseException:
+            # A signal held back above is raised as the block ends, before any
+            # __exit__ could run, so the temporary file is removed here.
+            self._discard()
+            raise
         try:
             self._file = sf.SoundFile(
                 self._descriptor,
@@ -805,6 +811,10 @@ class AudioWriter:
 
     def _discard(self) -> None:
         """Close and remove the temporary file, ignoring errors."""
+        with interrupts_deferred():
+            self._discard_now()
+
+    def _discard_now(self) -> None:
         file, self._file = self._file, None
         if file is not None:
             with contextlib.suppress(Exception):

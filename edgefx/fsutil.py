@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgefx.errors import OutputError, UsageError
@@ -44,9 +47,10 @@ def atomic_write_bytes(path: Path | ObjectPath, data: bytes) -> None:
     temporary = ""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(
-            prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent
-        )
+        with interrupts_deferred():
+            descriptor, temporary = tempfile.mkstemp(
+                prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent
+            )
         with os.fdopen(descriptor, "wb") as handle:
             descriptor = -1
             handle.write(data)
@@ -131,3 +135,25 @@ def check_output_file(path: Path, temporary_names: tuple[str, ...] = ()) -> None
             f"{longest - name_max} bytes (this file system allows {name_max} bytes "
             "per name, including the temporary files written next to it)"
         )
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs, then deliver them.
+
+    Python runs signal handlers between bytecodes, so a Ctrl-C or SIGTERM could land
+    between creating a temporary file and recording its name, and no cleanup would know
+    the file. Blocking the signals for those few statements closes that gap. Only the
+    main thread of a POSIX process can do this; elsewhere the block runs as it is.
+    """
+    if not hasattr(signal, "pthread_sigmask") or (
+        threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
