@@ -46,9 +46,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_INPUT_SIDE = 4096
 # A reduced JPEG decode must leave at least this many pixels per pixel of the resize
-# step on each side. On the 68 CBSD68 photos cropped to 480x320 (JPEG quality 90) and
-# stretched to 8x8 to 40x40, at 4 or more the prepared input differed from a full
-# decode by 0.0011 or less on average and 0.031 or less in any value (0-1 scale). At
+# step on each side. This was measured on the 68 CBSD68 photos, cropped to 480x320,
+# saved at JPEG quality 90 and stretched to 8x8 to 40x40. At 4 or more, the prepared
+# input differed from a full decode by 0.0011 or less on average and by 0.031 or less
+# in any value (0-1 scale). At
 # 1.25 to 2.5 it differed by up to 0.011 on average and 0.17 in one value.
 DECODE_MARGIN = 4
 # Metadata value of ``test_time_augmentation`` for a graph that averages the logits

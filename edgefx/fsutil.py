@@ -151,8 +151,8 @@ def interrupts_deferred() -> Iterator[None]:
     ):
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    interrupts = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
     try:
         yield
     finally:

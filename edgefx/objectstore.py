@@ -90,17 +90,20 @@ def parse_output(value: str | os.PathLike[str] | ObjectPath) -> OutputPath:
     scheme = parts.scheme.lower()
     if scheme == "file":
         return Path(unquote(parts.path))
-    shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    display_uri = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
     if scheme not in SUPPORTED_SCHEMES:
         # TODO: gs:// and other pyarrow schemes need a bounded retry time first:
         # without credentials, pyarrow's GCS filesystem retried for 15 minutes in a
         # native call that ignored SIGTERM.
         raise UsageError(
-            f"--out {shown}: unsupported object store scheme {parts.scheme}://; "
-            "use s3:// (S3-compatible servers through ?endpoint_override=HOST:PORT)"
+            f"--out {display_uri}: unsupported object store scheme "
+            f"{parts.scheme}://; use s3:// (S3-compatible servers through "
+            "?endpoint_override=HOST:PORT)"
         )
     if not parts.hostname:
-        raise UsageError(f"--out {shown}: missing bucket name; use s3://BUCKET/PREFIX")
+        raise UsageError(
+            f"--out {display_uri}: missing bucket name; use s3://BUCKET/PREFIX"
+        )
     return ObjectPath(text)
 
 
@@ -177,7 +180,7 @@ def check_prefix(path: ObjectPath) -> None:
     """Raise UsageError unless outputs can be written under the prefix ``path``.
 
     A few requests, before any work, check that pyarrow opens the URI, that the store
-    answers, that the bucket exists and that ``path`` is not an object. Write
+    responds, that the bucket exists and that ``path`` is not an object. Write
     permission cannot be checked without writing, so a rejected upload fails file by
     file.
     """

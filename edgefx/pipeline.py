@@ -129,9 +129,9 @@ def default_jobs(cores: int | None = None) -> int:
     # NOTE: classify of 32x32 JPEG files once ran at 0.70 to 0.83 of the serial speed
     # with these workers, because each file cost two thread hand-offs. With load
     # groups and inline saves, 2,000 such files ran as fast with 1 or 2 workers as
-    # with every file loaded in the calling thread (2 % or less apart, measured with a
-    # patched engine on the 2-core development machine beside two training jobs). A
-    # machine with idle cores was not measured.
+    # with every file loaded in the calling thread, 2 % or less apart. That was
+    # measured with a patched engine on the 2-core development machine beside two
+    # training jobs. A machine with idle cores was not measured.
     cores = cores or available_cores()
     return max(1, min(MAX_DEFAULT_JOBS, cores // 2))
 

@@ -59,7 +59,7 @@ def _import_ray() -> Any:
 def connect(address: str | None) -> bool:
     """Connect to the Ray cluster at ``address``, or start a local one for None.
 
-    A local instance is told to use the loopback address, and its usage statistics
+    A local instance is started on the loopback address, and its usage statistics
     (which Ray would send to Anyscale) are off unless RAY_USAGE_STATS_ENABLED is set.
     Returns whether this call started the connection, in which case the caller shuts
     it down. A process already connected (a test, a notebook) keeps its connection.
