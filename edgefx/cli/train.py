@@ -85,6 +85,16 @@ def train_denoise(
             dir_okay=False,
         ),
     ] = None,
+    quantization_aware: Annotated[
+        bool,
+        typer.Option(
+            "--quantization-aware",
+            help="Simulate int8 rounding of weights and activations in the forward "
+            "pass, as `edgefx quantize` will apply it, so that the int8 model loses "
+            "less quality. Meant for a short fine-tune with --init; trains in float32 "
+            "and picks the checkpoint whose simulated int8 model validates best.",
+        ),
+    ] = False,
 ) -> None:
     """Train the image denoiser on a folder of clean photos (resumable).
 
@@ -111,6 +121,7 @@ def train_denoise(
             seed=seed,
             precision=precision,
             init=init,
+            quantization_aware=quantization_aware,
         )
         try:
             best = train(options)
@@ -298,6 +309,17 @@ def train_enhance(
             "more mixtures from the low end of the SNR range."
         ),
     ] = True,
+    band_limited: Annotated[
+        float,
+        typer.Option(
+            help="Share of the mixtures low-passed at 3.4 to 7.9 kHz, as recordings "
+            "are after a phone line, a lossy codec or resampling from 44.1 or 48 kHz. "
+            "With a share above 0 the best checkpoint is chosen on full-band and "
+            "band-limited validation mixtures together.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 0.25,
     noise_validation_fraction: Annotated[
         float,
         typer.Option(
@@ -363,6 +385,7 @@ def train_enhance(
             snr_low=snr_low,
             snr_high=snr_high,
             variation=variation,
+            band_limited=band_limited,
             noise_validation_fraction=noise_validation_fraction,
             si_sdr_weight=si_sdr_weight,
             init=init,

@@ -17,11 +17,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
 from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import DenoiseNet
 from edgefx.train.precision import use_bfloat16
+from edgefx.train.qat import QuantizationAwareDenoiser
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class DenoiseTrainOptions:
     threads: int = 0
     precision: str = "auto"
     init: Path | None = None
+    # Simulate ONNX Runtime's int8 rounding in the forward pass (see train/qat.py).
+    quantization_aware: bool = False
 
 
 @dataclass
@@ -152,7 +156,7 @@ def validation_set(
 
 
 def validate(
-    model: DenoiseNet, pairs: list[tuple[torch.Tensor, torch.Tensor]], sigma: float
+    model: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]], sigma: float
 ) -> float:
     model.eval()
     level = torch.full((1, 1, 1, 1), sigma / 255.0)
@@ -202,9 +206,17 @@ def train(options: DenoiseTrainOptions) -> Path:
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     step = 0
     best_psnr = -1.0
+    ranges: dict[str, torch.Tensor] | None = None
+    config: dict[str, object] = {
+        "channels": 3,
+        "features": options.features,
+        "blocks": options.blocks,
+    }
+    if options.quantization_aware:
+        config["quantization_aware"] = True
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
-        wanted = {"channels": 3, "features": options.features, "blocks": options.blocks}
+        wanted = config
         if state.get("config") != wanted:
             raise ValueError(
                 f"{checkpoint_path} was trained with {state.get('config')}, not "
@@ -212,6 +224,7 @@ def train(options: DenoiseTrainOptions) -> Path:
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        ranges = state.get("ranges")
         step = int(state["step"])
         best_psnr = float(state["best_psnr"])
         logger.info("resumed from %s at step %d", checkpoint_path, step)
@@ -228,10 +241,19 @@ def train(options: DenoiseTrainOptions) -> Path:
             )
         model.load_state_dict(start.state_dict())
         logger.info("starting from the weights of %s", options.init)
-    bfloat16 = use_bfloat16(options.precision)
+    # Simulated int8 rounding needs float32 inputs to be faithful.
+    bfloat16 = use_bfloat16(options.precision) and not options.quantization_aware
     # Channels-last tensors let oneDNN pick its fast convolution kernels on the CPU.
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     logger.info("forward pass in %s", "bfloat16 autocast" if bfloat16 else "float32")
+    forward: nn.Module = model
+    simulated: QuantizationAwareDenoiser | None = None
+    if options.quantization_aware:
+        simulated = QuantizationAwareDenoiser(model)
+        if ranges is not None:
+            simulated.load_range_state(ranges)
+        forward = simulated
+        logger.info("int8 rounding simulated in the forward pass")
 
     # A different seed per resume point keeps resumed runs from replaying the same
     # patches.
@@ -246,12 +268,10 @@ def train(options: DenoiseTrainOptions) -> Path:
             "optimizer": optimizer.state_dict(),
             "step": step,
             "best_psnr": best_psnr,
-            "config": {
-                "channels": 3,
-                "features": options.features,
-                "blocks": options.blocks,
-            },
+            "config": config,
         }
+        if simulated is not None:
+            state["ranges"] = simulated.range_state()
         temporary = path.with_suffix(".tmp")
         torch.save(state, temporary)
         temporary.replace(path)
@@ -265,7 +285,7 @@ def train(options: DenoiseTrainOptions) -> Path:
         noisy, level, clean = sampler.batch()
         noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-            restored = model(noisy, level)
+            restored = forward(noisy, level)
         loss = torch.mean((restored.float() - clean) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -280,6 +300,12 @@ def train(options: DenoiseTrainOptions) -> Path:
                 "step": step,
                 "loss": running_loss / steps_since_record,
                 "val_psnr_sigma25": round(psnr, 3),
+            }
+            if simulated is not None:
+                # The best checkpoint is the one whose int8 model scores highest.
+                psnr = validate(simulated, validation_pairs, sigma=25.0)
+                record["val_psnr_sigma25_int8"] = round(psnr, 3)
+            record |= {
                 "lr": learning_rate_at(step, options),
                 "seconds": round(time.monotonic() - started, 1),
             }
@@ -317,6 +343,11 @@ def load_denoiser_weights(path: Path) -> DenoiseNet:
         t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
         for t in proto.graph.initializer
     }
+    # The exporter stores initializers with equal values (the zero biases of a barely
+    # trained model, say) once and names the copies through Identity nodes.
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]
     if "head.weight" not in weights or "tail.weight" not in weights:
         raise ValueError(f"{path}: not laid out like an edgefx denoiser")
     features, inputs = weights["head.weight"].shape[:2]
@@ -357,6 +388,8 @@ def export_best(
     }
     if options.init is not None:
         training["initialized_from"] = options.init.name
+    if options.quantization_aware:
+        training["quantization_aware"] = "int8 rounding simulated in training"
     metadata = denoiser_metadata(model, name or out_path.stem, "1", training)
     metadata.update(extra_metadata or {})
     export_denoiser(model, out_path, metadata)
