@@ -33,6 +33,7 @@ from edgefx.train.enhance import (  # noqa: E402
     load_enhancer_checkpoint,
     load_enhancer_weights,
     load_recordings,
+    low_pass,
     si_sdr,
     si_sdr_loss,
     split_recordings,
@@ -349,6 +350,81 @@ def test_draw_mixtures_variation_repeats_with_seed(loaded) -> None:
     )
 
     assert np.array_equal(first[0], second[0])
+
+
+def top_band_share(signals: np.ndarray, above_hz: float) -> np.ndarray:
+    """Share of each signal's energy above ``above_hz``."""
+    power = np.abs(np.fft.rfft(signals.astype(np.float64), axis=-1)) ** 2
+    frequencies = np.fft.rfftfreq(signals.shape[-1], 1 / SAMPLE_RATE)
+    return power[:, frequencies > above_hz].sum(axis=-1) / power.sum(axis=-1)
+
+
+def test_low_pass_keeps_passband() -> None:
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal(SAMPLE_RATE).astype(np.float32)
+
+    filtered = low_pass(signal[None], 4000.0)[0]
+
+    spectrum = np.abs(np.fft.rfft(filtered)) / np.abs(np.fft.rfft(signal))
+    frequencies = np.fft.rfftfreq(SAMPLE_RATE, 1 / SAMPLE_RATE)
+    np.testing.assert_allclose(spectrum[frequencies < 3700], 1.0, atol=1e-3)
+    assert spectrum[frequencies > 4000].max() < 1e-4
+
+
+def test_band_limited_empties_top_band(loaded) -> None:
+    speech, noise = loaded
+
+    noisy, clean = draw_mixtures(
+        speech,
+        noise,
+        8,
+        8000,
+        np.random.default_rng(3),
+        extremes=False,
+        band_limited=1.0,
+    )
+    full_noisy, _ = draw_mixtures(
+        speech, noise, 8, 8000, np.random.default_rng(3), extremes=False
+    )
+
+    # Every cutoff is at most 7.9 kHz, so the mixture and the clean target keep nothing
+    # above it. The same mixtures without band-limiting have content there.
+    assert top_band_share(noisy, 7900).max() < 1e-10
+    assert top_band_share(clean, 7900).max() < 1e-10
+    assert top_band_share(full_noisy, 7900).min() > 1e-8
+
+
+def test_band_limited_share(loaded) -> None:
+    speech, noise = loaded
+
+    noisy, _ = draw_mixtures(
+        speech,
+        noise,
+        200,
+        4000,
+        np.random.default_rng(4),
+        extremes=False,
+        band_limited=0.25,
+    )
+
+    limited = int(np.sum(top_band_share(noisy, 7900) < 1e-10))
+    assert 30 <= limited <= 70, limited
+
+
+def test_band_limited_scores_both_sets(trained, tmp_path: Path) -> None:
+    options, _ = trained
+    options = replace(
+        options, work_dir=tmp_path / "W", steps=2, validate_every=2, band_limited=0.5
+    )
+
+    best = train(options)
+
+    record = json.loads((options.work_dir / "log.jsonl").read_text().splitlines()[-1])
+    full = record["validation_si_sdr"]
+    limited = record["validation_si_sdr_band_limited"]
+    assert math.isfinite(limited)
+    assert record["validation_score"] == pytest.approx((full + limited) / 2, abs=1e-3)
+    assert load_checkpoint(best)["best_score"] == record["validation_score"]
 
 
 def test_colored_noise_is_shaped() -> None:
