@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 from cli_helpers import run_edgefx  # noqa: E402
 
-from edgefx.registry import read_metadata  # noqa: E402
+from edgefx.registry import read_metadata, resolve_any_model  # noqa: E402
 from edgefx.train.denoise import (  # noqa: E402
     DenoiseTrainOptions,
     load_denoiser_weights,
@@ -203,6 +203,55 @@ def test_init_starts_from_given_weights(
     after = torch.load(work_dir / "checkpoint.pt", weights_only=True)["model"]
     for name, value in start.items():
         assert torch.allclose(after[name], value, atol=1e-6), name
+
+
+def test_init_by_shipped_name(data_folder: Path, tmp_path: Path) -> None:
+    work_dir = tmp_path / "W"
+    # The shipped network's own size, one step at a learning rate of 0.
+    result = run_edgefx(
+        "train",
+        "denoise",
+        "--data",
+        data_folder,
+        "--work-dir",
+        work_dir,
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "32",
+        "--learning-rate",
+        "0",
+        "--init",
+        "denoise-s",
+    )
+
+    assert result.returncode == 0, result.stderr
+    shipped = resolve_any_model("denoise-s").path
+    assert f"starting from the weights of {shipped}" in result.stderr
+    start = load_denoiser_weights(shipped).state_dict()
+    after = torch.load(work_dir / "checkpoint.pt", weights_only=True)["model"]
+    for name, value in start.items():
+        assert torch.allclose(after[name], value, atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    ("init", "message"),
+    [
+        ("no-such-model", "no shipped denoise model has that name"),
+        ("enhance-speech", "no shipped denoise model has that name"),
+        ("missing.onnx", "file not found"),
+    ],
+)
+def test_init_unknown_exits_two(
+    data_folder: Path, tmp_path: Path, init: str, message: str
+) -> None:
+    result = train_tiny(data_folder, tmp_path / "W", 1, "--init", init)
+
+    assert result.returncode == 2
+    assert message in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "W" / "checkpoint.pt").exists()
 
 
 def test_init_other_network_exits_two(

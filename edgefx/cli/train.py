@@ -28,6 +28,28 @@ def _require_torch() -> None:
         ) from err
 
 
+def _initial_weights(init: str | None, task: str) -> Path | None:
+    """Return the file that --init names: a path, or a shipped model of ``task``."""
+    from edgefx.errors import UsageError
+
+    if init is None:
+        return None
+    path = Path(init).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix or "/" in init:
+        raise UsageError(f"--init {init}: file not found")
+    from edgefx.registry import load_manifest, resolve_model
+
+    names = [entry.name for entry in load_manifest() if entry.task == task]
+    if init not in names:
+        raise UsageError(
+            f"--init {init}: no such file, and no shipped {task} model has that name "
+            f"(shipped: {', '.join(names)})"
+        )
+    return resolve_model(init, task).path
+
+
 @train_app.command("denoise")
 def train_denoise(
     data: Annotated[
@@ -76,13 +98,11 @@ def train_denoise(
         ),
     ] = "auto",
     init: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Start from these weights: an edgefx denoiser ONNX file (such as the "
-            "shipped one) or a training checkpoint. Ignored when --work-dir already "
-            "holds a checkpoint to resume.",
-            exists=True,
-            dir_okay=False,
+            help="Start from these weights: a shipped denoiser's name (denoise-s), an "
+            "edgefx denoiser ONNX file or a training checkpoint. Ignored when "
+            "--work-dir already holds a checkpoint to resume.",
         ),
     ] = None,
     quantization_aware: Annotated[
@@ -120,7 +140,7 @@ def train_denoise(
             threads=threads,
             seed=seed,
             precision=precision,
-            init=init,
+            init=_initial_weights(init, "denoise"),
             quantization_aware=quantization_aware,
         )
         try:
@@ -339,13 +359,11 @@ def train_enhance(
         ),
     ] = 0.02,
     init: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Start from these weights: an edgefx enhancer ONNX file (such as "
-            "the shipped one) or a training checkpoint. Ignored when --work-dir "
-            "already holds a checkpoint to resume.",
-            exists=True,
-            dir_okay=False,
+            help="Start from these weights: a shipped enhancer's name "
+            "(enhance-speech), an edgefx enhancer ONNX file or a training checkpoint. "
+            "Ignored when --work-dir already holds a checkpoint to resume.",
         ),
     ] = None,
     threads: Annotated[
@@ -388,7 +406,7 @@ def train_enhance(
             band_limited=band_limited,
             noise_validation_fraction=noise_validation_fraction,
             si_sdr_weight=si_sdr_weight,
-            init=init,
+            init=_initial_weights(init, "enhance"),
             threads=threads,
             seed=seed,
         )
