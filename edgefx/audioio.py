@@ -169,6 +169,9 @@ class AudioInfo:
     frames: int  # samples per channel
     format: str  # soundfile major format: "WAV", "FLAC", "OGG", "MP3", ...
     subtype: str  # soundfile subtype: "PCM_16", "FLOAT", "VORBIS", ...
+    # Text tags that libsndfile reads (title, artist, comment, copyright, ...), as
+    # (name, value) pairs in soundfile's attribute names.
+    tags: tuple[tuple[str, str], ...] = ()
 
     @property
     def duration(self) -> float:
@@ -196,6 +199,7 @@ def probe(path: Path | str) -> AudioInfo:
             frames=audio.frames,
             format=audio.format,
             subtype=audio.subtype,
+            tags=tuple(audio.copy_metadata().items()),
         )
 
 
@@ -560,6 +564,13 @@ def output_subtype(input_info: AudioInfo, out_format: str) -> str:
 # Writing
 
 
+# Text tags that libsndfile 1.2.2 writes into the ID3 tag of an MP3 file. It accepts
+# others, such as copyright and software, without error and drops them.
+MP3_TAGS = frozenset(
+    {"title", "artist", "album", "comment", "date", "tracknumber", "genre"}
+)
+
+
 class AudioWriter:
     """Context manager that writes an audio file atomically, block by block.
 
@@ -572,6 +583,9 @@ class AudioWriter:
     soundfile major format ("WAV") and defaults to the one of the path's suffix.
     ``subtype`` defaults to soundfile's default for the format (PCM_16 for WAV).
 
+    ``tags`` are text tags to write, as AudioInfo.tags lists them; a tag that the
+    format cannot store is left out with a warning.
+
     Raises UsageError for an unknown format or a subtype that the format cannot store,
     and OutputError when the file cannot be written.
     """
@@ -583,6 +597,7 @@ class AudioWriter:
         channels: int,
         format: str | None = None,
         subtype: str | None = None,
+        tags: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.path = path if isinstance(path, ObjectPath) else Path(path)
         if format is None:
@@ -604,6 +619,7 @@ class AudioWriter:
             raise ValueError(f"channels must be at least 1, got {channels}")
         self.rate = rate
         self.channels = channels
+        self.tags = tags
         self.frames = 0  # frames written so far
         self._entered = False
         self._descriptor = -1
@@ -654,7 +670,32 @@ class AudioWriter:
         except BaseException:
             self._discard()
             raise
+        self._write_tags(self._file)
         return self
+
+    def _write_tags(self, file: sf.SoundFile) -> None:
+        # Called right after the file is opened, so every tag is set before the first
+        # sample is written.
+        for name, value in self.tags:
+            if self.format == "MP3" and name not in MP3_TAGS:
+                logger.warning(
+                    "%s: the %s tag was not kept: MP3 files from libsndfile store "
+                    "only %s",
+                    self.path,
+                    name,
+                    ", ".join(sorted(MP3_TAGS)),
+                )
+                continue
+            try:
+                setattr(file, name, value)
+            except (RuntimeError, sf.LibsndfileError) as err:
+                logger.warning(
+                    "%s: the %s tag was not kept: %s cannot store it (%s)",
+                    self.path,
+                    name,
+                    self.format,
+                    err,
+                )
 
     def write(self, block: np.ndarray) -> None:
         """Write float samples of shape (n, channels), clipped to [-1, 1].

@@ -481,7 +481,7 @@ class EnhanceTask:
         blocks = audioio.read_blocks(item.source, block_frames)
         with (
             audioio.AudioWriter(
-                item.output, info.rate, info.channels, target, subtype
+                item.output, info.rate, info.channels, target, subtype, info.tags
             ) as writer,
             write_behind(partial(_write_ready, writer)) as write,
         ):

@@ -463,3 +463,49 @@ def test_train_cli_needs_both_folders(
     assert result.returncode == 2, result.stderr
     assert "give --speech and --noise together" in result.stderr
     assert not work_dir.exists()
+
+
+# --------------------------------------------------------------------------------------
+# Text tags
+
+TAGS = {
+    "title": "Take 3",
+    "artist": "Field crew",
+    "comment": "Modified copy: noise added",
+    "copyright": "CC BY 4.0",
+}
+
+
+@pytest.fixture(scope="module")
+def tagged_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tagged") / "take.wav"
+    with sf.SoundFile(path, "w", 16000, 2, subtype="PCM_16") as audio:
+        for name, value in TAGS.items():
+            setattr(audio, name, value)
+        audio.write(tones(16000, 2, 16000))
+    return path
+
+
+@pytest.mark.parametrize("format", ["wav", "flac", "ogg"])
+def test_tags_kept(run_cli, tagged_file: Path, tmp_path: Path, format: str) -> None:
+    result = enhance(run_cli, tagged_file, "--out", tmp_path, "--format", format)
+
+    assert result.returncode == 0, result.stderr
+    assert "tag was not kept" not in result.stderr
+    with sf.SoundFile(tmp_path / f"take.{format}") as audio:
+        written_tags = audio.copy_metadata()
+    for name, value in TAGS.items():
+        assert written_tags.get(name) == value, name
+
+
+def test_mp3_drops_copyright_with_warning(
+    run_cli, tagged_file: Path, tmp_path: Path
+) -> None:
+    result = enhance(run_cli, tagged_file, "--out", tmp_path, "--format", "mp3")
+
+    assert result.returncode == 0, result.stderr
+    assert "the copyright tag was not kept" in result.stderr
+    with sf.SoundFile(tmp_path / "take.mp3") as audio:
+        written_tags = audio.copy_metadata()
+    for name in ("title", "artist", "comment"):
+        assert written_tags.get(name) == TAGS[name], name
