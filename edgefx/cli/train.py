@@ -23,8 +23,9 @@ def _require_torch() -> None:
         from edgefx.errors import UsageError
 
         raise UsageError(
-            "training needs PyTorch: install the train extra, pip install "
-            "'edgefx[train]' (from a checkout: pip install -e '.[train]')"
+            "training needs PyTorch: in the edgefx checkout, run pip install -e "
+            "'.[train]'. On a machine without an NVIDIA GPU, install a CPU build of "
+            "torch first, which skips several gigabytes of CUDA packages."
         ) from err
 
 
