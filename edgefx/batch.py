@@ -31,6 +31,7 @@ from edgefx.objectstore import (
     ObjectPath,
     OutputPath,
     check_prefix,
+    finished_keys,
     is_finished_object,
     parse_output,
 )
@@ -438,8 +439,9 @@ def run_batch(
     reporter = reporter or Reporter()
     summary = BatchSummary()
     started = time.perf_counter()
+    finished = FinishedOutputs()
     for item in items:
-        if _is_finished_output(item.output) and not overwrite:
+        if not overwrite and finished(item.output):
             result = FileResult(item.source, item.output, "skipped")
         else:
             result = _process_one(item, process)
@@ -452,6 +454,28 @@ def run_batch(
     if summary.done and busy > 0:
         logger.info("%s", throughput_line(summary.done, done_units, unit, busy))
     return summary
+
+
+class FinishedOutputs:
+    """Tell whether outputs are finished, listing each object store prefix only once.
+
+    Make one per batch. A listing is read the first time an output under its ``--out``
+    prefix is checked, and reused for the rest of the batch. Reuse is safe because each
+    output is checked once, before the batch writes it.
+    """
+
+    def __init__(self) -> None:
+        self._listings: dict[str, frozenset[str] | None] = {}
+
+    def __call__(self, path: OutputPath) -> bool:
+        if not isinstance(path, ObjectPath):
+            return _is_finished_output(path)
+        if path.root not in self._listings:
+            self._listings[path.root] = finished_keys(ObjectPath(path.root))
+        listing = self._listings[path.root]
+        if listing is None:
+            return is_finished_object(path)
+        return path.key in listing
 
 
 def _is_finished_output(path: OutputPath) -> bool:

@@ -215,9 +215,6 @@ def is_finished_object(path: ObjectPath) -> bool:
 
     A failed request counts as not finished, so the file is processed again.
     """
-    # TODO: this costs one HEAD request per output, and a LIST when it is missing,
-    # one output at a time. Listing the prefix once would take fewer requests and
-    # less time on a rerun of a large batch.
     fs = _import_pyarrow_fs()
     filesystem, location = _locate(path)
     try:
@@ -226,6 +223,29 @@ def is_finished_object(path: ObjectPath) -> bool:
         logger.debug("cannot check whether %s exists: %s", path, _reason(err))
         return False
     return bool(info.type == fs.FileType.File and info.size)
+
+
+def finished_keys(prefix: ObjectPath) -> frozenset[str] | None:
+    """Return the keys, relative to ``prefix``, of the non-empty objects below it.
+
+    One listing (a LIST request per 1,000 objects on S3) covers every output of a
+    batch, where is_finished_object costs a request or two per output. Returns None when
+    the listing fails, so that the caller can fall back to one request per output.
+    """
+    fs = _import_pyarrow_fs()
+    filesystem, location = _locate(prefix)
+    selector = fs.FileSelector(location, recursive=True, allow_not_found=True)
+    try:
+        infos = filesystem.get_file_info(selector)
+    except OSError as err:
+        logger.debug("cannot list %s: %s", prefix, _reason(err))
+        return None
+    start = len(location.rstrip("/")) + 1
+    return frozenset(
+        info.path[start:]
+        for info in infos
+        if info.type == fs.FileType.File and info.size
+    )
 
 
 def write_object(path: ObjectPath, data: Any) -> None:

@@ -33,8 +33,8 @@ from edgefx.batch import (
     BatchOptions,
     BatchSummary,
     FileResult,
+    FinishedOutputs,
     Reporter,
-    _is_finished_output,
     _process_one,
     remove_stale_temporaries,
 )
@@ -270,6 +270,7 @@ def run_pipeline(
     loads: deque[_Pending] = deque()
     saves: deque[_Pending] = deque()
     todo = iter(enumerate(items))
+    finished = FinishedOutputs()
     stages: Stages[Any, Any] | None = None
     timer = _LoadTimer()
 
@@ -282,7 +283,7 @@ def run_pipeline(
             if entry is None:
                 break
             index, item = entry
-            if not overwrite and _is_finished_output(item.output):
+            if not overwrite and finished(item.output):
                 results[index] = FileResult(item.source, item.output, "skipped")
                 continue
             if stages is None:

@@ -155,6 +155,67 @@ def test_denoise_s3_upload_failure(
     assert objects == {k: v for k, v in local_files.items() if k != "camera.png"}
 
 
+def rerun_through_proxy(
+    s3_server: S3TestServer, image_inputs: Path, prefix: str, reject_listing: bool
+) -> tuple[BatchSummary, list[tuple[str, str]]]:
+    """Denoise into ``prefix``, then rerun through a proxy that records its requests."""
+    denoise_files([str(image_inputs)], BatchOptions(s3_server.uri(prefix)), runtime=CPU)
+    requests: list[tuple[str, str]] = []
+
+    def record(method: str, path: str) -> bool:
+        requests.append((method, path))
+        # check_prefix lists one key with a delimiter to tell a prefix from an
+        # object. Only the listing without a delimiter, the skip rule's, is rejected.
+        listing = method == "GET" and "list-type=" in path and "delimiter" not in path
+        return reject_listing and listing
+
+    proxy = FaultyProxy(s3_server.endpoint, record)
+    try:
+        summary = denoise_files(
+            [str(image_inputs)], BatchOptions(proxy.uri(prefix)), runtime=CPU
+        )
+    finally:
+        proxy.stop()
+    return summary, requests
+
+
+def test_rerun_lists_prefix_once(s3_server: S3TestServer, image_inputs: Path) -> None:
+    summary, requests = rerun_through_proxy(s3_server, image_inputs, "listed", False)
+
+    assert summary.skipped == 6
+    assert summary.done == 0
+    # The skip rule reads one listing of the prefix instead of a HEAD per output.
+    listings = [
+        path
+        for method, path in requests
+        if "list-type=" in path and "delimiter" not in path
+    ]
+    heads_on_outputs = [
+        path
+        for method, path in requests
+        if method == "HEAD" and key_of(path).startswith("listed/")
+    ]
+    assert len(listings) == 1
+    assert heads_on_outputs == []
+
+
+def test_rerun_without_listing_checks_each(
+    s3_server: S3TestServer, image_inputs: Path
+) -> None:
+    summary, requests = rerun_through_proxy(s3_server, image_inputs, "unlisted", True)
+
+    # A store that rejects the listing still gets every finished output skipped, with
+    # one request per output.
+    assert summary.skipped == 6
+    assert summary.done == 0
+    heads = {
+        key_of(path)
+        for method, path in requests
+        if method == "HEAD" and key_of(path).startswith("unlisted/")
+    }
+    assert len(heads) >= 6
+
+
 def test_failed_part_leaves_old_object(s3_server: S3TestServer) -> None:
     # 12 MiB is above pyarrow's 10 MiB part size, so the upload has two parts, and
     # the second one is rejected: no partial object may replace the old one.
