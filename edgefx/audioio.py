@@ -199,8 +199,42 @@ def probe(path: Path | str) -> AudioInfo:
             frames=audio.frames,
             format=audio.format,
             subtype=audio.subtype,
-            tags=tuple(audio.copy_metadata().items()),
+            tags=_read_tags(audio),
         )
+
+
+def _read_tags(audio: sf.SoundFile) -> tuple[tuple[str, str], ...]:
+    """Read the text tags of an open file as (name, value) pairs, without empty ones.
+
+    SoundFile.copy_metadata decodes every value as UTF-8 and puts U+FFFD in place of
+    other bytes. But WAV INFO chunks and ID3v1 tags often contain Windows-1252 text,
+    such as a copyright sign stored as the byte 0xA9, so a value that is not valid
+    UTF-8 is decoded as Windows-1252 here. libsndfile reports each unset ID3v1 field
+    of an MP3 file as an empty string, which is left out.
+    """
+    tags = []
+    for name, string_id in sf._str_types.items():
+        # NOTE: soundfile 0.14 has no public call that returns a tag's bytes, so this
+        # uses its private cffi handles, as SoundFile.copy_metadata does.
+        pointer = sf._snd.sf_get_string(audio._file, string_id)
+        if not pointer:
+            continue
+        raw = sf._ffi.string(pointer)
+        if raw:
+            tags.append((name, _decode_tag(raw)))
+    return tuple(tags)
+
+
+def _decode_tag(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        # Five bytes have no Windows-1252 character, and ISO 8859-1 decodes them all.
+        return raw.decode("latin-1")
 
 
 def read_blocks(path: Path | str, block_frames: int) -> Iterator[np.ndarray]:
@@ -570,6 +604,34 @@ MP3_TAGS = frozenset(
     {"title", "artist", "album", "comment", "date", "tracknumber", "genre"}
 )
 
+# Text tags that libsndfile 1.2.2 writes, for the formats where it drops some without
+# an error. FLAC and Ogg files store all ten, and AU files none (libsndfile raises an
+# error for each).
+STORED_TAGS: dict[str, frozenset[str]] = {
+    "MP3": MP3_TAGS,
+    "WAV": frozenset(
+        {
+            "title",
+            "copyright",
+            "software",
+            "artist",
+            "comment",
+            "date",
+            "album",
+            "tracknumber",
+            "genre",
+        }
+    ),
+    "AIFF": frozenset({"title", "copyright", "software", "artist", "comment"}),
+}
+
+# Maximum bytes of one tag value that libsndfile 1.2.2 reads back from a WAV or AIFF
+# file that it wrote, measured by writing one tag of growing length with soundfile.
+# It skips a longer WAV tag together with every tag after it, and cannot open an AIFF
+# file with a longer one. A WAV tag of about 50 KiB can also overflow libsndfile's
+# 100 KiB header buffer, and then it writes a header without the data chunk.
+MAX_TAG_BYTES: dict[str, int] = {"WAV": 2045, "AIFF": 8189}
+
 
 class AudioWriter:
     """Context manager that writes an audio file atomically, block by block.
@@ -583,11 +645,13 @@ class AudioWriter:
     soundfile major format ("WAV") and defaults to the one of the path's suffix.
     ``subtype`` defaults to soundfile's default for the format (PCM_16 for WAV).
 
-    ``tags`` are text tags to write, as AudioInfo.tags lists them; a tag that the
-    format cannot store is left out with a warning.
+    ``tags`` are text tags to write, as AudioInfo.tags lists them. A tag that the
+    format cannot store, or that is longer than MAX_TAG_BYTES, is left out with a
+    warning. MP3 tags are written in ISO 8859-1, with "?" for other characters.
 
     Raises UsageError for an unknown format or a subtype that the format cannot store,
-    and OutputError when the file cannot be written.
+    ValueError for an unknown tag name, and OutputError when the file cannot be
+    written.
     """
 
     def __init__(
@@ -617,6 +681,10 @@ class AudioWriter:
             raise ValueError(f"rate must be at least 1 Hz, got {rate}")
         if channels < 1:
             raise ValueError(f"channels must be at least 1, got {channels}")
+        unknown = [name for name, _ in tags if name not in sf._str_types]
+        if unknown:
+            known = ", ".join(sf._str_types)
+            raise ValueError(f"unknown tag names {unknown}; use {known}")
         self.rate = rate
         self.channels = channels
         self.tags = tags
@@ -670,32 +738,63 @@ class AudioWriter:
         except BaseException:
             self._discard()
             raise
-        self._write_tags(self._file)
+        try:
+            self._write_tags(self._file)
+        except BaseException:
+            self._discard()
+            raise
         return self
 
     def _write_tags(self, file: sf.SoundFile) -> None:
         # Called right after the file is opened, so every tag is set before the first
         # sample is written.
+        stored_names = STORED_TAGS.get(self.format)
+        limit = MAX_TAG_BYTES.get(self.format)
         for name, value in self.tags:
-            if self.format == "MP3" and name not in MP3_TAGS:
-                logger.warning(
-                    "%s: the %s tag was not kept: MP3 files from libsndfile store "
-                    "only %s",
-                    self.path,
-                    name,
-                    ", ".join(sorted(MP3_TAGS)),
+            if stored_names is not None and name not in stored_names:
+                stored = ", ".join(sorted(stored_names))
+                self._warn_tag_not_kept(
+                    name, f"{self.format} files from libsndfile store only {stored}"
                 )
                 continue
-            try:
-                setattr(file, name, value)
-            except (RuntimeError, sf.LibsndfileError) as err:
-                logger.warning(
-                    "%s: the %s tag was not kept: %s cannot store it (%s)",
-                    self.path,
+            data = self._encode_tag(name, value)
+            if limit is not None and len(data) > limit:
+                self._warn_tag_not_kept(
                     name,
-                    self.format,
-                    err,
+                    f"its {len(data)} bytes exceed the {limit} bytes that libsndfile "
+                    f"reads back from a {self.format} tag",
                 )
+                continue
+            # NOTE: soundfile 0.14 encodes a tag given as text in UTF-8, so the bytes
+            # go to libsndfile through soundfile's private cffi handles.
+            error = sf._snd.sf_set_string(file._file, sf._str_types[name], data)
+            if error:
+                detail = _libsndfile_detail(sf.LibsndfileError(error))
+                self._warn_tag_not_kept(
+                    name, f"{self.format} cannot store it ({detail})"
+                )
+
+    def _encode_tag(self, name: str, value: str) -> bytes:
+        """Encode a tag value as the output format expects it.
+
+        ID3 frames from libsndfile declare ISO 8859-1, so MP3 tags are encoded in it,
+        with "?" for other characters. Other formats get UTF-8.
+        """
+        if self.format != "MP3":
+            return value.encode("utf-8", errors="replace")
+        replaced = sum(1 for character in value if ord(character) > 0xFF)
+        if replaced:
+            logger.warning(
+                "%s: the %s tag was changed: MP3 files from libsndfile store tags in "
+                "ISO 8859-1, so %d of its characters became '?'",
+                self.path,
+                name,
+                replaced,
+            )
+        return value.encode("latin-1", errors="replace")
+
+    def _warn_tag_not_kept(self, name: str, reason: str) -> None:
+        logger.warning("%s: the %s tag was not kept: %s", self.path, name, reason)
 
     def write(self, block: np.ndarray) -> None:
         """Write float samples of shape (n, channels), clipped to [-1, 1].

@@ -1021,3 +1021,141 @@ def test_output_subtype_round_trip(tmp_path: Path, subtype: str) -> None:
     assert probe(output).subtype == subtype
     whole, _ = sf.read(source, dtype="float32", always_2d=True)
     np.testing.assert_array_equal(read_all(output), whole)
+
+
+# --------------------------------------------------------------------------------------
+# Text tags
+
+
+def wav_with_info(path: Path, items: list[tuple[bytes, bytes]]) -> Path:
+    """Write a 16-bit mono WAV whose LIST/INFO chunk contains ``items`` as given."""
+    samples = (make_signal(1600, 1, 16000)[:, 0] * 32767).astype("<i2").tobytes()
+
+    def chunk(chunk_id: bytes, data: bytes) -> bytes:
+        padding = b"\0" if len(data) % 2 else b""
+        return chunk_id + struct.pack("<I", len(data)) + data + padding
+
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    info = b"INFO" + b"".join(chunk(key, value) for key, value in items)
+    body = b"WAVE" + chunk(b"fmt ", fmt) + chunk(b"LIST", info)
+    body += chunk(b"data", samples)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def write_tagged(path: Path, tags: tuple[tuple[str, str], ...]) -> None:
+    with AudioWriter(path, 16000, 1, tags=tags) as writer:
+        writer.write(make_signal(1600, 1, 16000))
+
+
+def test_probe_reads_windows_1252_tags(tmp_path: Path) -> None:
+    path = wav_with_info(
+        tmp_path / "latin.wav",
+        [(b"ICOP", b"\xa9 2020 Caf\xe9\0"), (b"INAM", b"\x93Take\x94\0")],
+    )
+
+    tags = dict(probe(path).tags)
+
+    assert tags["copyright"] == "\u00a9 2020 Caf\u00e9"
+    assert tags["title"] == "\u201cTake\u201d"
+
+
+def test_probe_keeps_utf8_tags(tmp_path: Path) -> None:
+    path = wav_with_info(tmp_path / "utf8.wav", [(b"INAM", "Café ü 😀\0".encode())])
+
+    assert dict(probe(path).tags) == {"title": "Café ü 😀"}
+
+
+def test_probe_leaves_out_empty_tags(tmp_path: Path) -> None:
+    # libsndfile lists every ID3v1 field of an MP3 file, unset ones as "".
+    path = tmp_path / "tagged.mp3"
+    with sf.SoundFile(path, "w", 16000, 1, format="MP3") as audio:
+        audio.title = "Take 3"
+        audio.write(make_signal(16000, 1, 16000))
+
+    assert probe(path).tags == (("title", "Take 3"),)
+
+
+def test_writer_wav_drops_license_with_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "out.wav"
+
+    write_tagged(path, (("title", "Take 3"), ("license", "CC0")))
+
+    assert dict(probe(path).tags) == {"title": "Take 3"}
+    assert "the license tag was not kept" in caplog.text
+
+
+@pytest.mark.parametrize("length", [3000, 60_000])
+def test_writer_wav_drops_long_tag(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, length: int
+) -> None:
+    # libsndfile 1.2.2 reads no WAV tag from the long one on, and a title followed
+    # by a comment of 60 kB makes it write a header without the data chunk.
+    path = tmp_path / "out.wav"
+    tags = (("title", "Take 3"), ("comment", "c" * length), ("genre", "Speech"))
+
+    write_tagged(path, tags)
+
+    assert dict(probe(path).tags) == {"title": "Take 3", "genre": "Speech"}
+    assert f"the comment tag was not kept: its {length} bytes" in caplog.text
+
+
+def test_writer_aiff_drops_long_tag(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # libsndfile 1.2.2 cannot open an AIFF file that it wrote with a longer tag.
+    path = tmp_path / "out.aiff"
+
+    write_tagged(path, (("title", "Take 3"), ("comment", "c" * 9000)))
+
+    assert dict(probe(path).tags) == {"title": "Take 3"}
+    assert "the comment tag was not kept: its 9000 bytes" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Café",  # fits an ID3v1 tag, which LAME writes alone
+        "Café über alles, à la française, s'il vous plaît",  # needs ID3v2
+    ],
+)
+def test_writer_mp3_tags_in_latin_1(tmp_path: Path, title: str) -> None:
+    path = tmp_path / "out.mp3"
+
+    write_tagged(path, (("title", title),))
+
+    assert dict(probe(path).tags)["title"] == title
+    raw = path.read_bytes()
+    assert title.encode("latin-1") in raw
+    assert title.encode("utf-8") not in raw
+
+
+def test_writer_mp3_replaces_other_characters(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "out.mp3"
+
+    write_tagged(path, (("comment", "\u201cquoted\u201d \u00e9t\u00e9 \U0001f600"),))
+
+    assert dict(probe(path).tags)["comment"] == "?quoted? \u00e9t\u00e9 ?"
+    assert "the comment tag was changed" in caplog.text
+    assert "3 of its characters became '?'" in caplog.text
+
+
+def test_writer_tag_failure_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "out.wav"
+
+    # A lone surrogate cannot be encoded as UTF-8.
+    write_tagged(path, (("title", "bad \udcff"),))
+
+    assert dict(probe(path).tags) == {"title": "bad ?"}
+    assert listing(tmp_path) == ["out.wav"]
+
+
+def test_writer_rejects_unknown_tag(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown tag names"):
+        AudioWriter(tmp_path / "out.wav", 16000, 1, tags=(("composer", "Bach"),))
+
+    assert listing(tmp_path) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -22,6 +23,7 @@ pytest.importorskip("torch")
 
 from test_enhance import export_random_enhancer  # noqa: E402
 
+from edgefx.audioio import probe  # noqa: E402
 from edgefx.fsutil import TEMP_PREFIX  # noqa: E402
 from edgefx.registry import read_metadata  # noqa: E402
 
@@ -509,3 +511,53 @@ def test_mp3_drops_copyright_with_warning(
         written_tags = audio.copy_metadata()
     for name in ("title", "artist", "comment"):
         assert written_tags.get(name) == TAGS[name], name
+
+
+def test_tags_from_mp3_without_warnings(run_cli, tmp_path: Path) -> None:
+    # libsndfile lists the unset ID3v1 fields of an MP3 file as empty strings.
+    source = tmp_path / "take.mp3"
+    with sf.SoundFile(source, "w", 16000, 1, format="MP3") as audio:
+        audio.title = "Take 3"
+        audio.write(tones(16000, 1, 16000))
+
+    result = enhance(run_cli, source, "--out", tmp_path / "out", "--format", "wav")
+
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    with sf.SoundFile(tmp_path / "out" / "take.wav") as audio:
+        assert audio.copy_metadata() == {"title": "Take 3"}
+
+
+def test_long_tag_to_wav_kept_out(run_cli, tmp_path: Path) -> None:
+    source = tmp_path / "take.flac"
+    with sf.SoundFile(source, "w", 16000, 1, format="FLAC") as audio:
+        audio.title = "Take 3"
+        audio.comment = "c" * 60_000
+        audio.write(tones(16000, 1, 16000))
+
+    result = enhance(run_cli, source, "--out", tmp_path / "out", "--format", "wav")
+
+    assert result.returncode == 0, result.stderr
+    assert "the comment tag was not kept: its 60000 bytes" in result.stderr
+    with sf.SoundFile(tmp_path / "out" / "take.wav") as audio:
+        assert audio.copy_metadata() == {"title": "Take 3"}
+
+
+@pytest.mark.parametrize("format", ["flac", "mp3"])
+def test_windows_1252_tag_converted(run_cli, tmp_path: Path, format: str) -> None:
+    # A copyright sign and an e acute as Windows-1252 bytes, as older Windows tools
+    # write them into WAV INFO chunks.
+    source = tmp_path / "take.wav"
+    sf.write(source, tones(16000, 1, 16000), 16000)
+    data = bytearray(source.read_bytes())
+    info = b"INFO" + b"ICMT" + struct.pack("<I", 16) + b"\xa9 2020 Caf\xe9 SA\0\0"
+    data += b"LIST" + struct.pack("<I", len(info)) + info
+    data[4:8] = struct.pack("<I", len(data) - 8)
+    source.write_bytes(bytes(data))
+
+    result = enhance(run_cli, source, "--out", tmp_path / "out", "--format", format)
+
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    tags = dict(probe(tmp_path / "out" / f"take.{format}").tags)
+    assert tags["comment"] == "\u00a9 2020 Caf\u00e9 SA"
