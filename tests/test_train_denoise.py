@@ -409,3 +409,69 @@ def test_train_odd_patch_size_exits_two(data_folder: Path, tmp_path: Path) -> No
     assert result.returncode == 2
     assert "invalid --patch-size 33" in result.stderr
     assert not (tmp_path / "W").exists()
+
+
+# --init files that are not denoiser weights
+
+
+def test_init_not_onnx_exits_two(data_folder: Path, tmp_path: Path) -> None:
+    init = tmp_path / "notes.onnx"
+    init.write_text("not a model\n")
+
+    result = train_tiny(data_folder, tmp_path / "W", 1, "--init", init)
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "not a valid ONNX model" in result.stderr.splitlines()[-1]
+
+
+def test_init_empty_exits_two(data_folder: Path, tmp_path: Path) -> None:
+    result = train_tiny(data_folder, tmp_path / "W", 1, "--init", "")
+
+    assert result.returncode == 2, result.stderr
+    assert "--init is empty" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["weights", "weights.onnx"])
+def test_init_directory_exits_two(data_folder: Path, tmp_path: Path, name: str) -> None:
+    init = tmp_path / name
+    init.mkdir()
+
+    result = train_tiny(data_folder, tmp_path / "W", 1, "--init", init)
+
+    assert result.returncode == 2, result.stderr
+    assert "is a directory" in result.stderr.splitlines()[-1]
+
+
+def test_init_enhancer_checkpoint_exits_two(data_folder: Path, tmp_path: Path) -> None:
+    # The configuration that edgefx train enhance stores in its checkpoints.
+    init = tmp_path / "enhancer.pt"
+    torch.save({"config": {"hidden": 8, "embedding": 8, "hop": 160}, "model": {}}, init)
+
+    result = train_tiny(data_folder, tmp_path / "W", 1, "--init", init)
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "not an edgefx denoise training checkpoint" in result.stderr.splitlines()[-1]
+
+
+def test_init_other_task_name_exits_two(data_folder: Path, tmp_path: Path) -> None:
+    result = train_tiny(data_folder, tmp_path / "W", 1, "--init", "enhance-speech")
+
+    assert result.returncode == 2, result.stderr
+    assert "use it with edgefx train enhance" in result.stderr.splitlines()[-1]
+
+
+def test_init_ignored_when_resuming(
+    first_run, data_folder: Path, tmp_path: Path
+) -> None:
+    _, first_dir = first_run
+    work_dir = tmp_path / "W"
+    shutil.copytree(first_dir, work_dir)
+    init = tmp_path / "notes.onnx"
+    init.write_text("not a model\n")
+
+    result = train_tiny(data_folder, work_dir, 5, "--init", init)
+
+    assert result.returncode == 0, result.stderr
+    assert f"resumed from {work_dir / 'checkpoint.pt'} at step 4" in result.stderr

@@ -29,26 +29,112 @@ def _require_torch() -> None:
         ) from err
 
 
-def _initial_weights(init: str | None, task: str) -> Path | None:
-    """Return the file that --init names: a path, or a shipped model of ``task``."""
+# Checkpoint in --work-dir that the recipes resume from, ignoring --init.
+RESUME_CHECKPOINT = "checkpoint.pt"
+
+# Keys of the network configuration that each recipe stores in its checkpoints.
+CHECKPOINT_CONFIG_KEYS = {
+    "denoise": frozenset({"channels", "features", "blocks"}),
+    "enhance": frozenset({"hop", "hidden", "embedding"}),
+}
+
+
+def _initial_weights(init: str | None, task: str, work_dir: Path) -> Path | None:
+    """Return the file that --init names: a path, or a shipped model of ``task``.
+
+    A file is checked to contain weights for ``task`` unless ``work_dir`` has a
+    checkpoint to resume, because training then ignores --init.
+    """
     from edgefx.errors import UsageError
 
     if init is None:
         return None
+    if not init.strip():
+        raise UsageError(
+            "--init is empty; give an ONNX file, a training checkpoint or a shipped "
+            "model's name"
+        )
     path = Path(init).expanduser()
     if path.is_file():
+        if not (work_dir / RESUME_CHECKPOINT).exists():
+            _check_initial_weights(path, task)
         return path
-    if path.suffix or "/" in init:
-        raise UsageError(f"--init {init}: file not found")
+    if not path.suffix and "/" not in init:
+        # A folder named like a shipped model does not hide the model.
+        return _shipped_weights(init, task, path.is_dir())
+    if path.is_dir():
+        raise _directory_error(init)
+    raise UsageError(f"--init {init}: file not found")
+
+
+def _shipped_weights(name: str, task: str, folder_exists: bool) -> Path:
+    """Return the file of the shipped ``task`` model ``name``, which --init names."""
+    from edgefx.errors import UsageError
     from edgefx.registry import load_manifest, resolve_model
 
-    names = [entry.name for entry in load_manifest() if entry.task == task]
-    if init not in names:
-        raise UsageError(
-            f"--init {init}: no such file, and no shipped {task} model has that name "
-            f"(shipped: {', '.join(names)})"
+    entries = load_manifest()
+    if any(entry.name == name and entry.task == task for entry in entries):
+        return resolve_model(name, task).path
+    if folder_exists:
+        raise _directory_error(name)
+    names = [entry.name for entry in entries if entry.task == task]
+    message = (
+        f"--init {name}: no such file, and no shipped {task} model has that name "
+        f"(shipped: {', '.join(names)})"
+    )
+    other_tasks = [entry.task for entry in entries if entry.name == name]
+    if other_tasks and other_tasks[0] in CHECKPOINT_CONFIG_KEYS:
+        message += (
+            f"; {name} is a shipped {other_tasks[0]} model, so use it with "
+            f"edgefx train {other_tasks[0]}"
         )
-    return resolve_model(init, task).path
+    raise UsageError(message)
+
+
+def _directory_error(init: str) -> Exception:
+    from edgefx.errors import UsageError
+
+    return UsageError(
+        f"--init {init}: is a directory; give an ONNX file, a training checkpoint "
+        "or a shipped model's name"
+    )
+
+
+def _check_initial_weights(path: Path, task: str) -> None:
+    """Raise UsageError unless ``path`` contains edgefx weights for ``task``.
+
+    The recipes read a file named .onnx as an ONNX model and any other file as a
+    training checkpoint, and check the network's size themselves.
+    """
+    from edgefx.errors import ModelError, UsageError
+
+    if path.suffix.lower() == ".onnx":
+        from edgefx.registry import read_metadata
+
+        try:
+            declared = read_metadata(path).get("task")
+        except ModelError as err:
+            raise UsageError(f"--init {err}") from err
+        if declared != task:
+            raise UsageError(
+                f"--init {path}: not an edgefx {task} model (task metadata: "
+                f"{declared or 'none'})"
+            )
+        return
+    from edgefx.train.checkpoint import load_checkpoint
+
+    try:
+        state = load_checkpoint(path)
+    except ModelError as err:
+        raise UsageError(f"--init {err}") from err
+    config = state.get("config")
+    present = set(config) if isinstance(config, dict) else set()
+    missing = sorted(CHECKPOINT_CONFIG_KEYS[task] - present)
+    if missing:
+        raise UsageError(
+            f"--init {path}: not an edgefx {task} training checkpoint (its "
+            f"configuration has no {', '.join(missing)})"
+        )
 
 
 @train_app.command("denoise")
@@ -141,7 +227,7 @@ def train_denoise(
             threads=threads,
             seed=seed,
             precision=precision,
-            init=_initial_weights(init, "denoise"),
+            init=_initial_weights(init, "denoise", work_dir),
             quantization_aware=quantization_aware,
         )
         try:
@@ -407,7 +493,7 @@ def train_enhance(
             band_limited=band_limited,
             noise_validation_fraction=noise_validation_fraction,
             si_sdr_weight=si_sdr_weight,
-            init=_initial_weights(init, "enhance"),
+            init=_initial_weights(init, "enhance", work_dir),
             threads=threads,
             seed=seed,
         )
