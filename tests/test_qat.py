@@ -23,6 +23,7 @@ from onnx import numpy_helper
 torch = pytest.importorskip("torch")
 
 from cli_helpers import run_edgefx  # noqa: E402
+from test_train_denoise import train_tiny, write_training_crops  # noqa: E402
 
 from edgefx.registry import read_metadata, resolve_any_model  # noqa: E402
 from edgefx.train.denoise import load_denoiser_weights  # noqa: E402
@@ -30,49 +31,20 @@ from edgefx.train.qat import QuantizationAwareDenoiser  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
-TINY_OPTIONS = (
-    "--batch-size",
-    "4",
-    "--patch-size",
-    "32",
-    "--features",
-    "8",
-    "--blocks",
-    "1",
-)
 
 
 @pytest.fixture(scope="module")
 def data_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("qat_data")
-    for name in ("coffee.png", "camera.png", "astronaut.png"):
-        pixels = cv2.imread(str(SAMPLES / "clean" / name), cv2.IMREAD_UNCHANGED)
-        assert cv2.imwrite(str(folder / name), pixels[:96, :96])
-    return folder
-
-
-def train(data: Path, work_dir: Path, steps: int, *extra: str | Path):
-    return run_edgefx(
-        "train",
-        "denoise",
-        "--data",
-        data,
-        "--work-dir",
-        work_dir,
-        "--steps",
-        str(steps),
-        *TINY_OPTIONS,
-        *extra,
-    )
+    return write_training_crops(tmp_path_factory.mktemp("qat_data"))
 
 
 @pytest.fixture(scope="module")
 def qat_run(data_folder: Path, tmp_path_factory: pytest.TempPathFactory):
     """A 2-step float run, then 2 quantization-aware steps starting from it."""
     root = tmp_path_factory.mktemp("qat_run")
-    start = train(data_folder, root / "float", 2, "--export", root / "float.onnx")
+    start = train_tiny(data_folder, root / "float", 2, "--export", root / "float.onnx")
     assert start.returncode == 0, start.stderr
-    result = train(
+    result = train_tiny(
         data_folder,
         root / "W",
         2,
@@ -139,7 +111,7 @@ def test_resume_without_flag_exits_two(
     copy = tmp_path / "W"
     shutil.copytree(work_dir, copy)
 
-    result = train(data_folder, copy, 4)
+    result = train_tiny(data_folder, copy, 4)
 
     assert result.returncode == 2
     assert str(copy / "checkpoint.pt") in result.stderr.splitlines()[-1]

@@ -75,18 +75,21 @@ def checkpoint_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
 
 
-@pytest.fixture(scope="module")
-def data_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Top-left crops of three clean sample photos (two color, one grayscale).
+def write_training_crops(folder: Path) -> Path:
+    """Write top-left crops of three clean sample photos (two color, one grayscale).
 
     Crops keep loading and validation short, and 96 px leaves room for random 32 px
     patches.
     """
-    folder = tmp_path_factory.mktemp("train_data")
     for name in TRAINING_PHOTOS:
         pixels = cv2.imread(str(SAMPLES / "clean" / name), cv2.IMREAD_UNCHANGED)
         assert cv2.imwrite(str(folder / name), pixels[:CROP_SIZE, :CROP_SIZE])
     return folder
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_training_crops(tmp_path_factory.mktemp("train_data"))
 
 
 @pytest.fixture(scope="module")
