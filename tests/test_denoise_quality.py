@@ -44,7 +44,7 @@ BLIND_SIGMA = 25
 NOISE_SEED = 2026
 
 # PSNR in dB against the clean crop. Measured on 2026-12-05 with this file's main
-# block: model denoise-s version 3 (sha256 15fef5bb2209... in models/manifest.json),
+# block: model denoise-s version 3 (sha256 c0503807cce7... in models/manifest.json),
 # onnxruntime 1.31.1 on the CPU with one thread, on the 2-core x86_64 development
 # machine. Version 2 scored 0 to 0.09 dB lower on every crop and sigma, and version 1
 # 0.2 to 1.1 dB lower than version 2.

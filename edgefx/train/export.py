@@ -126,7 +126,8 @@ def denoiser_metadata(
         "noise_level_range": "0-75",
         "size_multiple": "2",
         # Context each tile needs: 2 pixels per 3x3 convolution at half resolution.
-        "tile_margin": str(2 * (2 * model.blocks + 2) + 8),
+        # Tiles start at even pixels, so this covers the receptive field exactly.
+        "tile_margin": str(2 * (2 * model.blocks + 2)),
         "parameters": str(parameters),
         "macs_per_pixel": str(model.macs_per_pixel()),
         "training": json.dumps(training, sort_keys=True),
