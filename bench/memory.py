@@ -176,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work", type=Path, default=None, help="scratch folder (default: a temp dir)"
     )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        help="pass --tile N to edgefx denoise (default: the CLI's own default)",
+    )
     parser.add_argument("--skip-photo", action="store_true")
     parser.add_argument("--skip-audio", action="store_true")
     args = parser.parse_args(argv)
@@ -199,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--device",
                 "cpu",
             ]
+            if args.tile is not None:
+                command += ["--tile", str(args.tile)]
             result = run_cli(f"denoise {width * height / 1e6:.1f} MP JPEG", command)
             cases.append((result, PHOTO_LIMIT_BYTES, f"{width * height / 1e6:.1f} MP"))
             photo.unlink()
