@@ -216,11 +216,10 @@ def train(options: DenoiseTrainOptions) -> Path:
         config["quantization_aware"] = True
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
-        wanted = config
-        if state.get("config") != wanted:
+        if state.get("config") != config:
             raise ValueError(
                 f"{checkpoint_path} was trained with {state.get('config')}, not "
-                f"{wanted}; use another --work-dir or the same network options"
+                f"{config}; use another --work-dir or the same network options"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
