@@ -63,6 +63,9 @@ class QuantizeOptions:
     nodes: tuple[str, ...] = ()
     threads: int = 0
     speed_repeats: int = 7
+    # Even out per-channel activation ranges first (edgefx/equalize.py). None: the
+    # task's default, on for the denoiser, where it was measured to help.
+    equalize: bool | None = None
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -121,6 +124,11 @@ class Comparison:
     def ship_for_cpu(self) -> bool:
         """int8 is the CPU default only when it is faster and close enough."""
         return self.within_tolerance and self.speedup >= MIN_SPEEDUP
+
+
+# Tasks whose models are equalized unless asked otherwise. On the denoiser it cut the
+# int8 loss on CBSD68 at sigma 25 from 0.41 to 0.23 dB (denoise-s version 3).
+EQUALIZE_BY_DEFAULT = ("denoise",)
 
 
 # Units of METRIC_TOLERANCES: top-1 accuracy drops in percentage points.
@@ -388,17 +396,25 @@ def quantize_model(
         count_noun(len(feeds), "model input"),
         options.calibration,
     )
+    equalize = options.equalize
+    if equalize is None:
+        equalize = info.task in EQUALIZE_BY_DEFAULT
     with tempfile.TemporaryDirectory(prefix="edgefx-quantize-") as work:
+        source = info.path
+        equalized = None
+        if equalize:
+            equalized = _equalize(info, feeds, Path(work, "equalized.onnx"), options)
+            source = Path(work, "equalized.onnx")
         prepared = Path(work, "prepared.onnx")
         quantized = Path(work, "quantized.onnx")
         try:
             # Shape inference and graph cleanup, as ONNX Runtime's docs advise.
-            quant_pre_process(str(info.path), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         except Exception as err:  # noqa: BLE001 - the unprepared graph also quantizes
             logger.warning(
                 "pre-processing failed (%s); quantizing the graph as is", err
             )
-            prepared = info.path
+            prepared = source
         try:
             quantize_static(
                 str(prepared),
@@ -435,6 +451,8 @@ def quantize_model(
         }
         if options.nodes:
             record["nodes"] = list(options.nodes)
+        if equalized is not None:
+            record["equalized"] = equalized
         key_metric = info.metadata.get("key_metric", "")
         if comparison is not None:
             record["test"] = {
@@ -447,6 +465,19 @@ def quantize_model(
         _write_metadata(proto, info, record, key_metric)
         _save_atomically(proto, output)
     return QuantizeResult(output, info, counts, len(feeds), comparison)
+
+
+def _equalize(
+    info: ModelInfo, feeds: list[Feeds], output: Path, options: QuantizeOptions
+) -> str:
+    """Write the equalized float model to ``output``; describe what changed."""
+    import onnx
+
+    from edgefx.equalize import equalize
+
+    result = equalize(onnx.load(str(info.path)), feeds, threads=options.threads)
+    onnx.save(result.model, str(output))
+    return result.describe()
 
 
 def _save_atomically(model: onnx.ModelProto, output: Path) -> None:

@@ -93,6 +93,16 @@ def quantize(
             "every node ONNX Runtime can quantize.",
         ),
     ] = None,
+    equalize: Annotated[
+        bool | None,
+        typer.Option(
+            "--equalize/--no-equalize",
+            help="Even out the per-channel ranges of the activations before "
+            "quantizing, by rescaling consecutive convolutions; the float model's "
+            "output does not change. Default: on for denoisers, off otherwise.",
+            show_default=False,
+        ),
+    ] = None,
     threads: ThreadsOption = 0,
     verbose: VerboseOption = 0,
     quiet: QuietOption = False,
@@ -116,6 +126,7 @@ def quantize(
             per_channel=per_channel,
             nodes=tuple(n.strip() for n in (nodes or "").split(",") if n.strip()),
             threads=threads,
+            equalize=equalize,
         )
         output = out or _default_output(model, "-int8.onnx")
         result = quantize_model(model, output, options)
