@@ -221,3 +221,35 @@ def test_ray_model_error_same(
         messages.append(str(caught.value))
     assert "10 classes but 2 labels" in messages[0]
     assert messages[1] == messages[0]
+
+
+def test_ray_cuda_actor_requests_gpu() -> None:
+    from edgefx.denoise import DenoiseOptions, DenoiseTask
+    from edgefx.ray_engine import _actor_resources
+
+    cuda = DenoiseTask(DenoiseOptions(), RuntimeOptions(device="cuda", threads=0))
+    _, cpus, gpus = _actor_resources(cuda)
+    assert (cpus, gpus) == (1.0, 1.0)
+
+    cpu = DenoiseTask(DenoiseOptions(), RuntimeOptions(device="cpu", threads=0))
+    pinned, cpus, gpus = _actor_resources(cpu)
+    assert (cpus, gpus) == (1.0, 0.0)
+    assert pinned.runtime.threads == 1
+
+
+def test_cli_ray_cuda_without_gpu(ray_cluster: str, run_cli, image_inputs, tmp_path):
+    result = run_cli(
+        "denoise",
+        image_inputs,
+        "--out",
+        tmp_path / "out",
+        "--device",
+        "cuda",
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray_cluster,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--device cuda with --engine ray: the cluster has no GPU" in result.stderr
+    assert not (tmp_path / "out").exists()
