@@ -86,16 +86,15 @@ def _estimate_plane(plane: np.ndarray, scale: float, seed: int) -> float:
     rng = np.random.default_rng(seed)
     ys = rng.integers(0, height - PATCH + 1, count)
     xs = rng.integers(0, width - PATCH + 1, count)
-    offsets = np.arange(PATCH)
-    rows = (ys[:, None] + offsets[None, :])[:, :, None]
-    cols = (xs[:, None] + offsets[None, :])[:, None, :]
-    patches = plane[rows, cols].reshape(count, PATCH * PATCH).astype(np.float64)
-    patches /= scale
+    windows = np.lib.stride_tricks.sliding_window_view(plane, (PATCH, PATCH))
+    samples = windows[ys, xs].reshape(count, PATCH * PATCH)
 
-    variances = patches.var(axis=1)
-    patches = patches[variances <= np.quantile(variances, FLAT_FRACTION)]
-    if len(patches) < PATCH * PATCH:
+    keys = _variance_order_key(samples)
+    flat = samples[keys <= np.quantile(keys, FLAT_FRACTION)]
+    if len(flat) < PATCH * PATCH:
         return 0.0
+    patches = flat.astype(np.float64)
+    patches /= scale
 
     patches -= patches.mean(axis=0, keepdims=True)
     covariance = patches.T @ patches / (len(patches) - 1)
@@ -107,3 +106,19 @@ def _estimate_plane(plane: np.ndarray, scale: float, seed: int) -> float:
         if mean <= np.median(tail):
             return float(np.sqrt(mean))
     return float(np.sqrt(eigenvalues[-1]))
+
+
+def _variance_order_key(samples: np.ndarray) -> np.ndarray:
+    """Return a value per patch that orders the patches as their variance does.
+
+    Integer samples give n * sum(x^2) - sum(x)^2, exact in integers and n^2 times the
+    variance, and faster to compute than the float variance of 60,000 patches.
+    """
+    if samples.dtype.kind in "ui":
+        # For 49 samples of 8 bits the largest term, 49 * 49 * 255^2, fits in int32.
+        wide = np.int32 if samples.dtype.itemsize == 1 else np.int64
+        values: np.ndarray = samples.astype(wide)
+        sums = values.sum(axis=1)
+        squares = (values * values).sum(axis=1)
+        return samples.shape[1] * squares - sums * sums
+    return samples.astype(np.float64).var(axis=1)
