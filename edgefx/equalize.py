@@ -15,8 +15,9 @@ ranges.
 A group of tensors is rescaled together when they are joined by ``Relu`` and ``Add``
 nodes (a residual stream, or one convolution's output and its ReLU), every node that
 writes into the group is a ``Conv`` and every node that reads from it is a ``Conv``.
-Any other writer or reader (an image input, ``Sub``, ``Concat``, a graph output) leaves
-the group as it is. The float outputs are checked before and after.
+Any other writer or reader (an image input, ``Sub``, ``Concat``, a graph output, a
+node inside an ``If`` or ``Loop`` body) leaves the group as it is. The float outputs
+are checked before and after.
 """
 
 from __future__ import annotations
@@ -78,14 +79,41 @@ def _weight_channels(weight: np.ndarray) -> tuple[int, int]:
     return int(weight.shape[0]), int(weight.shape[1])
 
 
+def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
+    """Collect every tensor name read or output inside the subgraphs of ``graph``.
+
+    A subgraph (the branches of If, the bodies of Loop and Scan) may read any tensor
+    of the outer graph by name without listing it as an input of its node.
+    """
+    from onnx import AttributeProto
+
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            subgraphs = list(attribute.graphs)
+            if attribute.type == AttributeProto.GRAPH:
+                subgraphs.append(attribute.g)
+            for subgraph in subgraphs:
+                for inner in subgraph.node:
+                    names.update(inner.input)
+                names.update(item.name for item in subgraph.output)
+                names |= _subgraph_names(subgraph)
+    return names
+
+
 def find_groups(model: onnx.ModelProto) -> list[Group]:
     """Find the groups of tensors that can be rescaled per channel exactly."""
     graph = model.graph
     initializers = {item.name: item for item in graph.initializer}
+    hidden = _subgraph_names(graph)
     uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
+    # A tensor or weight that a subgraph reads counts as one more use, so that it is
+    # neither rescaled nor counted as used by one Conv alone.
+    for name in hidden:
+        uses[name] = uses.get(name, 0) + 1
     parent: dict[str, str] = {}
 
     def add(name: str) -> None:
@@ -110,9 +138,11 @@ def find_groups(model: onnx.ModelProto) -> list[Group]:
     for name in parent:
         members.setdefault(_find(parent, name), []).append(name)
 
-    boundary = {item.name for item in graph.input} | {
-        item.name for item in graph.output
-    }
+    boundary = (
+        {item.name for item in graph.input}
+        | {item.name for item in graph.output}
+        | hidden
+    )
     groups = []
     for tensors in members.values():
         group = _check_group(model, sorted(tensors), initializers, uses, boundary)
@@ -124,7 +154,7 @@ def find_groups(model: onnx.ModelProto) -> list[Group]:
 def _conv_weight(
     node: onnx.NodeProto, initializers: dict, uses: dict[str, int]
 ) -> np.ndarray | None:
-    """Return the weight of a plain (group 1) Conv whose initializers it alone uses."""
+    """Return a group-1 Conv's float32 weight if no other node uses its initializers."""
     from onnx import helper, numpy_helper
 
     if node.op_type != "Conv" or len(node.input) < 2:
@@ -138,7 +168,11 @@ def _conv_weight(
         if name and (name not in initializers or uses.get(name, 0) != 1):
             return None
     weight = numpy_helper.to_array(initializers[node.input[1]])
-    return weight if weight.ndim >= 3 else None
+    # The probe in channel_ranges reads the activations as float32, and
+    # _scale_initializer writes float32, so other weight types are left alone.
+    if weight.dtype != np.float32 or weight.ndim < 3:
+        return None
+    return weight
 
 
 def _check_group(
@@ -255,9 +289,30 @@ def _largest_change(
         outputs.append(session.run(None, feed))
     change = 0.0
     for before, after in zip(*outputs, strict=True):
-        peak = max(float(np.abs(before).max()), 1.0)
-        change = max(change, float(np.abs(after - before).max()) / peak)
+        change = max(change, _output_change(np.asarray(before), np.asarray(after)))
     return change
+
+
+def _output_change(before: np.ndarray, after: np.ndarray) -> float:
+    """Return the largest change of one output relative to its largest finite value.
+
+    Bool and integer outputs are compared as numbers, an empty output does not change,
+    and a NaN or infinity that appears or moves counts as an infinite change.
+    """
+    if before.shape != after.shape:
+        return float("inf")
+    if before.size == 0:
+        return 0.0
+    if before.dtype.kind not in "biuf":
+        return 0.0 if np.array_equal(before, after) else float("inf")
+    old = before.astype(np.float64)
+    new = after.astype(np.float64)
+    same = (old == new) | (np.isnan(old) & np.isnan(new))
+    difference = np.where(same, 0.0, np.abs(new - old))
+    difference = np.nan_to_num(difference, nan=np.inf)
+    finite = np.abs(old[np.isfinite(old)])
+    peak = max(float(finite.max()) if finite.size else 0.0, 1.0)
+    return float(difference.max()) / peak
 
 
 def equalize(
@@ -274,11 +329,21 @@ def equalize(
     groups = find_groups(model)
     result = copy.deepcopy(model)
     if not groups:
+        logger.info("found no Conv/Relu/Add tensor groups to equalize")
         return Equalized(result, 0, 0, 0.0)
     ranges = channel_ranges(model, groups, feeds, threads)
     nodes = result.graph.node
     channels = 0
+    rescaled = 0
     for group, found in zip(groups, ranges, strict=True):
+        if not np.all(np.isfinite(found)):
+            # An infinite or NaN activation would turn every factor into NaN.
+            logger.warning(
+                "left %s as it is: it reaches infinity or NaN on the calibration "
+                "inputs",
+                group.tensors[0],
+            )
+            continue
         peak = float(found.max())
         if peak <= 0.0:
             continue
@@ -293,6 +358,7 @@ def equalize(
         for index in group.readers:
             _scale_initializer(result, nodes[index].input[1], factor, axis=1)
         channels += group.channels
+        rescaled += 1
     change = _largest_change(model, result, feeds[0], threads)
     if change > EQUIVALENCE_TOLERANCE:
         raise ModelError(
@@ -301,8 +367,8 @@ def equalize(
         )
     logger.info(
         "equalized %d tensor groups (%d channels); float outputs changed by %.1g",
-        len(groups),
+        rescaled,
         channels,
         change,
     )
-    return Equalized(result, len(groups), channels, change)
+    return Equalized(result, rescaled, channels, change)
