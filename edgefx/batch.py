@@ -410,9 +410,8 @@ def remove_stale_temporaries(out_dir: OutputPath) -> int:
         )
     if kept:
         logger.info(
-            "kept %s (%s*) in %s that are less than %d minutes old, "
-            "because another edgefx run may be writing them; a run started later "
-            "removes them",
+            "kept %s (%s*) in %s: younger than %d minutes, so another edgefx "
+            "run may still be writing there; a run started later removes stale ones",
             count_noun(kept, "temporary file"),
             TEMP_PREFIX,
             out_dir,

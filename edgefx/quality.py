@@ -72,6 +72,8 @@ def spread(count: int, limit: int | None) -> list[int]:
 def _decode(data: bytes, name: str) -> np.ndarray:
     import cv2
 
+    # OpenCV prints its own lines about damaged files; the warning below replaces them.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as err:  # an empty file, or a header above OpenCV's pixel limit
@@ -216,16 +218,34 @@ def calibration_audio(root: Path, clips: int, seconds: float) -> list[np.ndarray
     result = []
     if speech and noise:
         for index in spread(len(speech), clips):
-            clean = read_mono(speech[index])[:length]
-            noisy = read_mono(noise[int(rng.integers(len(noise)))])
-            result.append(mix(clean, noisy, float(rng.uniform(-5.0, 20.0))))
-        return result
-    from edgefx.train.audio_split import AUDIO_SUFFIXES
+            clean = _read_or_skip(speech[index])
+            noisy = _read_or_skip(noise[int(rng.integers(len(noise)))])
+            if clean is not None and noisy is not None:
+                snr = float(rng.uniform(-5.0, 20.0))
+                result.append(mix(clean[:length], noisy, snr))
+    else:
+        from edgefx.train.audio_split import AUDIO_SUFFIXES
 
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise UsageError(f"{root}: no recordings found")
-    return [read_mono(files[i])[:length] for i in spread(len(files), clips)]
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            raise UsageError(f"{root}: no recordings found")
+        for index in spread(len(files), clips):
+            clip = _read_or_skip(files[index])
+            if clip is not None:
+                result.append(clip[:length])
+    if not result:
+        raise UsageError(f"{root}: none of the chosen recordings is readable")
+    return result
+
+
+def _read_or_skip(path: Path) -> np.ndarray | None:
+    """Read a calibration recording, or log a warning and return None if it fails."""
+    try:
+        return read_mono(path)
+    except (OSError, RuntimeError, ValueError) as err:
+        # soundfile raises LibsndfileError (a RuntimeError) for damaged files.
+        logger.warning("%s: skipped, cannot read this recording: %s", path, err)
+        return None
 
 
 def held_out_mixtures(

@@ -127,7 +127,7 @@ class Comparison:
 
 
 # Tasks whose models are equalized unless asked otherwise. On the denoiser it cut the
-# int8 loss on CBSD68 at sigma 25 from 0.41 to 0.23 dB (denoise-s version 3).
+# int8 loss on CBSD68 at sigma 25 from 0.41 to 0.24 dB (denoise-s version 3).
 EQUALIZE_BY_DEFAULT = ("denoise",)
 
 
@@ -167,11 +167,13 @@ def _reader(feeds: list[Feeds]) -> Any:
     return ListReader()
 
 
-def denoise_feeds(info: ModelInfo, source: Path, samples: int) -> list[Feeds]:
+def denoise_feeds(
+    info: ModelInfo, source: Path, samples: int, threads: int = 0
+) -> list[Feeds]:
     """Noisy crops of training photos at sigma 0-75, with their noise level."""
     from edgefx.denoise import Denoiser
 
-    denoiser = Denoiser(str(info.path), RuntimeOptions(device="cpu"))
+    denoiser = Denoiser(str(info.path), RuntimeOptions(device="cpu", threads=threads))
     signature = denoiser.signature
     rng = np.random.default_rng(0)
     feeds = []
@@ -197,11 +199,15 @@ def denoise_feeds(info: ModelInfo, source: Path, samples: int) -> list[Feeds]:
     return feeds
 
 
-def classify_feeds(info: ModelInfo, source: Path, samples: int) -> list[Feeds]:
+def classify_feeds(
+    info: ModelInfo, source: Path, samples: int, threads: int = 0
+) -> list[Feeds]:
     """Training images, prepared as the classifier prepares them, one per input."""
     from edgefx.classify import Classifier, prepare_image
 
-    classifier = Classifier(str(info.path), RuntimeOptions(device="cpu"))
+    classifier = Classifier(
+        str(info.path), RuntimeOptions(device="cpu", threads=threads)
+    )
     name = classifier.signature.name
     return [
         {name: prepare_image(pixels, classifier.preprocess)[None]}
@@ -209,7 +215,9 @@ def classify_feeds(info: ModelInfo, source: Path, samples: int) -> list[Feeds]:
     ]
 
 
-def enhance_feeds(info: ModelInfo, source: Path, samples: int) -> list[Feeds]:
+def enhance_feeds(
+    info: ModelInfo, source: Path, samples: int, threads: int = 0
+) -> list[Feeds]:
     """Chunks of noisy training speech, each with the state the float model reached.
 
     The float32 model runs over each clip, so the state fed with each chunk is one the
@@ -217,7 +225,7 @@ def enhance_feeds(info: ModelInfo, source: Path, samples: int) -> list[Feeds]:
     """
     from edgefx.enhance import Enhancer
 
-    enhancer = Enhancer(str(info.path), RuntimeOptions(device="cpu"))
+    enhancer = Enhancer(str(info.path), RuntimeOptions(device="cpu", threads=threads))
     chunk = ENHANCER_CHUNK_HOPS * enhancer.hop
     clips = calibration_audio(source, samples, CALIBRATION_SECONDS)
     feeds = []
@@ -388,8 +396,12 @@ def quantize_model(
     # Checked before calibrating, which takes minutes; _save_atomically writes the
     # temporary file first.
     check_output_file(output, temporary_names=(f".{output.name}.partial",))
+    if output.exists():
+        logger.warning("%s exists and will be replaced", output)
 
-    feeds = FEEDS_FOR_TASK[info.task](info, options.calibration, options.samples)
+    feeds = FEEDS_FOR_TASK[info.task](
+        info, options.calibration, options.samples, options.threads
+    )
     logger.info(
         "calibrating %s on %s from %s",
         info.name,

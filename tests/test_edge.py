@@ -441,3 +441,26 @@ def test_verdict_names_tolerance_unit():
     )
 
     assert comparison.verdict.endswith("quality drops by more than 0.1 dB PSNR")
+
+
+def test_calibration_audio_skips_unreadable(samples_dir, tmp_path, caplog):
+    from edgefx.errors import UsageError
+    from edgefx.quality import calibration_audio
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    for path in sorted((samples_dir / "audio" / "noisy").iterdir()):
+        shutil.copy(path, folder / path.name)
+    (folder / "fake.wav").write_text("not audio", encoding="utf-8")
+    readable = len(list((samples_dir / "audio" / "noisy").iterdir()))
+
+    clips = calibration_audio(folder, 10, 1.0)
+    assert len(clips) == readable
+    assert all(len(clip) == 16000 for clip in clips)
+    assert "fake.wav: skipped, cannot read this recording" in caplog.text
+
+    for path in folder.iterdir():
+        if path.name != "fake.wav":
+            path.unlink()
+    with pytest.raises(UsageError, match="none of the chosen recordings"):
+        calibration_audio(folder, 10, 1.0)

@@ -374,7 +374,12 @@ def _write_classify_rows(
 
         table = Table(title="edgefx classify", title_justify="left")
         for column in ("file", "label", "score", "top_k"):
-            table.add_column(column, justify="right" if column == "score" else "left")
+            # A narrow terminal or a pipe wraps file names instead of cutting them.
+            table.add_column(
+                column,
+                justify="right" if column == "score" else "left",
+                overflow="fold",
+            )
         for row in rows:
             top = ", ".join(f"{label} {score:.3f}" for label, score in row.top_k)
             # Text cells are never parsed as markup, so "[b]" in a name stays literal.
