@@ -319,13 +319,26 @@ class ProgressReporter(Reporter):
         self.progress: Progress | None = None
         self.task: TaskID | None = None
         self.started = time.perf_counter()
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
 
     def __enter__(self) -> ProgressReporter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         if self.progress is not None:
             self.progress.stop()
+        if exc_type is not None and issubclass(
+            exc_type, KeyboardInterrupt | Terminated
+        ):
+            # The summary line is not reached, so say what the stopped run finished.
+            counts = self.counts
+            skipped = counts["skipped"]
+            skipped_text = f"{skipped} skipped (output exists), " if skipped else ""
+            stderr_console().print(
+                f"before the stop: {counts['done']} done, {skipped_text}"
+                f"{counts['failed']} failed",
+                markup=False,
+            )
 
     def start(self, total: int) -> None:
         if not stderr_console().is_terminal:
@@ -354,6 +367,8 @@ class ProgressReporter(Reporter):
         self.started = time.perf_counter()
 
     def result(self, result: FileResult) -> None:
+        if result.status in self.counts:
+            self.counts[result.status] += 1
         if self.progress is None or self.task is None:
             if result.status == "failed":
                 stderr_console().print(
