@@ -437,10 +437,10 @@ def bench_torch(
         weights = "random"
     network: Any = model
     if info.metadata.get("test_time_augmentation"):
-        # The ONNX graph runs each image and its mirror image, so PyTorch does too.
-        from edgefx.train.nets import FlipAveraged
+        # The ONNX graph averages several views of each image, so PyTorch does too.
+        from edgefx.train.nets import average_views
 
-        network = FlipAveraged(model)
+        network = average_views(model, info.metadata["test_time_augmentation"])
     network.eval()
     # NOTE: PyTorch gets the same NCHW tensors as ONNX Runtime. The channels_last
     # memory format, which training uses, may run faster.

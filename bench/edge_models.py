@@ -126,18 +126,10 @@ def torch_call(
         width = int(info.metadata.get("width", "16"))
         blocks = int(info.metadata.get("blocks", "3"))
         network = nets.CifarResNet(10, width, blocks)
-        flip = "test_time_augmentation" in info.metadata
-        if flip:
-            note = "with the flipped copy, as the ONNX file does"
-
-        def module(image: Any) -> Any:
-            if not flip:
-                return network(image)
-            count = image.shape[0]
-            logits = network(torch.cat([image, image.flip(3)]))
-            return (logits[:count] + logits[count:]) / 2
-
-        network.eval()
+        augmentation = info.metadata.get("test_time_augmentation")
+        if augmentation:
+            note = f"views averaged as the ONNX file does: {augmentation}"
+        module = nets.average_views(network, augmentation)
         arguments = (tensors["image"],)
     else:
         hop = int(info.metadata["hop"])

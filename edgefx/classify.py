@@ -55,6 +55,11 @@ DECODE_MARGIN = 4
 # Metadata value of ``test_time_augmentation`` for a graph that averages the logits
 # of each image and its left-right mirror image.
 FLIP_AVERAGE_METADATA = "horizontal flip, logits averaged"
+# The same for a graph that also shifts each image by one pixel in the four diagonal
+# directions (reflection padding) and averages the logits of all 10 views.
+SHIFT_FLIP_AVERAGE_METADATA = (
+    "horizontal flip and 4 diagonal one-pixel shifts, logits of 10 views averaged"
+)
 
 
 @dataclass(frozen=True)

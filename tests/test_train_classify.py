@@ -211,6 +211,44 @@ def test_flip_average_tool_matches_views(plain_export: Path, tmp_path: Path) -> 
     assert "already averages" in again.stderr
 
 
+def test_shift_average_export_matches_views(
+    trained, plain_export: Path, tmp_path: Path
+) -> None:
+    data, work, _ = trained
+    out = tmp_path / "shifted.onnx"
+    result = run_edgefx(
+        "train", "classify",
+        "--data", data, "--work-dir", work,
+        "--epochs", "8", "--batch-size", "8", "--size", "16",
+        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--shift-average", "--export", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    images = _random_images()
+    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    views = [
+        padded[:, :, 1 + dy : 17 + dy, 1 + dx : 17 + dx]
+        for dy, dx in ((0, 0), (1, 1), (-1, -1), (1, -1), (-1, 1))
+    ]
+    views += [view[:, :, :, ::-1] for view in views]
+    expected = np.mean(
+        [_logits(plain_export, np.ascontiguousarray(view)) for view in views], axis=0
+    )
+    np.testing.assert_allclose(_logits(out, images), expected, atol=1e-5)
+    assert "10 views" in read_metadata(out)["test_time_augmentation"]
+
+
+def test_shift_average_needs_flip_average(trained, tmp_path: Path) -> None:
+    data, work, _ = trained
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--work-dir", work,
+        "--no-flip-average", "--shift-average", "--export", tmp_path / "x.onnx",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--shift-average needs --flip-average" in result.stderr
+
+
 def write_png_header_only(path: Path, width: int, height: int) -> None:
     """Write a PNG whose header claims ``width`` x ``height`` but has no pixel data."""
     import struct

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgefx.classify import FLIP_AVERAGE_METADATA
+from edgefx.classify import FLIP_AVERAGE_METADATA, SHIFT_FLIP_AVERAGE_METADATA
 from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint
-from edgefx.train.nets import CifarResNet, FlipAveraged
+from edgefx.train.nets import CifarResNet, average_views
 from edgefx.train.precision import use_bfloat16
 
 logger = logging.getLogger(__name__)
@@ -352,11 +352,13 @@ def export_best(
     data_description: str | None = None,
     extra_metadata: dict[str, str] | None = None,
     flip_average: bool = True,
+    shift_average: bool = False,
 ) -> Path:
     """Export a classifier checkpoint to ONNX with its labels and preprocessing.
 
     ``flip_average`` builds the mirror-image averaging into the graph (see
     ``FlipAveraged``) and records it in the metadata as ``test_time_augmentation``.
+    ``shift_average`` adds four shifted positions to it (``ShiftFlipAveraged``).
     """
     from edgefx.train.export import export_classifier
 
@@ -384,22 +386,38 @@ def export_best(
             sort_keys=True,
         ),
     }
-    if flip_average:
-        metadata["test_time_augmentation"] = FLIP_AVERAGE_METADATA
+    augmentation = _augmentation(flip_average, shift_average)
+    if augmentation:
+        metadata["test_time_augmentation"] = augmentation
     metadata.update(extra_metadata or {})
-    export_classifier(model, out_path, metadata, config["size"], flip_average)
+    # The wrapper goes in as the model, so export_classifier adds no flip of its own.
+    network = average_views(model, augmentation)
+    export_classifier(network, out_path, metadata, config["size"])
     return out_path
 
 
+def _augmentation(flip_average: bool, shift_average: bool) -> str | None:
+    """Return the test_time_augmentation metadata value for these export options."""
+    if shift_average:
+        if not flip_average:
+            raise ValueError("shifted views are averaged together with mirror images")
+        return SHIFT_FLIP_AVERAGE_METADATA
+    return FLIP_AVERAGE_METADATA if flip_average else None
+
+
 def evaluate_checkpoint(
-    checkpoint: Path, test_data: Path, flip_average: bool = False
+    checkpoint: Path,
+    test_data: Path,
+    flip_average: bool = False,
+    shift_average: bool = False,
 ) -> float:
     """Return the top-1 accuracy in percent of a checkpoint on a labelled test set.
 
-    ``flip_average`` scores the network the way an export with the same flag runs it.
+    ``flip_average`` and ``shift_average`` score the network the way an export with
+    the same flags runs it.
     """
     model, state = load_classifier_checkpoint(checkpoint)
     config = state["config"]
     data = load_image_set(test_data, config["size"], classes=config["classes"])
-    network: nn.Module = FlipAveraged(model) if flip_average else model
+    network = average_views(model, _augmentation(flip_average, shift_average))
     return evaluate(network, data, config["mean"], config["std"])
