@@ -177,7 +177,11 @@ class ShiftFlipAveraged(nn.Module):
 
 
 def average_views(classifier: nn.Module, augmentation: str | None) -> nn.Module:
-    """Wrap ``classifier`` as a graph with this ``test_time_augmentation`` runs it."""
+    """Wrap ``classifier`` to average the views that ``augmentation`` names.
+
+    ``augmentation`` is a model's ``test_time_augmentation`` metadata value, so the
+    wrapper computes what that ONNX graph computes.
+    """
     from edgefx.classify import FLIP_AVERAGE_METADATA, SHIFT_FLIP_AVERAGE_METADATA
 
     if not augmentation:
