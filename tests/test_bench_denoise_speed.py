@@ -53,4 +53,7 @@ def test_speed_bench_prints_table() -> None:
     for mode, match in rows.items():
         speed, share = float(match.group(2)), int(match.group(3))
         assert speed > 0.0, mode
-        assert abs(share - round(100 * speed / allowed)) <= 1, mode
+        # Speeds and the ceiling are printed to 0.01 MP/s, so at one thread on a
+        # small photo their rounding alone can move the share by more than a point.
+        rounding = 100 * 0.005 * (1 / allowed + speed / allowed**2)
+        assert abs(share - 100 * speed / allowed) <= 0.5 + rounding, mode
