@@ -12,9 +12,9 @@ equalization of Nagel et al., "Data-Free Quantization Through Weight Equalizatio
 Bias Correction" (ICCV 2019), applied to the activation ranges rather than the weight
 ranges.
 
-A group of tensors is rescaled together when they are joined by ``Relu`` and ``Add``
-nodes (a residual stream, or one convolution's output and its ReLU), every node that
-writes into the group is a ``Conv`` and every node that reads from it is a ``Conv``.
+Tensors joined by ``Relu`` and ``Add`` nodes form a group that is rescaled together:
+a residual stream, or one convolution's output and its ReLU. A group qualifies only
+when every node that writes into it and every node that reads from it is a ``Conv``.
 Any other writer or reader (an image input, ``Sub``, ``Concat``, a graph output, a
 node inside an ``If`` or ``Loop`` body) leaves the group as it is. The float outputs
 are checked before and after.
@@ -73,10 +73,6 @@ def _find(parent: dict[str, str], name: str) -> str:
         parent[name] = parent[parent[name]]
         name = parent[name]
     return name
-
-
-def _weight_channels(weight: np.ndarray) -> tuple[int, int]:
-    return int(weight.shape[0]), int(weight.shape[1])
 
 
 def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
@@ -197,7 +193,7 @@ def _check_group(
         weight = _conv_weight(node, initializers, uses)
         if weight is None:
             return None
-        out_channels, in_channels = _weight_channels(weight)
+        out_channels, in_channels = int(weight.shape[0]), int(weight.shape[1])
         if writes:
             writers.append(index)
             channels.add(out_channels)
@@ -318,10 +314,10 @@ def _output_change(before: np.ndarray, after: np.ndarray) -> float:
 def equalize(
     model: onnx.ModelProto, feeds: list[Feeds], strength: float = 1.0, threads: int = 0
 ) -> Equalized:
-    """A copy of ``model`` with the channel ranges of its Conv/ReLU groups evened out.
+    """Return a copy of ``model`` with the channel ranges of its Conv groups evened out.
 
-    ``strength`` 1 makes every channel of a group span the group's largest range; 0
-    changes nothing. Raises ModelError when the float outputs change by more than a
+    With ``strength`` 1 every channel of a group spans the group's largest range, and
+    0 changes nothing. Raises ModelError when the float outputs change by more than a
     rounding error, which would mean that a group was not safe to rescale.
     """
     if not feeds:

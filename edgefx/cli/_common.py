@@ -330,7 +330,7 @@ class ProgressReporter(Reporter):
         if exc_type is not None and issubclass(
             exc_type, KeyboardInterrupt | Terminated
         ):
-            # The summary line is not reached, so say what the stopped run finished.
+            # The summary line is not reached, so print what the stopped run finished.
             counts = self.counts
             skipped = counts["skipped"]
             skipped_text = f"{skipped} skipped (output exists), " if skipped else ""
