@@ -306,3 +306,50 @@ def test_cutout_zero_paints_nothing() -> None:
     out = augment(images, np.random.default_rng(0), cutout=0, fill=FILL)
 
     assert painted_pixels(out).max() == 0
+
+
+def test_distillation_from_a_teacher(trained, tmp_path: Path) -> None:
+    data, work, _ = trained
+
+    result = run_edgefx(
+        "train", "classify",
+        "--data", data, "--work-dir", tmp_path / "student",
+        "--epochs", "2", "--batch-size", "8", "--size", "16",
+        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--teacher", work / "best.pt", "--teacher", work / "best.pt",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "distilling from 2 teacher(s)" in result.stderr
+    options = json.loads((tmp_path / "student" / "options.json").read_text())
+    assert options["teachers"] == [str(work / "best.pt")] * 2
+    assert len((tmp_path / "student" / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_teacher_with_other_input_size_exit_2(trained, tmp_path: Path) -> None:
+    data, work, _ = trained
+
+    result = run_edgefx(
+        "train", "classify",
+        "--data", data, "--work-dir", tmp_path / "student",
+        "--epochs", "1", "--batch-size", "8", "--size", "12",
+        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--teacher", work / "best.pt",
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert "another size" in errors[0]
+
+
+def test_distillation_loss_is_zero_only_for_matching_logits() -> None:
+    from edgefx.train.classify import distillation_loss
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
+
+    same = distillation_loss(logits, logits.clone(), temperature=4.0)
+    other = distillation_loss(logits, logits.flip(1), temperature=4.0)
+
+    assert abs(float(same)) < 1e-6
+    assert float(other) > 0.01

@@ -315,6 +315,32 @@ def train_classify(
             "compute of one, same parameters)."
         ),
     ] = False,
+    teacher: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Distill from this training checkpoint (best.pt of an earlier run on "
+            "the same data and split); repeat for an ensemble, whose logits are "
+            "averaged.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    distill_weight: Annotated[
+        float,
+        typer.Option(
+            help="With --teacher: weight of the distillation loss; the label loss "
+            "gets the rest.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 0.9,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            help="With --teacher: softmax temperature of the distillation loss.",
+            min=0.1,
+        ),
+    ] = 4.0,
 ) -> None:
     """Train the image classifier (a CIFAR-style ResNet) on labelled images."""
     with handle_errors():
@@ -343,6 +369,9 @@ def train_classify(
             threads=threads,
             seed=seed,
             precision=precision,
+            teachers=tuple(teacher or ()),
+            distill_weight=distill_weight,
+            temperature=temperature,
         )
         try:
             best = train(options)

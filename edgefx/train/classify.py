@@ -50,6 +50,9 @@ class ClassifyTrainOptions:
     seed: int = 0
     threads: int = 0
     precision: str = "auto"
+    teachers: tuple[Path, ...] = ()
+    distill_weight: float = 0.9
+    temperature: float = 4.0
 
 
 @dataclass
@@ -208,6 +211,37 @@ def evaluate(
     return 100.0 * correct / max(1, len(data.labels))
 
 
+def load_teachers(paths: tuple[Path, ...], config: dict) -> list[CifarResNet]:
+    """Load teacher checkpoints, which must share the student's classes and input."""
+    teachers = []
+    for path in paths:
+        teacher, state = load_classifier_checkpoint(path)
+        theirs = state["config"]
+        for key in ("classes", "size", "mean", "std"):
+            if theirs.get(key) != config[key]:
+                raise ValueError(
+                    f"teacher {path} was trained with another {key} "
+                    f"({theirs.get(key)!r}, the student has {config[key]!r}); "
+                    "a teacher needs the same data, split and input size"
+                )
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        teachers.append(teacher.to(memory_format=torch.channels_last))  # type: ignore[call-overload]
+    return teachers
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Hinton et al. (2015): KL divergence of softened distributions, times T^2."""
+    log_student = torch.log_softmax(student.float() / temperature, dim=1)
+    log_teacher = torch.log_softmax(teacher.float() / temperature, dim=1)
+    divergence = torch.nn.functional.kl_div(
+        log_student, log_teacher, log_target=True, reduction="batchmean"
+    )
+    return divergence * temperature**2
+
+
 def train(options: ClassifyTrainOptions) -> Path:
     """Train (or resume) a classifier and return the path of its best checkpoint."""
     if options.threads:
@@ -265,6 +299,14 @@ def train(options: ClassifyTrainOptions) -> Path:
         step = int(state["step"])
         best_accuracy = float(state["best_accuracy"])
         logger.info("resumed from %s at step %d", checkpoint_path, step)
+    teachers = load_teachers(options.teachers, config)
+    if teachers:
+        logger.info(
+            "distilling from %d teacher(s): weight %g, temperature %g",
+            len(teachers),
+            options.distill_weight,
+            options.temperature,
+        )
     (options.work_dir / "options.json").write_text(
         json.dumps(asdict(options), default=str, indent=2)
     )
@@ -308,7 +350,16 @@ def train(options: ClassifyTrainOptions) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(step, total_steps, options.learning_rate)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-                loss = loss_function(model(batch), labels)
+                logits = model(batch)
+                loss = loss_function(logits, labels)
+                if teachers:
+                    with torch.no_grad():
+                        target = torch.stack([t(batch).float() for t in teachers])
+                    soft = distillation_loss(
+                        logits, target.mean(dim=0), options.temperature
+                    )
+                    weight = options.distill_weight
+                    loss = (1 - weight) * loss + weight * soft
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
