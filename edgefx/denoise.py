@@ -206,34 +206,44 @@ class Denoiser:
 
         output = np.empty_like(planes)
         for y0, y1, core_y0, core_y1 in _tile_spans(padded_height, core, margin):
-            rows = _reflect_indices(y0, y1, height)
+            rows = _reflect_indices(y0, y1, height) if y1 > height else None
             for x0, x1, core_x0, core_x1 in _tile_spans(padded_width, core, margin):
-                columns = _reflect_indices(x0, x1, width)
-                window = planes[rows[:, None], columns[None, :]]
+                columns = _reflect_indices(x0, x1, width) if x1 > width else None
+                if rows is None and columns is None:
+                    window = planes[y0:y1, x0:x1]  # a view: no copy of the tile
+                else:
+                    row_index = np.arange(y0, y1) if rows is None else rows
+                    column_index = np.arange(x0, x1) if columns is None else columns
+                    window = planes[row_index[:, None], column_index[None, :]]
                 restored = self._run_window(window, sigma)
                 keep_y1 = min(core_y1, height)
                 keep_x1 = min(core_x1, width)
-                output[core_y0:keep_y1, core_x0:keep_x1] = restored[
-                    core_y0 - y0 : keep_y1 - y0, core_x0 - x0 : keep_x1 - x0
-                ]
+                _store_core(
+                    restored[
+                        :, core_y0 - y0 : keep_y1 - y0, core_x0 - x0 : keep_x1 - x0
+                    ],
+                    output[core_y0:keep_y1, core_x0:keep_x1],
+                    self.signature.input_scale,
+                )
         return output
 
     def _run_window(self, window: np.ndarray, sigma: float) -> np.ndarray:
-        # window: (h, w, C) uint8/uint16/float32 -> same shape and dtype.
-        if window.dtype == np.uint8:
-            scale = 255.0
-        elif window.dtype == np.uint16:
-            scale = 65535.0
-        else:
-            scale = 1.0
+        """Run the model on one (h, w, C) window and return its (C', h, w) output.
 
-        image = window.astype(np.float32) / scale
+        The output is float32 on the model's value scale (``input_scale``), with the
+        model's channel count C'. Each conversion is one pass per channel straight
+        into the planar buffer that ONNX Runtime reads.
+        """
+        scale = _dtype_scale(window.dtype)
         model_channels = self.signature.channels
-        gray_input = image.shape[2] == 1 and model_channels == 3
-        if gray_input:
-            image = np.repeat(image, 3, axis=2)
-        batch = image.transpose(2, 0, 1)[None] * self.signature.input_scale
-        feeds = {self.signature.image_input: np.ascontiguousarray(batch)}
+        height, width, channels = window.shape
+        batch = np.empty((1, model_channels, height, width), np.float32)
+        factor = np.float32(self.signature.input_scale / scale)
+        for c in range(model_channels):
+            # A gray window repeats its one plane for a color model.
+            source = window[:, :, c if channels > 1 else 0]
+            np.multiply(source, factor, out=batch[0, c])
+        feeds = {self.signature.image_input: batch}
         if self.signature.level_input:
             level = np.full((1, 1, 1, 1), sigma / 255.0, np.float32)
             feeds[self.signature.level_input] = level * self.signature.input_scale
@@ -255,14 +265,37 @@ class Denoiser:
             )
         if not np.isfinite(restored).all():
             raise InferenceError("the model output contains NaN or infinite values")
+        result: np.ndarray = restored[0]
+        return result
 
-        result = restored[0].transpose(1, 2, 0) / self.signature.input_scale
-        if gray_input:
-            result = result.mean(axis=2, keepdims=True)
-        result = np.clip(result, 0.0, 1.0)
-        if scale == 1.0:
-            return result.astype(np.float32)
-        return np.round(result * scale).astype(window.dtype)
+
+def _dtype_scale(dtype: np.dtype) -> float:
+    """The value that stands for full white in an image of this dtype."""
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    return 1.0
+
+
+def _store_core(restored: np.ndarray, target: np.ndarray, input_scale: float) -> None:
+    """Write a model output (C', h, w) into the (h, w, C) image region ``target``.
+
+    Values are clipped to the valid range and, for integer images, rounded to the
+    nearest level. A color output for a gray target is averaged over its channels.
+    """
+    scale = _dtype_scale(target.dtype)
+    factor = np.float32(scale / input_scale)
+    planes = restored
+    if target.shape[2] == 1 and restored.shape[0] == 3:
+        planes = restored.mean(axis=0, keepdims=True)
+    buffer = np.empty(planes.shape[1:], np.float32)
+    for c in range(target.shape[2]):
+        np.multiply(planes[c], factor, out=buffer)
+        np.clip(buffer, 0.0, scale, out=buffer)
+        if scale != 1.0:
+            np.rint(buffer, out=buffer)
+        target[:, :, c] = buffer
 
 
 @dataclass(frozen=True)
