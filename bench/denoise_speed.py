@@ -13,8 +13,12 @@ convolutions can compute on this CPU for the model's multiply-accumulates per pi
    8 times, with Gaussian noise of sigma 25), with the sigma given and blind, and its
    own throughput line gives megapixels per second.
 
-Each timing is the best of ``--repeat`` runs, because other processes on a shared
-machine only ever slow a run down. Run from the repository root:
+The machines this runs on are shared, and their speed drifts by 10 % or more within a
+minute. So the measurements are interleaved in ``--rounds`` rounds: each round times
+the convolution for a sustained ``--ceiling-seconds`` (comparable with the several
+seconds of a command run, not the best short burst), then the API and the command
+with and without the sigma. Each round gives its own shares of the ceiling, and the
+table reports the median round and the range. Run from the repository root:
 
     python bench/denoise_speed.py
 """
@@ -76,24 +80,31 @@ def conv_model(channels: int) -> bytes:
     return model.SerializeToString()
 
 
-def conv_gflops(threads: int, repeat: int) -> float:
-    """Return the best GFLOP/s of ONNX Runtime's 3x3 convolution on this CPU."""
+def conv_session(threads: int) -> ort.InferenceSession:
+    """One 3x3 convolution graph with the CLI's thread settings."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(
+    return ort.InferenceSession(
         conv_model(CONV_SHAPE[1]), options, providers=["CPUExecutionProvider"]
     )
+
+
+def conv_gflops(session: ort.InferenceSession, seconds: float) -> float:
+    """Return the sustained GFLOP/s of the convolution over about ``seconds``."""
     x = np.random.default_rng(1).random(CONV_SHAPE, dtype=np.float32)
     session.run(None, {"x": x})  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
+    runs = 0
+    started = time.perf_counter()
+    while True:
         session.run(None, {"x": x})
-        best = min(best, time.perf_counter() - started)
+        runs += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            break
     _, channels, height, width = CONV_SHAPE
     flops = 2 * 9 * channels * channels * height * width
-    return flops / best / 1e9
+    return runs * flops / elapsed / 1e9
 
 
 def large_noisy_photo(folder: Path, scale: int) -> tuple[Path, float]:
@@ -113,21 +124,16 @@ def large_noisy_photo(folder: Path, scale: int) -> tuple[Path, float]:
     return path, big.shape[0] * big.shape[1] / 1e6
 
 
-def api_mp_per_second(photo: Path, threads: int, repeat: int, tile: int) -> float:
-    """Return the best MP/s of Denoiser.denoise on the decoded photo, sigma given.
+def api_mp_per_second(denoiser: Denoiser, pixels: np.ndarray, tile: int) -> float:
+    """Return the MP/s of one Denoiser.denoise call on decoded pixels, sigma given.
 
     This is the tiled inference without decoding, encoding and writing the file.
     """
-    pixels = cv2.imread(str(photo), cv2.IMREAD_COLOR)[:, :, ::-1]
-    image = np.ascontiguousarray(pixels, dtype=np.float32) / 255.0
-    denoiser = Denoiser("denoise-s", RuntimeOptions(device="cpu", threads=threads))
     options = DenoiseOptions(sigma=25.0, tile=tile)
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        denoiser.denoise(image, options)
-        best = min(best, time.perf_counter() - started)
-    return image.shape[0] * image.shape[1] / 1e6 / best
+    started = time.perf_counter()
+    denoiser.denoise(pixels, options)
+    elapsed = time.perf_counter() - started
+    return pixels.shape[0] * pixels.shape[1] / 1e6 / elapsed
 
 
 def cli_mp_per_second(
@@ -166,7 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="ONNX Runtime threads for both measurements (0: one per physical core)",
     )
-    parser.add_argument("--repeat", type=int, default=3, help="runs per timing")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of all timings"
+    )
+    parser.add_argument(
+        "--ceiling-seconds",
+        type=float,
+        default=3.0,
+        help="how long each round times the convolution",
+    )
     parser.add_argument("--scale", type=int, default=8, help="upscaling of the photo")
     parser.add_argument(
         "--tile",
@@ -180,47 +194,73 @@ def main(argv: list[str] | None = None) -> int:
     info = resolve_model("denoise-s", "denoise")
     metadata = {p.key: p.value for p in onnx.load(str(info.path)).metadata_props}
     macs = int(metadata["macs_per_pixel"])
-    gflops = max(conv_gflops(threads, args.repeat) for _ in range(2))
-    allowed = gflops * 1e9 / (2 * macs) / 1e6
-
+    session = conv_session(threads)
+    modes = (
+        "Denoiser.denoise, sigma given, no file I/O",
+        "CLI, sigma given",
+        "CLI, blind",
+    )
+    rounds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as folder:
         photo, megapixels = large_noisy_photo(Path(folder), args.scale)
         out = Path(folder) / "out"
-        api = api_mp_per_second(photo, args.threads, args.repeat, args.tile)
-        sigma_given = max(
-            cli_mp_per_second(photo, out, args.threads, args.tile, ["--sigma", "25"])
-            for _ in range(args.repeat)
+        pixels = np.ascontiguousarray(
+            cv2.imread(str(photo), cv2.IMREAD_COLOR)[:, :, ::-1]
         )
-        blind = max(
-            cli_mp_per_second(photo, out, args.threads, args.tile, [])
-            for _ in range(args.repeat)
+        denoiser = Denoiser(
+            "denoise-s", RuntimeOptions(device="cpu", threads=args.threads)
         )
+        api_mp_per_second(denoiser, pixels[:1024, :1024], args.tile)  # warm-up
+        for _ in range(args.rounds):
+            gflops = conv_gflops(session, args.ceiling_seconds)
+            allowed = gflops * 1e9 / (2 * macs) / 1e6
+            speeds = (
+                api_mp_per_second(denoiser, pixels, args.tile),
+                cli_mp_per_second(
+                    photo, out, args.threads, args.tile, ["--sigma", "25"]
+                ),
+                cli_mp_per_second(photo, out, args.threads, args.tile, []),
+            )
+            record = {"gflops": gflops, "allowed": allowed}
+            for mode, speed in zip(modes, speeds, strict=True):
+                record[mode] = speed
+                record[mode + " share"] = speed / allowed
+            rounds.append(record)
+
+    def median(key: str) -> float:
+        return float(np.median([r[key] for r in rounds]))
+
+    def spread(key: str) -> str:
+        values = [r[key] for r in rounds]
+        return f"{min(values):.0%} to {max(values):.0%}"
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | "
         f"{os.cpu_count()} logical cores, 1-min load average {load:.2f} | "
         f"onnxruntime {ort.__version__} | intra-op threads {threads or 'default'} | "
-        f"best of {args.repeat}"
+        f"{args.rounds} interleaved rounds"
     )
     print(f"model denoise-s: {macs:,} multiply-accumulates per pixel")
+    gflops_values = [r["gflops"] for r in rounds]
     print(
-        f"ONNX Runtime 3x3 conv, 64->64 channels on {CONV_SHAPE[2]}x{CONV_SHAPE[3]}: "
-        f"{gflops:.0f} GFLOP/s, which allows {allowed:.2f} MP/s for this model"
+        f"ONNX Runtime 3x3 conv, 64->64 channels on {CONV_SHAPE[2]}x{CONV_SHAPE[3]}, "
+        f"sustained over {args.ceiling_seconds:g} s: {min(gflops_values):.0f} to "
+        f"{max(gflops_values):.0f} GFLOP/s, which allows {median('allowed'):.2f} MP/s "
+        "for this model (median round)"
     )
     print(
         f"photo: {SAMPLE.name} upscaled {args.scale}x, {megapixels:.1f} MP, PNG; "
         f"tile {args.tile}"
     )
     print()
-    print("| mode | MP/s | share of the convolution ceiling |")
-    print("| --- | ---: | ---: |")
-    api_share = api / allowed
-    print(
-        f"| Denoiser.denoise, sigma given, no file I/O | {api:.2f} | {api_share:.0%} |"
-    )
-    print(f"| CLI, sigma given | {sigma_given:.2f} | {sigma_given / allowed:.0%} |")
-    print(f"| CLI, blind | {blind:.2f} | {blind / allowed:.0%} |")
+    print("| mode | MP/s (median) | share of the ceiling (median) | range of shares |")
+    print("| --- | ---: | ---: | ---: |")
+    for mode in modes:
+        print(
+            f"| {mode} | {median(mode):.2f} | {median(mode + ' share'):.0%} | "
+            f"{spread(mode + ' share')} |"
+        )
     return 0
 
 

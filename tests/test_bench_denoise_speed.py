@@ -11,7 +11,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "bench" / "denoise_speed.py"
-ROW = re.compile(r"^\| (.+?) \| ([\d.]+) \| (\d+)% \|$")
+ROW = re.compile(r"^\| (.+?) \| ([\d.]+) \| (\d+)% \| (\d+)% to (\d+)% \|$")
 
 
 def test_speed_bench_prints_table() -> None:
@@ -19,8 +19,10 @@ def test_speed_bench_prints_table() -> None:
         [
             sys.executable,
             str(SCRIPT),
-            "--repeat",
+            "--rounds",
             "1",
+            "--ceiling-seconds",
+            "0.5",
             "--scale",
             "2",
             "--threads",
@@ -34,9 +36,13 @@ def test_speed_bench_prints_table() -> None:
     )
 
     assert result.returncode == 0, result.stderr
-    ceiling = re.search(r"(\d+) GFLOP/s, which allows ([\d.]+) MP/s", result.stdout)
+    ceiling = re.search(
+        r"(\d+) to (\d+) GFLOP/s, which allows ([\d.]+) MP/s", result.stdout
+    )
     assert ceiling is not None, result.stdout
-    gflops, allowed = float(ceiling.group(1)), float(ceiling.group(2))
+    # One round: the range of the ceiling is that round's value.
+    assert ceiling.group(1) == ceiling.group(2)
+    gflops, allowed = float(ceiling.group(1)), float(ceiling.group(3))
     macs = re.search(r"denoise-s: ([\d,]+) multiply-accumulates", result.stdout)
     assert macs is not None, result.stdout
     # Twice the model's multiply-accumulates per pixel turn GFLOP/s into MP/s.
@@ -57,3 +63,5 @@ def test_speed_bench_prints_table() -> None:
         # small photo their rounding alone can move the share by more than a point.
         rounding = 100 * 0.005 * (1 / allowed + speed / allowed**2)
         assert abs(share - 100 * speed / allowed) <= 0.5 + rounding, mode
+        # With one round the range is that round's share.
+        assert int(match.group(4)) == int(match.group(5)) == share, mode
