@@ -43,6 +43,7 @@ from edgefx.train.export import (  # noqa: E402
     ENHANCE_PARITY_TOLERANCE,
     export_enhancer,
 )
+from edgefx.train.nets import SpeechEnhancerNet  # noqa: E402
 
 # Short recordings from the training split of the shared data: three LibriSpeech
 # train-clean-100 utterances of under 3 s, and noises in three rates and formats.
@@ -624,4 +625,139 @@ def test_init_other_network_raises(trained, exported: Path, tmp_path: Path) -> N
     run = replace(options, work_dir=tmp_path / "W", init=exported, hidden=12)
 
     with pytest.raises(ValueError, match="same --hidden"):
+        train(run)
+
+
+# --------------------------------------------------------------------------------------
+# The local refinement (--refine)
+
+
+def _random_refined(refine: int = 4) -> SpeechEnhancerNet:
+    """A tiny network whose refinement is on, with non-zero output weights."""
+    torch.manual_seed(0)
+    net = SpeechEnhancerNet(hidden=8, embedding=8, refine=refine).eval()
+    with torch.no_grad():
+        for parameter in net.refine_out.parameters():
+            parameter.normal_(0.0, 0.5)
+    return net
+
+
+def test_refine_starts_from_the_gains_it_refines() -> None:
+    torch.manual_seed(0)
+    plain = SpeechEnhancerNet(hidden=8, embedding=8).eval()
+    refined = SpeechEnhancerNet(hidden=8, embedding=8, refine=4).eval()
+    refined.load_state_dict(plain.state_dict(), strict=False)
+    audio = 0.1 * torch.randn(2, 30 * 160)
+
+    with torch.no_grad():
+        expected = plain(audio, torch.zeros(2, plain.state_size), torch.zeros(1))[0]
+        state = torch.zeros(2, refined.state_size)
+        got = refined(audio, state, torch.zeros(1))[0]
+
+    assert torch.equal(got, expected)
+
+
+def test_refine_changes_the_output_once_trained() -> None:
+    net = _random_refined()
+    plain = SpeechEnhancerNet(hidden=8, embedding=8).eval()
+    plain.load_state_dict(
+        {k: v for k, v in net.state_dict().items() if not k.startswith("refine")}
+    )
+    audio = 0.1 * torch.randn(1, 30 * 160)
+
+    with torch.no_grad():
+        refined = net(audio, torch.zeros(1, net.state_size), torch.zeros(1))[0]
+        base = plain(audio, torch.zeros(1, plain.state_size), torch.zeros(1))[0]
+
+    assert float((refined - base).abs().max()) > 1e-3
+
+
+def test_refine_hop_by_hop_matches_one_block() -> None:
+    net = _random_refined()
+    audio = 0.1 * torch.randn(2, 25 * 160)
+
+    with torch.no_grad():
+        block = net(audio, torch.zeros(2, net.state_size), torch.zeros(1))[0]
+        state = torch.zeros(2, net.state_size)
+        pieces = []
+        for start in range(0, audio.shape[1], 160):
+            piece, state, _ = net(audio[:, start : start + 160], state, torch.zeros(1))
+            pieces.append(piece)
+
+    assert float((torch.cat(pieces, dim=1) - block).abs().max()) < 1e-5
+
+
+def test_refine_state_holds_both_histories() -> None:
+    net = SpeechEnhancerNet(hidden=8, embedding=8, refine=4)
+
+    # Two past frames of the 2 input channels and of the 4 hidden ones, 161 bins each.
+    assert net.state_size == 2 * 160 + 2 * 8 + 2 * 161 * (2 + 4)
+
+
+def test_refine_export_runs_in_the_runtime(tmp_path: Path) -> None:
+    net = _random_refined()
+    path = tmp_path / "refined.onnx"
+    metadata = {
+        "task": "enhance",
+        "name": "refined",
+        "sample_rate": str(SAMPLE_RATE),
+        "hop": "160",
+        "state_size": str(net.state_size),
+        "delay": "160",
+    }
+
+    # The export checks ONNX Runtime against torch, block and hop by hop.
+    error = export_enhancer(net, path, metadata)
+    enhancer = Enhancer(str(path), RuntimeOptions(device="cpu", threads=1))
+    sample = (
+        Path(__file__).parents[1] / "samples/audio/noisy/arctic_a0007_room_5db.flac"
+    )
+    audio, rate = sf.read(sample, dtype="float32")
+    out = enhancer.enhance(audio, rate)
+
+    assert error <= ENHANCE_PARITY_TOLERANCE
+    assert out.shape == audio.shape
+    assert np.isfinite(out).all()
+    loaded = load_enhancer_weights(path)
+    assert loaded.refine == 4
+    for name, value in net.state_dict().items():
+        assert torch.allclose(loaded.state_dict()[name], value, atol=1e-6), name
+
+
+def test_init_without_refine_keeps_its_weights(
+    trained, exported: Path, tmp_path: Path
+) -> None:
+    options, _ = trained
+    run = replace(
+        options,
+        work_dir=tmp_path / "W",
+        init=exported,
+        refine=4,
+        steps=1,
+        validate_every=1,
+        learning_rate=0.0,
+    )
+
+    best = train(run)
+
+    start = load_enhancer_weights(exported).state_dict()
+    after = load_checkpoint(best)["model"]
+    assert load_checkpoint(best)["config"]["refine"] == 4
+    for name, value in start.items():
+        assert torch.allclose(after[name], value, atol=1e-6), name
+    assert not after["refine_out.weight"].any()
+
+
+def test_init_with_other_refine_raises(trained, tmp_path: Path) -> None:
+    options, _ = trained
+    path = tmp_path / "refined.onnx"
+    net = _random_refined(refine=6)
+    export_enhancer(
+        net,
+        path,
+        {"task": "enhance", "hop": "160", "state_size": str(net.state_size)},
+    )
+    run = replace(options, work_dir=tmp_path / "W", init=path, refine=4)
+
+    with pytest.raises(ValueError, match="same --refine"):
         train(run)

@@ -449,6 +449,16 @@ def train_enhance(
         float, typer.Option(help="Length of each training mixture.", min=0.1)
     ] = 2.5,
     hidden: Annotated[int, typer.Option(help="GRU state size.", min=4)] = 72,
+    refine: Annotated[
+        int,
+        typer.Option(
+            help="Channels of the local refinement (two small convolutions over "
+            "nearby frames and bins that correct the GRUs' gains); 0 leaves it out. "
+            "With --init from a model without it, training starts from that "
+            "model's exact output.",
+            min=0,
+        ),
+    ] = 0,
     learning_rate: Annotated[
         float, typer.Option(help="Peak AdamW learning rate.")
     ] = 2e-3,
@@ -531,6 +541,7 @@ def train_enhance(
             batch_size=batch_size,
             seconds=seconds,
             hidden=hidden,
+            refine=refine,
             learning_rate=learning_rate,
             snr_low=snr_low,
             snr_high=snr_high,

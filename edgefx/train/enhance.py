@@ -47,6 +47,7 @@ class EnhanceTrainOptions:
     snr_high: float = 20.0
     hidden: int = 72
     embedding: int = 64
+    refine: int = 0
     validation_fraction: float = 0.05
     noise_validation_fraction: float = 0.1
     checkpoint_every: int = 100
@@ -425,15 +426,20 @@ def train(options: EnhanceTrainOptions) -> Path:
     options.work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = options.work_dir / "checkpoint.pt"
     log_path = options.work_dir / "log.jsonl"
-    model = SpeechEnhancerNet(hidden=options.hidden, embedding=options.embedding)
+    model = SpeechEnhancerNet(
+        hidden=options.hidden, embedding=options.embedding, refine=options.refine
+    )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=options.learning_rate, weight_decay=1e-4
     )
-    config = {
+    config: dict[str, int] = {
         "hidden": options.hidden,
         "embedding": options.embedding,
         "hop": model.hop,
     }
+    if options.refine:
+        # Only set when used, so that checkpoints from before the option still resume.
+        config["refine"] = options.refine
     step = 0
     best_score = -math.inf
     best_record: dict[str, float] = {}  # validation scores of the best checkpoint
@@ -461,7 +467,14 @@ def train(options: EnhanceTrainOptions) -> Path:
                 f"{options.init} has {start.hidden} GRU units and an embedding of "
                 f"{start.embedding}; train with the same --hidden and --embedding"
             )
-        model.load_state_dict(start.state_dict())
+        if start.refine not in (0, options.refine):
+            raise ValueError(
+                f"{options.init} has a refinement of {start.refine} channels; train "
+                "with the same --refine"
+            )
+        # A start without the refinement leaves it at its zero initialization, which
+        # keeps the start's gains.
+        model.load_state_dict(start.state_dict(), strict=start.refine == options.refine)
         logger.info("starting from the weights of %s", options.init)
     else:
         sample_noisy, _ = draw_mixtures(
@@ -576,7 +589,9 @@ def load_enhancer_checkpoint(path: Path) -> tuple[SpeechEnhancerNet, dict]:
     """Build the network from a checkpoint (loaded without pickle code)."""
     state = load_checkpoint(path)
     config = state["config"]
-    model = SpeechEnhancerNet(config["hop"], config["hidden"], config["embedding"])
+    model = SpeechEnhancerNet(
+        config["hop"], config["hidden"], config["embedding"], config.get("refine", 0)
+    )
     model.load_state_dict(state["model"])
     return model.eval(), state
 
@@ -632,8 +647,15 @@ def load_enhancer_weights(path: Path) -> SpeechEnhancerNet:
         raise ValueError(f"{path}: not laid out like an edgefx speech enhancer")
     encoder, decoder = encoders[0], decoders[0]
     hidden = int(values[grus[0].input[2]].shape[2])
-    model = SpeechEnhancerNet(int(metadata["hop"]), hidden, encoder.shape[1])
+    refine = int(values["refine1.weight"].shape[0]) if "refine1.weight" in values else 0
+    model = SpeechEnhancerNet(int(metadata["hop"]), hidden, encoder.shape[1], refine)
     with torch.no_grad():
+        for name in ("refine1", "refine2", "refine_out") if refine else ():
+            layer = model.get_submodule(name)
+            for kind in ("weight", "bias"):
+                layer.get_parameter(kind).copy_(
+                    torch.from_numpy(values[f"{name}.{kind}"].copy())
+                )
         model.feature_mean.copy_(torch.from_numpy(values["feature_mean"].copy()))
         model.feature_scale.copy_(torch.from_numpy(values["feature_scale"].copy()))
         model.encoder.weight.copy_(torch.from_numpy(encoder.T.copy()))

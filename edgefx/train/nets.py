@@ -193,6 +193,11 @@ def average_views(classifier: nn.Module, augmentation: str | None) -> nn.Module:
     raise ValueError(f"unknown test-time augmentation {augmentation!r}")
 
 
+# Kernel (frames, bins) and frequency dilation of the refinement convolutions.
+REFINE_KERNEL = (3, 5)
+REFINE_DILATION = 2
+
+
 class SpeechEnhancerNet(nn.Module):
     """Causal spectral-gain network for speech enhancement, streamable hop by hop.
 
@@ -201,6 +206,14 @@ class SpeechEnhancerNet(nn.Module):
     the input exactly when every gain is 1. The network maps the log power spectrum
     of each frame through a linear layer and two GRU layers to one gain in [0, 1] per
     frequency bin. Nothing looks ahead: the output lags the input by one hop.
+
+    With ``refine`` > 0, a small network that works on each bin's neighbourhood
+    corrects those gains. The GRUs see each frame only through a 64-value summary, so
+    fine structure such as the harmonics of a voice in loud noise is lost; two
+    convolutions over the last frames and nearby bins of the features and the gain
+    logits (``refine`` channels, weights shared by all bins, the second one dilated in
+    frequency to span harmonic spacings) add a correction to each logit. They are
+    causal in time, and the state carries the frames they still need.
 
     ``forward`` takes a block of whole hops and the state left by the previous block,
     and returns the enhanced block and the new state. Feeding a signal hop by hop or
@@ -219,11 +232,14 @@ class SpeechEnhancerNet(nn.Module):
     feature_mean: torch.Tensor
     feature_scale: torch.Tensor
 
-    def __init__(self, hop: int = 160, hidden: int = 72, embedding: int = 64) -> None:
+    def __init__(
+        self, hop: int = 160, hidden: int = 72, embedding: int = 64, refine: int = 0
+    ) -> None:
         super().__init__()
         self.hop = hop
         self.hidden = hidden
         self.embedding = embedding
+        self.refine = refine
         window_length = 2 * hop
         self.bins = hop + 1
         samples = torch.arange(window_length, dtype=torch.float64)
@@ -257,11 +273,32 @@ class SpeechEnhancerNet(nn.Module):
         nn.init.zeros_(self.decoder.weight)
         # Gains start near 0.9, close to passing the input through.
         nn.init.constant_(self.decoder.bias, 2.2)
+        if refine:
+            # Local refinement of the gain logits: two causal convolutions over time
+            # and frequency, with weights shared by all bins, see the docstring.
+            self.refine1 = nn.Conv2d(2, refine, REFINE_KERNEL)
+            self.refine2 = nn.Conv2d(
+                refine, refine, REFINE_KERNEL, dilation=(1, REFINE_DILATION)
+            )
+            self.refine_out = nn.Conv2d(refine, 1, 1)
+            # Zero at the start, so that a network initialized from one without the
+            # refinement starts with exactly its gains.
+            for parameter in self.refine_out.parameters():
+                nn.init.zeros_(parameter)
+
+    @property
+    def history_frames(self) -> int:
+        """Past frames that each refinement convolution needs (kernel length - 1)."""
+        return REFINE_KERNEL[0] - 1
 
     @property
     def state_size(self) -> int:
-        """Floats of state per channel: analysis and synthesis tails, two GRU states."""
-        return 2 * self.hop + 2 * self.hidden
+        """Floats of state per channel: analysis and synthesis tails, two GRU states,
+        and with the refinement the past frames of both convolutions' inputs."""
+        size = 2 * self.hop + 2 * self.hidden
+        if self.refine:
+            size += self.history_frames * self.bins * (2 + self.refine)
+        return size
 
     def spectrum(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # frames: (B, T, 2 hop) -> real and imaginary parts, each (B, T, bins)
@@ -273,15 +310,58 @@ class SpeechEnhancerNet(nn.Module):
         imag: torch.Tensor,
         h1: torch.Tensor | None = None,
         h2: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return per-bin gains (B, T, bins) and the final GRU states (1, B, hidden)."""
+        history: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return per-bin gains (B, T, bins), the final GRU states (1, B, hidden) and
+        the refinement history (B, refinement state floats; empty without it)."""
         power = real * real + imag * imag
         features = (torch.log(power + 1e-10) - self.feature_mean) * self.feature_scale
         embedded = torch.relu(self.encoder(features))
         out1, h1 = self.gru1(embedded, h1)
         out2, h2 = self.gru2(out1, h2)
         logits = self.decoder(torch.cat([out2, embedded], dim=-1))
-        return torch.sigmoid(logits), h1, h2
+        if not self.refine:
+            return torch.sigmoid(logits), h1, h2, features.new_zeros(0)
+        batch = features.shape[0]
+        if history is None:
+            history = features.new_zeros(
+                batch, self.state_size - 2 * self.hop - 2 * self.hidden
+            )
+        past = self.history_frames
+        split = past * self.bins * 2
+        past1 = history[:, :split].reshape(batch, 2, past, self.bins)
+        past2 = history[:, split:].reshape(batch, self.refine, past, self.bins)
+        # (B, 2, T, bins): the features and the full-band logits of each frame.
+        inputs = torch.stack([features, logits], dim=1)
+        padded1 = torch.cat([past1, inputs], dim=2)
+        width1 = REFINE_KERNEL[1] // 2
+        # Channels-last tensors make CPU convolutions about twice as fast here.
+        last = torch.channels_last
+        hidden1 = torch.relu(
+            self.refine1(
+                torch.nn.functional.pad(padded1, (width1, width1)).contiguous(
+                    memory_format=last
+                )
+            )
+        )
+        padded2 = torch.cat([past2, hidden1], dim=2)
+        width2 = REFINE_DILATION * (REFINE_KERNEL[1] // 2)
+        hidden2 = torch.relu(
+            self.refine2(
+                torch.nn.functional.pad(padded2, (width2, width2)).contiguous(
+                    memory_format=last
+                )
+            )
+        )
+        logits = logits + self.refine_out(hidden2)[:, 0]
+        new_history = torch.cat(
+            [
+                padded1[:, :, -past:].reshape(batch, -1),
+                padded2[:, :, -past:].reshape(batch, -1),
+            ],
+            dim=1,
+        )
+        return torch.sigmoid(logits), h1, h2, new_history
 
     def synthesize(self, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
         # (B, T, bins) twice -> windowed time frames (B, T, 2 hop)
@@ -300,12 +380,15 @@ class SpeechEnhancerNet(nn.Module):
         analysis_tail = state[:, :hop]
         synthesis_tail = state[:, hop : 2 * hop]
         h1 = state[:, 2 * hop : 2 * hop + hidden].unsqueeze(0).contiguous()
-        h2 = state[:, 2 * hop + hidden :].unsqueeze(0).contiguous()
+        h2 = state[:, 2 * hop + hidden : 2 * hop + 2 * hidden].unsqueeze(0).contiguous()
+        history = state[:, 2 * hop + 2 * hidden :]
 
         chunks = torch.cat([analysis_tail, audio], dim=1).reshape(batch, -1, hop)
         frames = torch.cat([chunks[:, :-1], chunks[:, 1:]], dim=2)  # (B, T, 2 hop)
         real, imag = self.spectrum(frames)
-        gains, h1, h2 = self.gains(real, imag, h1, h2)
+        gains, h1, h2, history = self.gains(
+            real, imag, h1, h2, history if self.refine else None
+        )
         gains = torch.maximum(gains, min_gain)
         output_frames = self.synthesize(real * gains, imag * gains)
         first_halves = output_frames[:, :, :hop]
@@ -314,8 +397,9 @@ class SpeechEnhancerNet(nn.Module):
             [synthesis_tail.unsqueeze(1), second_halves[:, :-1]], dim=1
         )
         enhanced = (first_halves + previous).reshape(batch, -1)
-        new_state = torch.cat(
-            [chunks[:, -1], second_halves[:, -1], h1.squeeze(0), h2.squeeze(0)], dim=1
-        )
+        parts = [chunks[:, -1], second_halves[:, -1], h1.squeeze(0), h2.squeeze(0)]
+        if self.refine:
+            parts.append(history)
+        new_state = torch.cat(parts, dim=1)
         high_gain = gains[:, :, -(self.bins // 4) :].mean(dim=2)
         return enhanced, new_state, high_gain
