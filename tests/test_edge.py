@@ -28,9 +28,13 @@ def build_denoiser(path: Path) -> Path:
     first = rng.normal(0, 0.2, (FEATURES, 3, 3, 3)).astype(np.float32)
     second = rng.normal(0, 0.05, (3, FEATURES, 3, 3)).astype(np.float32)
     nodes = [
-        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["image", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]
+        ),
         helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["noise"], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["r1", "w2", "b2"], ["noise"], name="conv2", pads=[1, 1, 1, 1]
+        ),
         helper.make_node("Sub", ["image", "noise"], ["denoised"]),
     ]
     shape = ["batch", 3, "height", "width"]
@@ -384,6 +388,122 @@ def test_quantize_rejects_unknown_node_name(
     )
     assert result.returncode == 2
     assert "no node named no_such_node" in result.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def _quantize_small(run_cli, model, samples_dir, output, *options):
+    return run_cli(
+        "quantize", model, "--calibrate", samples_dir / "clean", "--samples", "4",
+        "--out", output, *options,
+    )  # fmt: skip
+
+
+def _weight_sources(proto: onnx.ModelProto) -> dict[str, str]:
+    """Conv node name -> op type that produces its weight (or "initializer")."""
+    producers = {out: node.op_type for node in proto.graph.node for out in node.output}
+    initializers = {t.name for t in proto.graph.initializer}
+    return {
+        node.name: "initializer"
+        if node.input[1] in initializers
+        else producers[node.input[1]]
+        for node in proto.graph.node
+        if node.op_type == "Conv"
+    }
+
+
+def test_quantize_exclude_leaves_node_in_float(
+    run_cli, small_model, samples_dir, tmp_path
+):
+    output = tmp_path / "small-int8.onnx"
+
+    result = _quantize_small(
+        run_cli, small_model, samples_dir, output, "--exclude", "conv2"
+    )
+
+    assert result.returncode == 0, result.stderr
+    proto = onnx.load(str(output))
+    assert _weight_sources(proto) == {
+        "conv1": "DequantizeLinear",
+        "conv2": "initializer",
+    }
+    record = json.loads({p.key: p.value for p in proto.metadata_props}["quantization"])
+    assert record["excluded_nodes"] == ["conv2"]
+
+
+def test_quantize_exclude_rejects_unknown_node_name(
+    run_cli, small_model, samples_dir, tmp_path
+):
+    result = _quantize_small(
+        run_cli, small_model, samples_dir, tmp_path / "x.onnx", "--exclude", "nope"
+    )
+
+    assert result.returncode == 2
+    assert "no node named nope" in result.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "calibration"),
+    [
+        ((), "percentile 99.95"),  # the denoiser's default
+        (("--percentile", "99.9"), "percentile 99.9"),
+        (("--percentile", "100"), "MinMax"),
+    ],
+)
+def test_quantize_percentile_is_recorded(
+    run_cli, small_model, samples_dir, tmp_path, options, calibration
+):
+    output = tmp_path / "small-int8.onnx"
+
+    result = _quantize_small(run_cli, small_model, samples_dir, output, *options)
+
+    assert result.returncode == 0, result.stderr
+    metadata = {p.key: p.value for p in onnx.load(str(output)).metadata_props}
+    assert json.loads(metadata["quantization"])["calibration"].endswith(calibration)
+
+
+def test_quantize_percentile_ranges_are_narrower(
+    run_cli, small_model, samples_dir, tmp_path
+):
+    def activation_scales(path: Path) -> list[float]:
+        proto = onnx.load(str(path))
+        values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+        return [
+            float(values[node.input[1]])
+            for node in proto.graph.node
+            if node.op_type == "QuantizeLinear" and node.input[0] == "r1"
+        ]
+
+    full = tmp_path / "full.onnx"
+    cut = tmp_path / "cut.onnx"
+    assert (
+        _quantize_small(
+            run_cli, small_model, samples_dir, full, "--percentile", "100"
+        ).returncode
+        == 0
+    )
+    assert (
+        _quantize_small(
+            run_cli, small_model, samples_dir, cut, "--percentile", "99"
+        ).returncode
+        == 0
+    )
+
+    # Cutting 1 % of the ReLU's values shortens its range and so its 8-bit step.
+    (full_scale,) = activation_scales(full)
+    (cut_scale,) = activation_scales(cut)
+    assert cut_scale < full_scale
+
+
+def test_quantize_percentile_out_of_range_exit_2(
+    run_cli, small_model, samples_dir, tmp_path
+):
+    result = _quantize_small(
+        run_cli, small_model, samples_dir, tmp_path / "x.onnx", "--percentile", "20"
+    )
+
+    assert result.returncode == 2
+    assert "--percentile" in result.stderr
     assert not (tmp_path / "x.onnx").exists()
 
 

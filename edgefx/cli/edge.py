@@ -35,6 +35,11 @@ def _default_output(model: str, suffix: str) -> Path:
     return Path(stem + suffix)
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    """Node names from a comma-separated option."""
+    return tuple(n.strip() for n in (text or "").split(",") if n.strip())
+
+
 def quantize(
     model: ModelArgument,
     calibrate: Annotated[
@@ -93,6 +98,25 @@ def quantize(
             "every node ONNX Runtime can quantize.",
         ),
     ] = None,
+    exclude: Annotated[
+        str | None,
+        typer.Option(
+            help="Leave these nodes in float32, by name, separated by commas; the "
+            "rest is quantized as --nodes says.",
+        ),
+    ] = None,
+    percentile: Annotated[
+        float | None,
+        typer.Option(
+            help="Set each activation's range at the percentiles that cut "
+            "100 - P % of its calibration values, half at each end, instead of at "
+            "the lowest and highest value. Rare outliers then no longer widen the "
+            "8-bit steps. Default: 99.95 for denoisers, off otherwise.",
+            min=50.0,
+            max=100.0,
+            show_default=False,
+        ),
+    ] = None,
     equalize: Annotated[
         bool | None,
         typer.Option(
@@ -124,7 +148,9 @@ def quantize(
             samples=samples,
             test_limit=test_limit,
             per_channel=per_channel,
-            nodes=tuple(n.strip() for n in (nodes or "").split(",") if n.strip()),
+            nodes=_names(nodes),
+            exclude=_names(exclude),
+            percentile=percentile,
             threads=threads,
             equalize=equalize,
         )
