@@ -8,6 +8,8 @@ quality and CPU speed compare with the float32 model's.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import tempfile
@@ -72,6 +74,9 @@ class QuantizeOptions:
     # the calibration values, half at each end; 100 takes the minimum and maximum.
     # None: the task's default (PERCENTILE_BY_TASK).
     percentile: float | None = None
+    # Move each convolution's bias so that its output mean matches the float model's
+    # on the calibration inputs (edgefx/biascorrect.py). None: the task's default.
+    bias_correction: bool | None = None
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -145,6 +150,11 @@ EQUALIZE_BY_DEFAULT = ("denoise",)
 # version 3, equalized, sigma 25: int8 lost 0.24 dB with the minimum and maximum,
 # 0.15 at 99.99, 0.13 at 99.95, 0.14 at 99.9 and 0.19 at 99.8.
 PERCENTILE_BY_TASK = {"denoise": 99.95}
+
+# Tasks whose quantized convolutions get their biases corrected unless asked otherwise.
+# On the 18 validation photos above (percentile 99.95) it raised the int8 PSNR of
+# denoise-s version 3 by 0.015 dB, both fully quantized and with the tail in float32.
+BIAS_CORRECTION_BY_DEFAULT = ("denoise",)
 
 
 # Units of METRIC_TOLERANCES: top-1 accuracy drops in percentage points.
@@ -432,6 +442,9 @@ def quantize_model(
     percentile = options.percentile
     if percentile is None:
         percentile = PERCENTILE_BY_TASK.get(info.task, 100.0)
+    bias_correction = options.bias_correction
+    if bias_correction is None:
+        bias_correction = info.task in BIAS_CORRECTION_BY_DEFAULT
     with tempfile.TemporaryDirectory(prefix="edgefx-quantize-") as work:
         source = info.path
         equalized = None
@@ -453,28 +466,44 @@ def quantize_model(
         if percentile < 100.0:
             method = CalibrationMethod.Percentile
             extra = {"CalibPercentile": percentile}
+        # The histogram calibration prints its progress to stdout, which belongs
+        # to the user's pipeline; it goes to the debug log instead.
+        printed = io.StringIO()
         try:
-            quantize_static(
-                str(prepared),
-                str(quantized),
-                _reader(feeds),
-                quant_format=QuantFormat.QDQ,
-                per_channel=options.per_channel,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=method,
-                nodes_to_quantize=list(options.nodes) or None,
-                nodes_to_exclude=list(options.exclude) or None,
-                extra_options=extra,
-            )
+            with contextlib.redirect_stdout(printed):
+                quantize_static(
+                    str(prepared),
+                    str(quantized),
+                    _reader(feeds),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=options.per_channel,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=method,
+                    nodes_to_quantize=list(options.nodes) or None,
+                    nodes_to_exclude=list(options.exclude) or None,
+                    extra_options=extra,
+                )
         except Exception as err:  # onnxruntime raises many types here
             raise ModelError(f"{info.path}: quantization failed: {err}") from err
+        finally:
+            for line in printed.getvalue().splitlines():
+                logger.debug("onnxruntime: %s", line)
         proto = onnx.load(str(quantized))
         counts = _count_quantized(proto)
         if not counts:
             raise ModelError(
                 f"{info.path}: ONNX Runtime quantized no operator of this model"
             )
+        corrected = 0
+        if bias_correction:
+            from edgefx.biascorrect import correct_biases
+
+            corrected = correct_biases(
+                onnx.load(str(prepared)), proto, feeds, options.threads
+            )
+            onnx.save(proto, str(quantized))
+            logger.info("corrected the biases of %d convolutions", corrected)
 
         comparison = None
         if options.test_data is not None:
@@ -494,6 +523,8 @@ def quantize_model(
             record["nodes"] = list(options.nodes)
         if options.exclude:
             record["excluded_nodes"] = list(options.exclude)
+        if bias_correction:
+            record["bias_corrected_convolutions"] = corrected
         if equalized is not None:
             record["equalized"] = equalized
         key_metric = info.metadata.get("key_metric", "")

@@ -458,6 +458,8 @@ def test_quantize_percentile_is_recorded(
     result = _quantize_small(run_cli, small_model, samples_dir, output, *options)
 
     assert result.returncode == 0, result.stderr
+    # ONNX Runtime's histogram calibration prints progress; stdout stays clean.
+    assert result.stdout == ""
     metadata = {p.key: p.value for p in onnx.load(str(output)).metadata_props}
     assert json.loads(metadata["quantization"])["calibration"].endswith(calibration)
 
@@ -505,6 +507,75 @@ def test_quantize_percentile_out_of_range_exit_2(
     assert result.returncode == 2
     assert "--percentile" in result.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_quantize_bias_correction_only_moves_biases(
+    run_cli, small_model, samples_dir, tmp_path
+):
+    plain = tmp_path / "plain.onnx"
+    corrected = tmp_path / "corrected.onnx"
+    assert (
+        _quantize_small(
+            run_cli, small_model, samples_dir, plain, "--no-bias-correction"
+        ).returncode
+        == 0
+    )
+    result = _quantize_small(
+        run_cli, small_model, samples_dir, corrected, "--bias-correction"
+    )
+    assert result.returncode == 0, result.stderr
+
+    metadata = {p.key: p.value for p in onnx.load(str(corrected)).metadata_props}
+    assert json.loads(metadata["quantization"])["bias_corrected_convolutions"] == 2
+    differing = [
+        a.name
+        for a, b in zip(
+            onnx.load(str(plain)).graph.initializer,
+            onnx.load(str(corrected)).graph.initializer,
+            strict=True,
+        )
+        if not np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+    ]
+    assert sorted(differing) == ["b1_quantized", "b2_quantized"]
+
+
+def test_bias_correction_matches_float_conv_means(
+    run_cli, small_model, samples_dir, tmp_path
+):
+    from edgefx.biascorrect import _channel_means, correct_biases
+
+    plain = tmp_path / "plain.onnx"
+    assert (
+        _quantize_small(
+            run_cli, small_model, samples_dir, plain, "--no-bias-correction"
+        ).returncode
+        == 0
+    )
+    feeds = []
+    for name in ("astronaut.png", "camera.png", "coffee.png"):
+        pixels = read_image(samples_dir / "noisy" / name).pixels[:64, :64]
+        if pixels.ndim == 2:
+            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+        batch = pixels[:, :, :3].transpose(2, 0, 1)[None] / 255.0
+        feeds.append({"image": np.ascontiguousarray(batch, np.float32)})
+    float_proto = onnx.load(str(small_model))
+    quantized = onnx.load(str(plain))
+    # Pre-activation outputs of both convolutions. The quantizer folds the ReLU into
+    # conv1's 8-bit range and gives conv1's output the ReLU's name, r1.
+    pairs = {"c1": "r1", "noise": "noise"}
+    target = _channel_means(float_proto, list(pairs), feeds, threads=1)
+
+    def error() -> float:
+        current = _channel_means(quantized, list(pairs.values()), feeds, threads=1)
+        return sum(
+            float(np.abs(current[q] - target[f]).sum()) for f, q in pairs.items()
+        )
+
+    before = error()
+    assert correct_biases(float_proto, quantized, feeds, threads=1) == 2
+    after = error()
+
+    assert after < before / 4
 
 
 def test_cuda_bench_explains_missing_cuda(repo_root):

@@ -147,8 +147,10 @@ def test_simulation_matches_ort_int8(tmp_path: Path) -> None:
         "--threads",
         "1",
         # The simulation below runs the float weights as they are, so the int8 model
-        # must come from the same weights, not from an equalized copy.
+        # must come from the same weights and biases, not from an equalized copy or
+        # corrected biases.
         "--no-equalize",
+        "--no-bias-correction",
         "-o",
         int8_path,
     )

@@ -39,6 +39,13 @@ DATA_FOR_TASK = {
 }
 
 
+# Nodes left in float32 per model. The denoiser's tail convolution writes the residual
+# that is subtracted from the photo, so its 8-bit rounding lands on the output
+# unfiltered: on 18 held-out training photos, leaving it in float32 cut the int8 loss
+# from 0.12 to 0.10 dB, at 2.6 instead of 2.9 times the float32 speed.
+EXCLUDED_NODES = {"denoise-s": ("/tail/Conv",)}
+
+
 def data_folder() -> Path:
     configured = os.environ.get("EDGEFX_DATA")
     return Path(configured) if configured else REPO.parent / "shared" / "data"
@@ -68,6 +75,7 @@ def main() -> int:
         test_data=args.test_data or data_folder() / test_data,
         samples=args.samples,
         test_limit=args.test_limit or test_limit,
+        exclude=EXCLUDED_NODES.get(args.model, ()),
     )
 
     target = MODELS / f"{args.model}-int8.onnx"

@@ -117,6 +117,16 @@ def quantize(
             show_default=False,
         ),
     ] = None,
+    bias_correction: Annotated[
+        bool | None,
+        typer.Option(
+            "--bias-correction/--no-bias-correction",
+            help="After quantizing, move each convolution's bias so that its mean "
+            "output on the calibration inputs matches the float model's. Default: "
+            "on for denoisers, off otherwise.",
+            show_default=False,
+        ),
+    ] = None,
     equalize: Annotated[
         bool | None,
         typer.Option(
@@ -153,6 +163,7 @@ def quantize(
             percentile=percentile,
             threads=threads,
             equalize=equalize,
+            bias_correction=bias_correction,
         )
         output = out or _default_output(model, "-int8.onnx")
         result = quantize_model(model, output, options)
