@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tile",
         type=int,
-        default=512,
-        help="tile side for the CLI and the API (default: 512, the CLI's default)",
+        default=768,
+        help="tile side for the CLI and the API (default: 768, the CLI's default)",
     )
     args = parser.parse_args(argv)
 

@@ -761,7 +761,8 @@ def _split_channels(
         gray = np.ascontiguousarray(decoded[:, :, 0])
         return gray, np.ascontiguousarray(decoded[:, :, 1])
     if channels == 3:
-        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), None
+        # In place: a second copy of a 100-megapixel photo would cost 286 MiB.
+        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB, dst=decoded), None
     if channels == 4:
         if header.opaque_cmyk:
             return cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB), None

@@ -686,3 +686,16 @@ def test_usage_line_plain_paths(run_cli, command: str) -> None:
     assert usage.endswith(f" {command} [OPTIONS] PATHS...")
     assert "<list[str]>" not in result.stdout
     assert any(line.startswith("  PATHS...  ") for line in result.stdout.splitlines())
+
+
+def test_cli_default_tile_is_the_library_default(run_cli) -> None:
+    from edgefx.denoise import DEFAULT_TILE
+
+    result = run_cli("denoise", "--help")
+
+    assert result.returncode == 0, result.stderr
+    # The help text wraps, so compare without line breaks and table borders.
+    flat = re.sub(r"[\s│]+", " ", result.stdout)
+    match = re.search(r"--tile <int range> Tile side.*?\[default: (\d+);", flat)
+    assert match is not None, flat
+    assert int(match.group(1)) == DEFAULT_TILE

@@ -146,7 +146,7 @@ def denoise(
             "tiles of this size, which bounds memory.",
             min=32,
         ),
-    ] = 512,
+    ] = 768,  # edgefx.denoise.DEFAULT_TILE, not imported so that --help starts fast
     recursive: RecursiveOption = False,
     overwrite: OverwriteOption = False,
     model: ModelOption = None,
