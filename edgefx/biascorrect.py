@@ -14,12 +14,14 @@ rounding. A shift from clipping that output at its calibrated range is corrected
 through the next convolution, and not at all after the last one.
 
 Only the bias changes: an int32 bias behind a DequantizeLinear moves by whole steps
-of its scale, a float bias (a node left in float32) by the exact amount.
+of its scale, a float bias (a node left in float32) by the exact amount. A convolution
+that shares its bias with another node gets a copy of it first.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -85,6 +87,90 @@ def _bias_source(
     return None
 
 
+def _float_conv_outputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Map each name a quantized convolution's output can carry to the float output.
+
+    The quantizer folds a ReLU or Clip that alone reads a convolution's output into
+    the 8-bit range and gives the convolution the activation's output name (also
+    along a chain of them). Output names are unique, unlike node names, which may be
+    empty.
+    """
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        tensor = node.output[0]
+        outputs[tensor] = tensor
+        following = readers.get(tensor, [])
+        while len(following) == 1 and following[0].op_type in ("Relu", "Clip"):
+            tensor = following[0].output[0]
+            outputs[tensor] = node.output[0]
+            following = readers.get(tensor, [])
+    return outputs
+
+
+def _unshare_biases(graph: onnx.GraphProto) -> None:
+    """Give each convolution a bias tensor that no other node reads.
+
+    Moving a shared bias would move the other readers' outputs too. The quantizer
+    copies a bias shared by convolutions that it quantizes, but one left in float32
+    (--exclude) can still read the same float initializer, or the same
+    DequantizeLinear output, as another. The copy keeps the bias's 8-bit scale.
+    """
+    import onnx
+
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    readers = Counter(name for node in graph.node for name in node.input)
+    used_names = set(initializers) | set(producers) | {v.name for v in graph.input}
+    node_names = {node.name for node in graph.node}
+
+    def fresh(name: str, used: set[str]) -> str:
+        number = 1
+        while f"{name}_{number}" in used:
+            number += 1
+        used.add(f"{name}_{number}")
+        return f"{name}_{number}"
+
+    nodes: list[onnx.NodeProto] = []
+    for original in graph.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(original)
+        bias = node.input[2] if node.op_type == "Conv" and len(node.input) > 2 else ""
+        producer = producers.get(bias)
+        if bias and readers[bias] > 1:
+            if bias in initializers:
+                source = bias
+            elif producer is not None and producer.op_type == "DequantizeLinear":
+                source = producer.input[0]
+            else:
+                source = ""
+            if source in initializers:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(initializers[source])
+                tensor.name = fresh(source, used_names)
+                graph.initializer.append(tensor)
+                if producer is None:
+                    node.input[2] = tensor.name
+                else:
+                    dequantize = onnx.NodeProto()
+                    dequantize.CopyFrom(producer)
+                    dequantize.input[0] = tensor.name
+                    dequantize.output[0] = fresh(bias, used_names)
+                    if dequantize.name:
+                        dequantize.name = fresh(dequantize.name, node_names)
+                    nodes.append(dequantize)
+                    node.input[2] = dequantize.output[0]
+                readers[bias] -= 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def correct_biases(
     float_model: onnx.ModelProto,
     quantized: onnx.ModelProto,
@@ -93,31 +179,28 @@ def correct_biases(
 ) -> int:
     """Correct the conv biases of ``quantized`` in place and return how many moved.
 
-    ``float_model`` is the float32 graph that was quantized (after any equalization),
-    whose convolution nodes carry the same names as in ``quantized``.
+    ``float_model`` is the float32 graph that was quantized (after any equalization).
+    Convolutions are matched by their output tensors, so nodes need no names. The
+    float target is the convolution's own output, before any ReLU that the quantizer
+    folded into it.
     """
     from onnx import numpy_helper
 
+    float_outputs = _float_conv_outputs(float_model)
+    _unshare_biases(quantized.graph)
     convs = [
         node
         for node in quantized.graph.node
-        if node.op_type == "Conv" and _bias_source(quantized, node) is not None
+        if node.op_type == "Conv"
+        and node.output[0] in float_outputs
+        and _bias_source(quantized, node) is not None
     ]
-    # The quantizer folds a ReLU after a convolution into the 8-bit range and names
-    # the convolution's output after the ReLU's, so convolutions are matched by node
-    # name, and the float target is the convolution's own output, before the ReLU.
-    float_convs = {
-        node.name: node.output[0]
-        for node in float_model.graph.node
-        if node.op_type == "Conv" and node.name
-    }
-    convs = [node for node in convs if node.name in float_convs]
     if not convs:
         return 0
     means = _channel_means(
-        float_model, [float_convs[node.name] for node in convs], feeds, threads
+        float_model, [float_outputs[node.output[0]] for node in convs], feeds, threads
     )
-    targets = {node.output[0]: means[float_convs[node.name]] for node in convs}
+    targets = {node.output[0]: means[float_outputs[node.output[0]]] for node in convs}
     initializers = {t.name: t for t in quantized.graph.initializer}
     corrected = 0
     for conv in convs:
