@@ -1,5 +1,5 @@
 """Bias correction of quantized models whose convolutions have no names or share a
-bias."""
+bias, and distillation from a checkpoint that is not a classifier's."""
 
 from __future__ import annotations
 
@@ -168,3 +168,38 @@ def test_bias_correction_copies_shared_bias(
     readers = Counter(n.input[2] for n in quantized.graph.node if n.op_type == "Conv")
     assert max(readers.values()) == 1
     onnx.checker.check_model(quantized)
+
+
+def test_non_classifier_teacher_exit_2(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import cv2
+    from cli_helpers import run_edgefx
+
+    rng = np.random.default_rng(0)
+    for label in ("dark", "light"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for index in range(4):
+            pixels = rng.integers(0, 128, (16, 16, 3)) + (
+                127 if label == "light" else 0
+            )
+            cv2.imwrite(
+                str(tmp_path / "data" / label / f"{index}.png"), pixels.astype(np.uint8)
+            )
+    # The configuration of a speech enhancer's checkpoint.
+    teacher = tmp_path / "enhancer.pt"
+    config = {"hop": 160, "hidden": 8, "embedding": 8}
+    torch.save({"model": {}, "config": config}, teacher)
+
+    result = run_edgefx(
+        "train", "classify",
+        "--data", tmp_path / "data", "--work-dir", tmp_path / "student",
+        "--epochs", "1", "--batch-size", "4", "--size", "16",
+        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--teacher", teacher,
+    )  # fmt: skip
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"teacher {teacher}: not an edgefx classify training checkpoint" in (
+        result.stderr
+    )

@@ -215,8 +215,18 @@ def load_teachers(paths: tuple[Path, ...], config: dict) -> list[CifarResNet]:
     """Load teacher checkpoints, which must share the student's classes and input."""
     teachers = []
     for path in paths:
-        teacher, state = load_classifier_checkpoint(path)
-        theirs = state["config"]
+        state = load_checkpoint(path)
+        theirs = state.get("config")
+        if (
+            not isinstance(theirs, dict)
+            or not {"classes", "width", "blocks"} <= theirs.keys()
+            or "model" not in state
+        ):
+            raise ValueError(
+                f"teacher {path}: not an edgefx classify training checkpoint. Give "
+                "the best.pt of an edgefx train classify run."
+            )
+        teacher = classifier_from_checkpoint(state)
         for key in ("classes", "size", "mean", "std"):
             if theirs.get(key) != config[key]:
                 raise ValueError(
@@ -390,10 +400,15 @@ def train(options: ClassifyTrainOptions) -> Path:
 def load_classifier_checkpoint(path: Path) -> tuple[CifarResNet, dict]:
     """Build the network from a checkpoint (loaded without pickle code)."""
     state = load_checkpoint(path)
+    return classifier_from_checkpoint(state), state
+
+
+def classifier_from_checkpoint(state: dict) -> CifarResNet:
+    """Build the network, in eval mode, from a loaded checkpoint."""
     config = state["config"]
     model = CifarResNet(len(config["classes"]), config["width"], config["blocks"])
     model.load_state_dict(state["model"])
-    return model.eval(), state
+    return model.eval()
 
 
 def export_best(
