@@ -11,7 +11,8 @@ PESQ on held-out speech and noise).
 The int8 model is made here with edgefx.quantize, calibrated on training data, so the
 enhancer can be measured without shipping an int8 file. PyTorch runs the same
 architecture (edgefx.train.nets) with random weights, because speed does not depend on
-the weights. Needs the bench extra (pesq) and torch for the PyTorch column; without
+the weights; the enhancer's are read from its ONNX file, which also gives its exact
+layout. Needs the bench extra (pesq) and torch for the PyTorch column; without
 torch that column says so.
 """
 
@@ -96,7 +97,11 @@ def model_inputs(info: ModelInfo) -> tuple[dict[str, np.ndarray], str, float, st
 def torch_call(
     info: ModelInfo, feeds: dict[str, np.ndarray], threads: int
 ) -> tuple[Callable[[], object] | None, str]:
-    """Build the PyTorch eager network of ``info`` (random weights) and its call."""
+    """Build the PyTorch eager network of ``info`` and its call.
+
+    The denoiser and the classifier get random weights; the enhancer's come from its
+    file.
+    """
     try:
         import onnx
         import torch
@@ -132,9 +137,11 @@ def torch_call(
         module = nets.average_views(network, augmentation)
         arguments = (tensors["image"],)
     else:
-        hop = int(info.metadata["hop"])
-        hidden = (int(info.metadata["state_size"]) - 2 * hop) // 2
-        module = nets.SpeechEnhancerNet(hop, hidden)
+        # The ONNX file's weights give the exact architecture, the refinement
+        # stage included.
+        from edgefx.train.enhance import load_enhancer_weights
+
+        module = load_enhancer_weights(info.path)
         arguments = (tensors["audio"], tensors["state"], tensors["min_gain"])
     if isinstance(module, torch.nn.Module):
         module.eval()

@@ -70,9 +70,10 @@ class QuantizeOptions:
     # Even out per-channel activation ranges first (edgefx/equalize.py). None: the
     # task's default, on for the denoiser, where it was measured to help.
     equalize: bool | None = None
-    # Activation ranges at the percentiles that cut ``100 - percentile`` percent of
-    # the calibration values, half at each end; 100 takes the minimum and maximum.
-    # None: the task's default (PERCENTILE_BY_TASK).
+    # Activation ranges clipped at +-t, t being this percentile of the absolute
+    # calibration values (ONNX Runtime's symmetric percentile calibration), and never
+    # wider than the minimum and maximum; 100 takes the minimum and maximum. None: the
+    # task's default (PERCENTILE_BY_TASK).
     percentile: float | None = None
     # Move each convolution's bias so that its output mean matches the float model's
     # on the calibration inputs (edgefx/biascorrect.py). None: the task's default.
@@ -283,8 +284,16 @@ FEEDS_FOR_TASK = {
 }
 
 
+# Ops whose second input is a weight tensor.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
 def _count_quantized(model: onnx.ModelProto) -> dict[str, int]:
-    """Count the float ops that got int8 inputs: consumers of DequantizeLinear."""
+    """Count the float ops that got int8 inputs: consumers of DequantizeLinear.
+
+    An op with weights counts only when its weights are int8: a convolution left in
+    float32 (``--exclude``) still reads the int8 output of the op before it.
+    """
     dequantized = {
         output
         for node in model.graph.node
@@ -295,7 +304,11 @@ def _count_quantized(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        if any(name in dequantized for name in node.input):
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1:
+            quantized = node.input[1] in dequantized
+        else:
+            quantized = any(name in dequantized for name in node.input)
+        if quantized:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 

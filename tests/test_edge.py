@@ -421,6 +421,8 @@ def test_quantize_exclude_leaves_node_in_float(
     )
 
     assert result.returncode == 0, result.stderr
+    # The summary counts only the convolution whose weights are int8.
+    assert "int8 operators: Conv 1," in result.stderr
     proto = onnx.load(str(output))
     assert _weight_sources(proto) == {
         "conv1": "DequantizeLinear",

@@ -353,3 +353,20 @@ def test_distillation_loss_is_zero_only_for_matching_logits() -> None:
 
     assert abs(float(same)) < 1e-6
     assert float(other) > 0.01
+
+
+def test_resume_without_the_teacher_warns(trained, tmp_path: Path) -> None:
+    data, work, _ = trained
+    student = tmp_path / "student"
+    common = (
+        "--data", data, "--work-dir", student, "--batch-size", "8", "--size", "16",
+        "--width", "4", "--blocks", "1", "--threads", "1",
+    )  # fmt: skip
+    first = run_edgefx("train", "classify", *common, "--epochs", "1",
+                       "--teacher", work / "best.pt")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+
+    resumed = run_edgefx("train", "classify", *common, "--epochs", "2")
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert "now continues with none" in resumed.stderr

@@ -108,10 +108,10 @@ def quantize(
     percentile: Annotated[
         float | None,
         typer.Option(
-            help="Set each activation's range at the percentiles that cut "
-            "100 - P % of its calibration values, half at each end, instead of at "
-            "the lowest and highest value. Rare outliers then no longer widen the "
-            "8-bit steps. Default: 99.95 for denoisers, off otherwise.",
+            help="Clip each activation's range at +-t, t being the P-th percentile "
+            "of its absolute calibration values, instead of taking the lowest and "
+            "highest value. Rare outliers then no longer widen the 8-bit steps. "
+            "Default: 99.95 for denoisers, off (100) otherwise.",
             min=50.0,
             max=100.0,
             show_default=False,

@@ -27,7 +27,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "tensors and plain containers, which could run code when loaded; delete "
             "it or use another --work-dir"
         ) from err
-    except (OSError, EOFError, RuntimeError) as err:
+    except (OSError, EOFError, RuntimeError, KeyError, ValueError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
         raise ModelError(f"{path}: not a PyTorch checkpoint ({detail})") from err
     if not isinstance(state, dict):

@@ -297,6 +297,13 @@ def train(options: ClassifyTrainOptions) -> Path:
         "mean": mean,
         "std": std,
     }
+    # Not part of the config, which must match on resume: a run may change teachers.
+    teacher_names = [str(path) for path in options.teachers]
+    distillation = {
+        "teachers": teacher_names,
+        "weight": options.distill_weight,
+        "temperature": options.temperature,
+    }
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         if state.get("config") != config:
@@ -309,6 +316,14 @@ def train(options: ClassifyTrainOptions) -> Path:
         step = int(state["step"])
         best_accuracy = float(state["best_accuracy"])
         logger.info("resumed from %s at step %d", checkpoint_path, step)
+        saved = state.get("distillation")
+        if saved is not None and saved != distillation:
+            logger.warning(
+                "%s was trained with --teacher %s and now continues with %s",
+                checkpoint_path,
+                ", ".join(saved["teachers"]) or "none",
+                ", ".join(teacher_names) or "none",
+            )
     teachers = load_teachers(options.teachers, config)
     if teachers:
         logger.info(
@@ -328,6 +343,7 @@ def train(options: ClassifyTrainOptions) -> Path:
             "step": step,
             "best_accuracy": best_accuracy,
             "config": config,
+            "distillation": distillation,
         }
         temporary = path.with_suffix(".tmp")
         torch.save(state, temporary)
