@@ -402,6 +402,40 @@ def _check_node_names(info: ModelInfo, nodes: tuple[str, ...]) -> None:
         )
 
 
+def _common_shape(feeds: list[Feeds]) -> list[Feeds]:
+    """Crop every input to the smallest size seen on each axis, from the top left.
+
+    ONNX Runtime's histogram calibration stacks the outputs for all inputs into one
+    array, which fails when the calibration photos differ in size. Sizes that are
+    multiples of the model's size_multiple stay so, because each minimum is one of
+    them.
+    """
+    smallest: dict[str, tuple[int, ...]] = {}
+    for feed in feeds:
+        for name, value in feed.items():
+            known = smallest.get(name, value.shape)
+            smallest[name] = tuple(
+                min(a, b) for a, b in zip(known, value.shape, strict=True)
+            )
+    if all(
+        value.shape == smallest[name] for feed in feeds for name, value in feed.items()
+    ):
+        return feeds
+    logger.info(
+        "calibration inputs differ in size; cropped to %s for the percentile ranges",
+        ", ".join(f"{name} {list(shape)}" for name, shape in smallest.items()),
+    )
+    return [
+        {
+            name: np.ascontiguousarray(
+                value[tuple(slice(0, size) for size in smallest[name])]
+            )
+            for name, value in feed.items()
+        }
+        for feed in feeds
+    ]
+
+
 def quantize_model(
     model: str, output: Path, options: QuantizeOptions
 ) -> QuantizeResult:
@@ -479,6 +513,7 @@ def quantize_model(
         if percentile < 100.0:
             method = CalibrationMethod.Percentile
             extra = {"CalibPercentile": percentile}
+            feeds = _common_shape(feeds)
         # The histogram calibration prints its progress to stdout, which belongs
         # to the user's pipeline; it goes to the debug log instead.
         printed = io.StringIO()

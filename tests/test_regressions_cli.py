@@ -471,6 +471,10 @@ def test_quantize_skips_bad_calibration_images(tmp_path: Path) -> None:
         f"warning: {calibration / 'garbage.jpg'}: skipped, cannot decode this image",
     ], result.stderr
     assert "calibrating denoise-s on 2 model inputs" in result.stderr
+    # The two photos differ in size, which the percentile calibration cannot stack.
+    assert "calibration inputs differ in size; cropped to image [1, 3, 40, 48]" in (
+        result.stderr
+    )
 
 
 def test_quantize_no_readable_calibration_image(tmp_path: Path) -> None:
