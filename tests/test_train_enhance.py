@@ -598,15 +598,18 @@ def test_load_weights_rejects_other_models(tmp_path: Path) -> None:
         load_enhancer_weights(models / "classify-cifar10.onnx")
 
 
+@pytest.mark.parametrize("refine", [0, 4])
 def test_init_starts_from_given_weights(
-    trained, exported: Path, tmp_path: Path
+    trained, exported: Path, tmp_path: Path, refine: int
 ) -> None:
     options, _ = trained
-    # A learning rate of 0 leaves the weights where they started.
+    # A learning rate of 0 leaves the weights where they started. With --refine, the
+    # start has no refinement stage, which stays at zero.
     run = replace(
         options,
         work_dir=tmp_path / "W",
         init=exported,
+        refine=refine,
         steps=1,
         validate_every=1,
         learning_rate=0.0,
@@ -618,6 +621,9 @@ def test_init_starts_from_given_weights(
     after = load_checkpoint(best)["model"]
     for name, value in start.items():
         assert torch.allclose(after[name], value, atol=1e-6), name
+    assert load_checkpoint(best)["config"].get("refine", 0) == refine
+    if refine:
+        assert not after["refine_out.weight"].any()
 
 
 def test_init_other_network_raises(trained, exported: Path, tmp_path: Path) -> None:
@@ -722,30 +728,6 @@ def test_refine_export_runs_in_the_runtime(tmp_path: Path) -> None:
     assert loaded.refine == 4
     for name, value in net.state_dict().items():
         assert torch.allclose(loaded.state_dict()[name], value, atol=1e-6), name
-
-
-def test_init_without_refine_keeps_its_weights(
-    trained, exported: Path, tmp_path: Path
-) -> None:
-    options, _ = trained
-    run = replace(
-        options,
-        work_dir=tmp_path / "W",
-        init=exported,
-        refine=4,
-        steps=1,
-        validate_every=1,
-        learning_rate=0.0,
-    )
-
-    best = train(run)
-
-    start = load_enhancer_weights(exported).state_dict()
-    after = load_checkpoint(best)["model"]
-    assert load_checkpoint(best)["config"]["refine"] == 4
-    for name, value in start.items():
-        assert torch.allclose(after[name], value, atol=1e-6), name
-    assert not after["refine_out.weight"].any()
 
 
 def test_init_with_other_refine_raises(trained, tmp_path: Path) -> None:
