@@ -37,6 +37,7 @@ from edgefx.train.enhance import (  # noqa: E402
     si_sdr,
     si_sdr_loss,
     split_recordings,
+    synthetic_noise,
     train,
 )
 from edgefx.train.export import (  # noqa: E402
@@ -743,3 +744,65 @@ def test_init_with_other_refine_raises(trained, tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="same --refine"):
         train(run)
+
+
+# --------------------------------------------------------------------------------------
+# Synthetic backgrounds (--synthetic-share)
+
+
+def _synthetic_by_kind(kind: int, seed: int = 0) -> np.ndarray:
+    """Draw synthetic noise until the generator picks ``kind`` (its first draw)."""
+    for offset in range(100):
+        rng = np.random.default_rng(seed + offset)
+        if int(np.random.default_rng(seed + offset).integers(3)) == kind:
+            return synthetic_noise(SAMPLE_RATE, rng)
+    raise AssertionError(f"no seed picked kind {kind}")
+
+
+def test_synthetic_tonal_noise_has_few_strong_bins() -> None:
+    noise = _synthetic_by_kind(0)
+    power = np.abs(np.fft.rfft(noise)) ** 2
+
+    # Tones put most of the power into a handful of 1 Hz bins.
+    strongest = np.sort(power)[::-1]
+    assert strongest[:60].sum() > 0.9 * power.sum()
+
+
+def test_synthetic_impulsive_noise_is_sparse() -> None:
+    noise = _synthetic_by_kind(1)
+    energy = noise.astype(np.float64) ** 2
+
+    # Clicks put most of the energy into a small share of the samples.
+    strongest = np.sort(energy)[::-1]
+    assert strongest[: len(noise) // 10].sum() > 0.8 * energy.sum()
+
+
+def test_synthetic_fluctuating_noise_changes_level() -> None:
+    noise = _synthetic_by_kind(2)
+    frames = noise[: len(noise) // 800 * 800].reshape(-1, 800).astype(np.float64)
+    levels = 10 * np.log10((frames**2).mean(axis=1))
+
+    assert levels.max() - levels.min() > 4.0
+
+
+def test_synthetic_noise_is_finite_and_sized() -> None:
+    for seed in range(12):
+        noise = synthetic_noise(4000, np.random.default_rng(seed))
+        assert noise.shape == (4000,)
+        assert noise.dtype == np.float32
+        assert np.isfinite(noise).all()
+        assert np.abs(noise).max() > 0
+
+
+def test_draw_mixtures_synthetic_share_changes_backgrounds(loaded) -> None:
+    speech, noise = loaded
+
+    def draw(synthetic: float) -> np.ndarray:
+        noisy, clean = draw_mixtures(
+            speech, noise, 16, 8000, np.random.default_rng(5),
+            extremes=False, variation=True, synthetic=synthetic,
+        )  # fmt: skip
+        return noisy - clean
+
+    assert np.array_equal(draw(0.0), draw(0.0))
+    assert not np.array_equal(draw(0.0), draw(0.8))

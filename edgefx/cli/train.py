@@ -482,6 +482,16 @@ def train_enhance(
             max=1.0,
         ),
     ] = 0.25,
+    synthetic_share: Annotated[
+        float,
+        typer.Option(
+            help="With --variation, share of the backgrounds made up as tonal (hum, "
+            "whine), impulsive (clicks, taps) or fluctuating noise, kinds that "
+            "recorded ambiences rarely contain.",
+            min=0.0,
+            max=0.8,
+        ),
+    ] = 0.0,
     noise_validation_fraction: Annotated[
         float,
         typer.Option(
@@ -547,6 +557,7 @@ def train_enhance(
             snr_high=snr_high,
             variation=variation,
             band_limited=band_limited,
+            synthetic=synthetic_share,
             noise_validation_fraction=noise_validation_fraction,
             si_sdr_weight=si_sdr_weight,
             init=_initial_weights(init, "enhance", work_dir),

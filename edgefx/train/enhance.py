@@ -57,6 +57,7 @@ class EnhanceTrainOptions:
     si_sdr_weight: float = 0.0
     variation: bool = False
     band_limited: float = 0.0
+    synthetic: float = 0.0
     init: Path | None = None
 
 
@@ -173,6 +174,56 @@ def colored_noise(length: int, rng: np.random.Generator) -> np.ndarray:
     return shaped.astype(np.float32)
 
 
+def synthetic_noise(length: int, rng: np.random.Generator) -> np.ndarray:
+    """Make one of three kinds of noise that the recorded ambiences rarely contain.
+
+    - tonal: mains hum at 50 or 60 Hz with up to 15 harmonics of random strength, or a
+      whine of one to three steady tones between 300 Hz and 6 kHz, over a little
+      Gaussian noise;
+    - impulsive: 2 to 20 clicks per second (knocks, taps, keyboard-like), each a burst
+      of 1 to 15 ms of noise with a random color and an exponential decay;
+    - fluctuating: colored noise whose loudness follows a random envelope of 0.5 to
+      8 Hz with 6 to 20 dB of depth, like traffic passing or wind gusts.
+    """
+    kind = int(rng.integers(3))
+    time = np.arange(length) / SAMPLE_RATE
+    if kind == 0:
+        if rng.random() < 0.5:
+            base = 50.0 if rng.random() < 0.5 else 60.0
+            frequencies = base * np.arange(1, int(rng.integers(2, 16)) + 1)
+        else:
+            frequencies = rng.uniform(300.0, 6000.0, size=int(rng.integers(1, 4)))
+        frequencies = frequencies[frequencies < SAMPLE_RATE / 2]
+        amplitudes = 10 ** (rng.uniform(-20, 0, size=len(frequencies)) / 20)
+        phases = rng.uniform(0, 2 * np.pi, size=len(frequencies))
+        tones = (
+            amplitudes[:, None]
+            * np.sin(2 * np.pi * frequencies[:, None] * time + phases[:, None])
+        ).sum(axis=0)
+        noise = rng.standard_normal(length) * 0.01 * _rms(tones)
+        return (tones + noise).astype(np.float32)
+    if kind == 1:
+        out = np.zeros(length, np.float64)
+        count = max(1, int(rng.uniform(2, 20) * length / SAMPLE_RATE))
+        for start in rng.integers(0, length, size=count):
+            duration = int(rng.uniform(0.001, 0.015) * SAMPLE_RATE)
+            burst = colored_noise(max(duration, 16), rng)[:duration]
+            burst = burst * np.exp(-np.arange(duration) / max(1.0, duration / 4))
+            stop = min(length, int(start) + duration)
+            gain = 10 ** (rng.uniform(-12, 0) / 20)
+            out[start:stop] += gain * burst[: stop - start] / (_rms(burst) + 1e-12)
+        out += rng.standard_normal(length) * 0.003
+        return out.astype(np.float32)
+    rate = rng.uniform(0.5, 8.0)
+    depth = rng.uniform(6.0, 20.0)
+    knots = max(2, int(length / SAMPLE_RATE * rate) + 2)
+    envelope_db = rng.uniform(-depth / 2, depth / 2, size=knots)
+    envelope = np.interp(
+        np.arange(length), np.linspace(0, length - 1, knots), envelope_db
+    )
+    return (colored_noise(length, rng) * 10 ** (envelope / 20)).astype(np.float32)
+
+
 # Range of the cutoff frequencies of band-limited mixtures, in Hz: from a telephone
 # line's 3.4 kHz to what a resampler from 44.1 or 48 kHz leaves below 8 kHz.
 BAND_LIMIT_HZ = (3400.0, 7900.0)
@@ -204,6 +255,7 @@ def draw_mixtures(
     extremes: bool = True,
     variation: bool = False,
     band_limited: float = 0.0,
+    synthetic: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``count`` (noisy, clean) pairs of ``length`` samples each.
 
@@ -220,6 +272,9 @@ def draw_mixtures(
     smooth spectrum, two kinds of noise that few recordings cover. Two SNRs in five
     are then drawn from the lowest 10 dB of the range, where the model has the most to
     learn.
+
+    With ``variation``, a further share ``synthetic`` of the backgrounds is made up by
+    ``synthetic_noise``: tonal, impulsive or fluctuating noise.
 
     A share ``band_limited`` of the pairs is low-passed, mixture and clean speech
     alike, at a cutoff between 3.4 and 7.9 kHz, as a recording is after a telephone
@@ -248,6 +303,8 @@ def draw_mixtures(
             background = _tilt(babble_noise(speech, weights, length, rng), rng)
         elif kind < BABBLE_SHARE + COLORED_NOISE_SHARE:
             background = colored_noise(length, rng)
+        elif kind < BABBLE_SHARE + COLORED_NOISE_SHARE + synthetic:
+            background = synthetic_noise(length, rng)
         elif variation:
             background = _tilt(_varied_crop(recording, length, rng), rng)
         else:
@@ -546,6 +603,7 @@ def train(options: EnhanceTrainOptions) -> Path:
             options.snr_high,
             variation=options.variation,
             band_limited=options.band_limited,
+            synthetic=options.synthetic,
         )
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, options.steps, options.learning_rate)
