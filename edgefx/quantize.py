@@ -397,7 +397,8 @@ def _check_node_names(info: ModelInfo, nodes: tuple[str, ...]) -> None:
     missing = [name for name in nodes if name not in names]
     if missing:
         raise UsageError(
-            f"{info.path}: no node named {', '.join(missing)}; the graph's nodes are "
+            f"{info.path}: no {'node' if len(missing) == 1 else 'nodes'} named "
+            f"{', '.join(missing)}; the graph's nodes are "
             "listed by onnx.load(path).graph.node"
         )
 
@@ -464,6 +465,12 @@ def quantize_model(
         )
     _check_node_names(info, options.nodes)
     _check_node_names(info, options.exclude)
+    both = sorted(set(options.nodes) & set(options.exclude))
+    if both:
+        raise UsageError(
+            f"{', '.join(both)}: given to both --nodes and --exclude; name each node "
+            "in one of them"
+        )
     if output.resolve() == info.path.resolve():
         raise UsageError(f"{output}: the output would replace its input")
     if output.is_dir():

@@ -444,6 +444,21 @@ def test_quantize_exclude_rejects_unknown_node_name(
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_quantize_node_in_nodes_and_exclude_exit_2(
+    run_cli, small_model, samples_dir, tmp_path
+):
+    result = _quantize_small(
+        run_cli, small_model, samples_dir, tmp_path / "x.onnx",
+        "--nodes", "conv1,conv2", "--exclude", "conv2",
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "conv2: given to both --nodes and --exclude" in result.stderr
+    # Rejected before the calibration, which takes minutes on real models.
+    assert "calibrating" not in result.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
 @pytest.mark.parametrize(
     ("options", "calibration"),
     [

@@ -340,7 +340,7 @@ def test_teacher_with_other_input_size_exit_2(trained, tmp_path: Path) -> None:
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1
-    assert "another size" in errors[0]
+    assert "has other input size: 16, the student's are 12" in errors[0]
 
 
 def test_distillation_loss_is_zero_only_for_matching_logits() -> None:
@@ -370,3 +370,18 @@ def test_resume_without_the_teacher_warns(trained, tmp_path: Path) -> None:
 
     assert resumed.returncode == 0, resumed.stderr
     assert "now continues with none" in resumed.stderr
+
+
+def test_onnx_teacher_exit_2(trained, tmp_path: Path) -> None:
+    data, work, _ = trained
+
+    result = run_edgefx(
+        "train", "classify",
+        "--data", data, "--work-dir", tmp_path / "student",
+        "--epochs", "1", "--batch-size", "8", "--size", "16",
+        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--teacher", work / "tiny.onnx",
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "an ONNX file; give the best.pt training checkpoint" in result.stderr

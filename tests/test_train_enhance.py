@@ -631,7 +631,7 @@ def test_init_other_network_raises(trained, exported: Path, tmp_path: Path) -> N
     options, _ = trained
     run = replace(options, work_dir=tmp_path / "W", init=exported, hidden=12)
 
-    with pytest.raises(ValueError, match="same --hidden"):
+    with pytest.raises(ValueError, match="train with --hidden 8"):
         train(run)
 
 

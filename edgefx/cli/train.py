@@ -197,9 +197,11 @@ def train_denoise(
         typer.Option(
             "--quantization-aware",
             help="Simulate int8 rounding of weights and activations in the forward "
-            "pass, as `edgefx quantize` will apply it, so that the int8 model loses "
-            "less quality. Meant for a short fine-tune with --init; trains in float32 "
-            "and picks the checkpoint whose simulated int8 model validates best.",
+            "pass, so that the int8 model loses less quality. Meant for a short "
+            "fine-tune with --init; trains in float32 and picks the checkpoint whose "
+            "simulated int8 model validates best. The simulation rounds the weights "
+            "as trained with minimum-maximum ranges, so quantize the result with "
+            "`edgefx quantize --no-equalize --percentile 100 --no-bias-correction`.",
         ),
     ] = False,
 ) -> None:
@@ -318,6 +320,7 @@ def train_classify(
     teacher: Annotated[
         list[Path] | None,
         typer.Option(
+            metavar="BEST.PT",
             help="Distill from this training checkpoint (best.pt of an earlier run on "
             "the same data and split); repeat for an ensemble, whose logits are "
             "averaged.",

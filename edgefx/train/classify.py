@@ -215,6 +215,11 @@ def load_teachers(paths: tuple[Path, ...], config: dict) -> list[CifarResNet]:
     """Load teacher checkpoints, which must share the student's classes and input."""
     teachers = []
     for path in paths:
+        if path.suffix.lower() == ".onnx":
+            raise ValueError(
+                f"--teacher {path}: an ONNX file; give the best.pt training checkpoint "
+                "of an edgefx train classify run"
+            )
         state = load_checkpoint(path)
         theirs = state.get("config")
         if (
@@ -227,12 +232,20 @@ def load_teachers(paths: tuple[Path, ...], config: dict) -> list[CifarResNet]:
                 "the best.pt of an edgefx train classify run."
             )
         teacher = classifier_from_checkpoint(state)
-        for key in ("classes", "size", "mean", "std"):
+        # The channel statistics come from the training split, which --seed picks.
+        split = "(another --data or --seed, which picks the validation split)"
+        what = {
+            "classes": "classes",
+            "size": "input size",
+            "mean": f"channel means {split}",
+            "std": f"channel deviations {split}",
+        }
+        for key, description in what.items():
             if theirs.get(key) != config[key]:
                 raise ValueError(
-                    f"teacher {path} was trained with another {key} "
-                    f"({theirs.get(key)!r}, the student has {config[key]!r}); "
-                    "a teacher needs the same data, split and input size"
+                    f"teacher {path} has other {description}: {theirs.get(key)!r}, "
+                    f"the student's are {config[key]!r}; train the student with the "
+                    "teacher's --data, --seed and --size"
                 )
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)

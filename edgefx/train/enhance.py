@@ -522,7 +522,8 @@ def train(options: EnhanceTrainOptions) -> Path:
         ):
             raise ValueError(
                 f"{options.init} has {start.hidden} GRU units and an embedding of "
-                f"{start.embedding}; train with the same --hidden and --embedding"
+                f"{start.embedding} (this recipe: {options.hidden} and "
+                f"{options.embedding}); train with --hidden {start.hidden}"
             )
         if start.refine not in (0, options.refine):
             raise ValueError(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,18 @@ IR_VERSION = 8
 # Largest absolute difference accepted between torch and ONNX Runtime outputs, on the
 # [0, 1] pixel scale: a tenth of one 8-bit level.
 DENOISE_PARITY_TOLERANCE = 0.1 / 255
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Hide the UserWarnings that torch.onnx.export prints about its own internals.
+
+    Each export is checked against PyTorch afterwards, so warnings such as the one
+    about GRUs and batch sizes only alarm the user.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        yield
 
 
 def finish_onnx_file(path: Path, metadata: dict[str, str]) -> None:
@@ -60,23 +75,24 @@ def export_denoiser(
     level = torch.full((1, 1, 1, 1), 25 / 255)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_path.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        model,
-        (image, level),
-        str(temporary),
-        input_names=["image", "noise_level"],
-        output_names=["denoised"],
-        dynamic_axes={
-            "image": {0: "batch", 2: "height", 3: "width"},
-            "noise_level": {0: "batch"},
-            "denoised": {0: "batch", 2: "height", 3: "width"},
-        },
-        opset_version=OPSET,
-        # NOTE: torch 2.13 deprecates this TorchScript exporter. The dynamo exporter
-        # also gives a matching graph for this network, but at opset 18 and IR 10,
-        # which older ONNX Runtime builds on edge devices cannot load.
-        dynamo=False,
-    )
+    with _quiet_export():
+        torch.onnx.export(
+            model,
+            (image, level),
+            str(temporary),
+            input_names=["image", "noise_level"],
+            output_names=["denoised"],
+            dynamic_axes={
+                "image": {0: "batch", 2: "height", 3: "width"},
+                "noise_level": {0: "batch"},
+                "denoised": {0: "batch", 2: "height", 3: "width"},
+            },
+            opset_version=OPSET,
+            # NOTE: torch 2.13 deprecates this TorchScript exporter. The dynamo exporter
+            # also gives a matching graph for this network, but at opset 18 and IR 10,
+            # which older ONNX Runtime builds on edge devices cannot load.
+            dynamo=False,
+        )
     finish_onnx_file(temporary, metadata)
 
     error = denoiser_parity_error(model, temporary)
@@ -159,16 +175,17 @@ def export_classifier(
     example = torch.randn(1, 3, size, size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_path.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        model,
-        (example,),
-        str(temporary),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,  # see export_denoiser
-    )
+    with _quiet_export():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(temporary),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,  # see export_denoiser
+        )
     finish_onnx_file(temporary, metadata)
 
     images = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -214,22 +231,23 @@ def export_enhancer(
     example = (torch.zeros(1, 4 * hop), torch.zeros(1, state_size), torch.zeros(1))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_path.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        model,
-        example,
-        str(temporary),
-        input_names=["audio", "state", "min_gain"],
-        output_names=["enhanced", "state_out", "high_gain"],
-        dynamic_axes={
-            "audio": {0: "batch", 1: "samples"},
-            "state": {0: "batch"},
-            "enhanced": {0: "batch", 1: "samples"},
-            "state_out": {0: "batch"},
-            "high_gain": {0: "batch", 1: "hops"},
-        },
-        opset_version=OPSET,
-        dynamo=False,  # see export_denoiser
-    )
+    with _quiet_export():
+        torch.onnx.export(
+            model,
+            example,
+            str(temporary),
+            input_names=["audio", "state", "min_gain"],
+            output_names=["enhanced", "state_out", "high_gain"],
+            dynamic_axes={
+                "audio": {0: "batch", 1: "samples"},
+                "state": {0: "batch"},
+                "enhanced": {0: "batch", 1: "samples"},
+                "state_out": {0: "batch"},
+                "high_gain": {0: "batch", 1: "hops"},
+            },
+            opset_version=OPSET,
+            dynamo=False,  # see export_denoiser
+        )
     finish_onnx_file(temporary, metadata)
 
     generator = torch.Generator().manual_seed(0)
