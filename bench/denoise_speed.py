@@ -81,7 +81,7 @@ def conv_model(channels: int) -> bytes:
 
 
 def conv_session(threads: int) -> ort.InferenceSession:
-    """One 3x3 convolution graph with the CLI's thread settings."""
+    """Build a session of one 3x3 convolution with the CLI's thread settings."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -274,7 +274,7 @@ class Denoiser:
 
 
 def _dtype_scale(dtype: np.dtype) -> float:
-    """The value that stands for full white in an image of this dtype."""
+    """Return the value that means full white in an image of this dtype."""
     if dtype == np.uint8:
         return 255.0
     if dtype == np.uint16:

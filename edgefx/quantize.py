@@ -444,7 +444,7 @@ def quantize_model(
 
     Activations are uint8 and weights int8 (per channel unless options say otherwise),
     calibrated over the inputs built from ``options.calibration`` (minimum and
-    maximum, or percentiles where the task or the options say so). Given
+    maximum, or percentiles where the task or the options request them). Given
     ``options.test_data``, both models are scored and timed, and the result goes into
     the new file's ``quantization`` metadata and its ``key_metric``.
     """

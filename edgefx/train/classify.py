@@ -234,13 +234,13 @@ def load_teachers(paths: tuple[Path, ...], config: dict) -> list[CifarResNet]:
         teacher = classifier_from_checkpoint(state)
         # The channel statistics come from the training split, which --seed picks.
         split = "(another --data or --seed, which picks the validation split)"
-        what = {
+        descriptions = {
             "classes": "classes",
             "size": "input size",
             "mean": f"channel means {split}",
             "std": f"channel deviations {split}",
         }
-        for key, description in what.items():
+        for key, description in descriptions.items():
             if theirs.get(key) != config[key]:
                 raise ValueError(
                     f"teacher {path} has other {description}: {theirs.get(key)!r}, "

@@ -209,11 +209,11 @@ class SpeechEnhancerNet(nn.Module):
 
     With ``refine`` > 0, a small network that works on each bin's neighbourhood
     corrects those gains. The GRUs see each frame only through a 64-value summary, so
-    fine structure such as the harmonics of a voice in loud noise is lost; two
+    fine structure such as the harmonics of a voice in loud noise is lost. Two
     convolutions over the last frames and nearby bins of the features and the gain
-    logits (``refine`` channels, weights shared by all bins, the second one dilated in
-    frequency to span harmonic spacings) add a correction to each logit. They are
-    causal in time, and the state carries the frames they still need.
+    logits add a correction to each logit. They have ``refine`` channels and weights
+    shared by all bins, and the second is dilated in frequency to span harmonic
+    spacings. They are causal in time, and the state carries the frames they need.
 
     ``forward`` takes a block of whole hops and the state left by the previous block,
     and returns the enhanced block and the new state. Feeding a signal hop by hop or
