@@ -429,6 +429,28 @@ def test_band_limited_scores_both_sets(trained, tmp_path: Path) -> None:
     assert load_checkpoint(best)["best_score"] == record["validation_score"]
 
 
+def test_stoi_weight_trains_and_logs_validation_stoi(trained, tmp_path: Path) -> None:
+    options, _ = trained
+    options = replace(
+        options, work_dir=tmp_path / "W", steps=2, validate_every=2, stoi_weight=1.0
+    )
+
+    train(options)
+
+    record = json.loads((options.work_dir / "log.jsonl").read_text().splitlines()[-1])
+    assert 0.0 < record["validation_stoi"] <= 1.0
+    assert math.isfinite(record["loss"])
+
+
+def test_stoi_weight_rejects_short_mixtures(trained, tmp_path: Path) -> None:
+    options, _ = trained
+    options = replace(options, work_dir=tmp_path / "W", seconds=0.3, stoi_weight=1.0)
+
+    with pytest.raises(ValueError, match="--stoi-weight needs training mixtures"):
+        train(options)
+    assert not options.work_dir.exists()
+
+
 def test_colored_noise_is_shaped() -> None:
     rng = np.random.default_rng(2)
     noises = [colored_noise(SAMPLE_RATE, rng) for _ in range(8)]

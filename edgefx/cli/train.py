@@ -513,6 +513,14 @@ def train_enhance(
             min=0.0,
         ),
     ] = 0.02,
+    stoi_weight: Annotated[
+        float,
+        typer.Option(
+            help="Weight of one minus a differentiable STOI (envelope correlation "
+            "in one-third octave bands, 0 to 1) added to the loss; 0 turns it off.",
+            min=0.0,
+        ),
+    ] = 0.0,
     init: Annotated[
         str | None,
         typer.Option(
@@ -563,6 +571,7 @@ def train_enhance(
             synthetic=synthetic_share,
             noise_validation_fraction=noise_validation_fraction,
             si_sdr_weight=si_sdr_weight,
+            stoi_weight=stoi_weight,
             init=_initial_weights(init, "enhance", work_dir),
             threads=threads,
             seed=seed,

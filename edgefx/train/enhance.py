@@ -5,7 +5,8 @@ of clean speech at a random level, with one or two noise recordings at a random
 signal-to-noise ratio. Each source goes through a random spectral tilt, so the model
 does not learn one microphone's response. The loss compares the output with the clean
 speech on power-compressed spectra at three resolutions, in magnitude and in complex
-value.
+value, optionally with a negative SI-SDR term and a differentiable STOI term
+(edgefx/train/stoi.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import SpeechEnhancerNet
+from edgefx.train.stoi import minimum_samples, stoi, stoi_loss
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class EnhanceTrainOptions:
     seed: int = 0
     threads: int = 0
     si_sdr_weight: float = 0.0
+    stoi_weight: float = 0.0
     variation: bool = False
     band_limited: float = 0.0
     synthetic: float = 0.0
@@ -438,6 +441,14 @@ def learning_rate_at(step: int, total: int, peak: float) -> float:
 
 def train(options: EnhanceTrainOptions) -> Path:
     """Train (or resume) a speech enhancer; return the path of its best checkpoint."""
+    if options.stoi_weight and options.seconds * SAMPLE_RATE < minimum_samples(
+        SAMPLE_RATE
+    ):
+        raise ValueError(
+            "--stoi-weight needs training mixtures of at least "
+            f"{minimum_samples(SAMPLE_RATE) / SAMPLE_RATE:.2f} s, got --seconds "
+            f"{options.seconds:g}"
+        )
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
@@ -556,28 +567,35 @@ def train(options: EnhanceTrainOptions) -> Path:
         torch.save(state, temporary)
         temporary.replace(path)
 
-    def score(noisy_set: np.ndarray, clean_set: np.ndarray) -> tuple[float, float]:
-        """Mean SI-SDR of the model's output and of its input, in dB."""
+    def score(
+        noisy_set: np.ndarray, clean_set: np.ndarray
+    ) -> tuple[float, float, float]:
+        """Mean SI-SDR of the model's output and of its input in dB, and its STOI."""
         with torch.no_grad():
-            enhanced = enhance_offline(model, torch.from_numpy(noisy_set)).numpy()
+            output = enhance_offline(model, torch.from_numpy(noisy_set))
+            intelligibility = float(
+                stoi(output, torch.from_numpy(clean_set), SAMPLE_RATE)
+            )
         scores, baseline = [], []
         for estimate, noisy, reference in zip(
-            enhanced, noisy_set, clean_set, strict=True
+            output.numpy(), noisy_set, clean_set, strict=True
         ):
             if reference.any():
                 scores.append(si_sdr(estimate, reference))
                 baseline.append(si_sdr(noisy, reference))
-        return float(np.mean(scores)), float(np.mean(baseline))
+        return float(np.mean(scores)), float(np.mean(baseline)), intelligibility
 
     def validate() -> dict[str, float]:
         model.eval()
-        full, baseline = score(validation_noisy, validation_clean)
+        full, baseline, intelligibility = score(validation_noisy, validation_clean)
         record = {
             "validation_si_sdr": round(full, 3),
             "validation_si_sdr_gain": round(full - baseline, 3),
+            # The training loss's approximation of STOI (edgefx/train/stoi.py).
+            "validation_stoi": round(intelligibility, 4),
         }
         if options.band_limited:
-            limited, _ = score(limited_noisy, limited_clean)
+            limited, _, _ = score(limited_noisy, limited_clean)
             record["validation_si_sdr_band_limited"] = round(limited, 3)
             # The checkpoint is chosen on both, so that neither kind of input is
             # given up for the other.
@@ -613,6 +631,8 @@ def train(options: EnhanceTrainOptions) -> Path:
         loss = spectral_loss(enhanced, target)
         if options.si_sdr_weight:
             loss = loss + options.si_sdr_weight * si_sdr_loss(enhanced, target)
+        if options.stoi_weight:
+            loss = loss + options.stoi_weight * stoi_loss(enhanced, target, SAMPLE_RATE)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
