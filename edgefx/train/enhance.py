@@ -447,7 +447,7 @@ def train(options: EnhanceTrainOptions) -> Path:
         raise ValueError(
             "--stoi-weight needs training mixtures of at least "
             f"{minimum_samples(SAMPLE_RATE) / SAMPLE_RATE:.2f} s, got --seconds "
-            f"{options.seconds:g}"
+            f"{options.seconds:g}; give --seconds 0.4 or more"
         )
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -569,13 +569,11 @@ def train(options: EnhanceTrainOptions) -> Path:
 
     def score(
         noisy_set: np.ndarray, clean_set: np.ndarray
-    ) -> tuple[float, float, float]:
-        """Mean SI-SDR of the model's output and of its input in dB, and its STOI."""
+    ) -> tuple[float, float, torch.Tensor]:
+        """Return the mean SI-SDR of the model's output and of its input in dB, and
+        the output itself."""
         with torch.no_grad():
             output = enhance_offline(model, torch.from_numpy(noisy_set))
-            intelligibility = float(
-                stoi(output, torch.from_numpy(clean_set), SAMPLE_RATE)
-            )
         scores, baseline = [], []
         for estimate, noisy, reference in zip(
             output.numpy(), noisy_set, clean_set, strict=True
@@ -583,11 +581,14 @@ def train(options: EnhanceTrainOptions) -> Path:
             if reference.any():
                 scores.append(si_sdr(estimate, reference))
                 baseline.append(si_sdr(noisy, reference))
-        return float(np.mean(scores)), float(np.mean(baseline)), intelligibility
+        return float(np.mean(scores)), float(np.mean(baseline)), output
 
     def validate() -> dict[str, float]:
         model.eval()
-        full, baseline, intelligibility = score(validation_noisy, validation_clean)
+        full, baseline, output = score(validation_noisy, validation_clean)
+        intelligibility = float(
+            stoi(output, torch.from_numpy(validation_clean), SAMPLE_RATE)
+        )
         record = {
             "validation_si_sdr": round(full, 3),
             "validation_si_sdr_gain": round(full - baseline, 3),
