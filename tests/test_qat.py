@@ -1,16 +1,14 @@
-"""Tests of quantization-aware training of the denoiser (edgefx.train.qat).
+"""Tests of fine-tuning the denoiser on its int8 grid (edgefx.train.qat).
 
-The simulation must round the same tensors that ONNX Runtime's int8 model rounds, so
-one test quantizes the shipped denoiser with `edgefx quantize`, copies the int8 model's
-activation ranges into the simulation and compares the two outputs. The training runs
-are tiny (2 steps of 8-feature, 1-block networks on crops of sample photos).
+The simulation must round the same tensors to the same grids as ONNX Runtime's int8
+model, so one test quantizes the shipped denoiser with `edgefx quantize`, reads the
+int8 model's grid into the simulation and compares the two outputs on a real photo.
+The CLI runs fine-tune for 2 steps on the sample photos.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import shutil
 from pathlib import Path
 
 import cv2
@@ -18,125 +16,25 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
 
 torch = pytest.importorskip("torch")
 
 from cli_helpers import run_edgefx  # noqa: E402
-from test_train_denoise import train_tiny, write_training_crops  # noqa: E402
 
 from edgefx.registry import read_metadata, resolve_any_model  # noqa: E402
 from edgefx.train.denoise import load_denoiser_weights  # noqa: E402
-from edgefx.train.qat import QuantizationAwareDenoiser  # noqa: E402
+from edgefx.train.qat import (  # noqa: E402
+    GridDenoiser,
+    equalization_factors,
+    read_grid,
+    tensor_names,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
 
 
-@pytest.fixture(scope="module")
-def data_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_training_crops(tmp_path_factory.mktemp("qat_data"))
-
-
-@pytest.fixture(scope="module")
-def qat_run(data_folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A 2-step float run, then 2 quantization-aware steps starting from it."""
-    root = tmp_path_factory.mktemp("qat_run")
-    start = train_tiny(data_folder, root / "float", 2, "--export", root / "float.onnx")
-    assert start.returncode == 0, start.stderr
-    result = train_tiny(
-        data_folder,
-        root / "W",
-        2,
-        "--quantization-aware",
-        "--init",
-        root / "float.onnx",
-        "--export",
-        root / "qat.onnx",
-    )
-    return result, root / "W", root / "qat.onnx"
-
-
-def test_qat_run_logs_simulation(qat_run) -> None:
-    result, _, _ = qat_run
-
-    assert result.returncode == 0, result.stderr
-    assert "int8 rounding simulated" in result.stderr
-    assert "forward pass in float32" in result.stderr
-
-
-def test_qat_logs_both_psnrs(qat_run) -> None:
-    _, work_dir, _ = qat_run
-
-    record = json.loads((work_dir / "log.jsonl").read_text().splitlines()[-1])
-
-    assert math.isfinite(record["val_psnr_sigma25"])
-    assert math.isfinite(record["val_psnr_sigma25_int8"])
-    best = torch.load(work_dir / "best.pt", weights_only=True)
-    assert best["best_psnr"] == pytest.approx(record["val_psnr_sigma25_int8"], 1e-3)
-
-
-def test_qat_checkpoint_keeps_ranges(qat_run) -> None:
-    _, work_dir, _ = qat_run
-
-    state = torch.load(work_dir / "checkpoint.pt", weights_only=True)
-
-    assert state["config"]["quantization_aware"] is True
-    names = QuantizationAwareDenoiser.range_names(1)
-    assert sorted(name.split(".")[0] for name in state["ranges"]) == sorted(
-        name for name in names for _ in range(3)
-    )
-    # Every range contains zero, and a ReLU output's range starts at zero.
-    for name in names:
-        low = float(state["ranges"][f"{name}.low"])
-        high = float(state["ranges"][f"{name}.high"])
-        assert low <= 0.0, name
-        assert high > low, name
-    assert float(state["ranges"]["head.low"]) == 0.0
-
-
-def test_qat_export_metadata(qat_run) -> None:
-    _, _, exported = qat_run
-
-    training = json.loads(read_metadata(exported)["training"])
-
-    assert "quantization_aware" in training
-    assert training["initialized_from"] == "float.onnx"
-
-
-def test_resume_without_flag_exits_two(
-    qat_run, data_folder: Path, tmp_path: Path
-) -> None:
-    _, work_dir, _ = qat_run
-    copy = tmp_path / "W"
-    shutil.copytree(work_dir, copy)
-
-    result = train_tiny(data_folder, copy, 4)
-
-    assert result.returncode == 2
-    assert str(copy / "checkpoint.pt") in result.stderr.splitlines()[-1]
-
-
-# Names of the tensors that ONNX Runtime quantizes in the exported denoiser, mapped to
-# the simulation's ranges. The last block's sum goes straight into a ReLU, so ONNX
-# Runtime rounds only the ReLU's output there.
-def ort_tensor_names(blocks: int) -> dict[str, str]:
-    names = {
-        "/Concat_1_output_0": "input",
-        "/relu/Relu_output_0": "head",
-        "/relu_1/Relu_output_0": "body",
-        "/tail/Conv_output_0": "noise",
-    }
-    for index in range(blocks):
-        names[f"/body/body.{index}/relu/Relu_output_0"] = f"block{index}_relu"
-        names[f"/body/body.{index}/conv2/Conv_output_0"] = f"block{index}_conv2"
-        if index < blocks - 1:
-            names[f"/body/body.{index}/Add_output_0"] = f"block{index}_sum"
-    return names
-
-
-def test_simulation_matches_ort_int8(tmp_path: Path) -> None:
-    int8_path = tmp_path / "denoise-int8.onnx"
+def quantize(output: Path, *options: str) -> None:
     result = run_edgefx(
         "quantize",
         "denoise-s",
@@ -146,50 +44,167 @@ def test_simulation_matches_ort_int8(tmp_path: Path) -> None:
         "4",
         "--threads",
         "1",
-        # The simulation below runs the float weights as they are, so the int8 model
-        # must come from the same weights and biases, not from an equalized copy or
-        # corrected biases.
-        "--no-equalize",
-        "--no-bias-correction",
+        "--exclude",
+        "/tail/Conv",
         "-o",
-        int8_path,
+        output,
+        *options,
     )
     assert result.returncode == 0, result.stderr
-    proto = onnx.load(str(int8_path))
-    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    quantized = {
-        node.input[0]: (float(constants[node.input[1]]), int(constants[node.input[2]]))
-        for node in proto.graph.node
-        if node.op_type == "QuantizeLinear" and node.input[1] in constants
-    }
-    float_path = resolve_any_model("denoise-s").path
-    model = load_denoiser_weights(float_path)
-    simulated = QuantizationAwareDenoiser(model).eval()
-    for tensor, name in ort_tensor_names(model.blocks).items():
-        scale, zero_point = quantized[tensor]
-        ranges = simulated.ranges[name]
-        ranges.low.fill_(-zero_point * scale)
-        ranges.high.fill_((255 - zero_point) * scale)
-        ranges.seen.fill_(True)
 
+
+def photo_feeds() -> dict[str, np.ndarray]:
     bgr = cv2.imread(str(SAMPLES / "noisy" / "coffee.png"))
     image = np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1)[None]) / 255.0
-    feeds = {
+    return {
         "image": image.astype(np.float32),
         "noise_level": np.full((1, 1, 1, 1), 25 / 255, np.float32),
     }
 
-    def run(path: Path) -> np.ndarray:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, feeds)[0]
 
-    int8, float32 = run(int8_path), run(float_path)
+def run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+@pytest.fixture(scope="module")
+def plain_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped denoiser quantized without equalization or bias correction."""
+    output = tmp_path_factory.mktemp("qat") / "plain-int8.onnx"
+    quantize(output, "--no-equalize", "--no-bias-correction")
+    return output
+
+
+def test_simulation_matches_ort_int8(plain_int8: Path) -> None:
+    proto = onnx.load(str(plain_int8))
+    grid = read_grid(proto)
+    assert "/body/body.0/relu/Relu_output_0" in grid
+    assert "/tail/Conv_output_0" not in grid  # the tail stays in float32
+    # Make the int8 model return each rounded activation (its DequantizeLinear
+    # output) beside the photo.
+    dequantized = {
+        node.input[0].removesuffix("_QuantizeLinear_Output"): node.output[0]
+        for node in proto.graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[0].endswith("_QuantizeLinear_Output")
+    }
+    for name in dequantized.values():
+        proto.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        )
+    session = ort.InferenceSession(
+        proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    feeds = photo_feeds()
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, feeds), strict=True))
+
+    simulated = GridDenoiser(
+        load_denoiser_weights(resolve_any_model("denoise-s").path), grid, ("tail",)
+    )
+    seen: dict[str, np.ndarray] = {}
+    round_tensor = simulated._round
+
+    def recording(x: torch.Tensor, name: str) -> torch.Tensor:
+        rounded = round_tensor(x, name)
+        seen[name] = rounded.numpy()
+        return rounded
+
+    simulated._round = recording  # type: ignore[method-assign]
     with torch.no_grad():
-        simulation = simulated(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+        simulated(*(torch.from_numpy(v) for v in feeds.values()))
 
-    # Rounding moves the int8 model's output away from float32's. The simulation
-    # rounds the same tensors to the same grids, so it lands much closer to the int8
-    # output: 0.54 of that distance was measured on this photo.
-    int8_shift = np.abs(int8 - float32).mean()
-    assert int8_shift > 0.5 / 255
-    assert np.abs(simulation - int8).mean() < 0.75 * int8_shift
+    # Up to the first block's sum, the simulation rounds to the same 8-bit values as
+    # ONNX Runtime, but for near-ties where float32 sums in another order land on the
+    # other side (0.3 % of the values at most on this photo). Later layers pass those
+    # one-step differences on and multiply them, so they are not compared.
+    first = [
+        "/Concat_1_output_0",
+        "/relu/Relu_output_0",
+        "/body/body.0/relu/Relu_output_0",
+        "/body/body.0/conv2/Conv_output_0",
+        "/body/body.0/Add_output_0",
+    ]
+    for name in first:
+        step = grid[name][0]
+        differ = np.abs(seen[name] - outputs[dequantized[name]]) > step / 2
+        assert differ.mean() < 0.01, name
+
+
+def test_simulation_without_grid_is_the_float_model() -> None:
+    model = load_denoiser_weights(resolve_any_model("denoise-s").path)
+    feeds = [torch.from_numpy(v) for v in photo_feeds().values()]
+    with torch.no_grad():
+        plain = model(*feeds)
+        rounded_weights_only = GridDenoiser(model, {}, ("tail",))(*feeds)
+        nothing_rounded = GridDenoiser(
+            model, {}, ("head", "tail", *convolutions(model.blocks))
+        )(*feeds)
+    assert torch.allclose(plain, nothing_rounded, atol=1e-5)
+    assert not torch.allclose(plain, rounded_weights_only, atol=1e-5)
+
+
+def convolutions(blocks: int) -> list[str]:
+    return [f"body.{i}.conv{j}" for i in range(blocks) for j in (1, 2)]
+
+
+def test_unknown_tensor_is_refused() -> None:
+    model = load_denoiser_weights(resolve_any_model("denoise-s").path)
+    with pytest.raises(ValueError, match="/Mystery_output_0"):
+        GridDenoiser(model, {"/Mystery_output_0": (0.01, 0)})
+
+
+def test_tensor_names_follow_the_exported_graph() -> None:
+    graph = onnx.load(str(resolve_any_model("denoise-s").path)).graph
+    outputs = {name for node in graph.node for name in node.output}
+    missing = [name for name in tensor_names(5) if name not in outputs]
+    assert not missing
+
+
+def test_equalization_factors_turn_one_model_into_the_other() -> None:
+    original = load_denoiser_weights(resolve_any_model("denoise-s").path)
+    rescaled = load_denoiser_weights(resolve_any_model("denoise-s").path)
+    with torch.no_grad():
+        rescaled.head.weight.mul_(2.0)
+        rescaled.body[0].conv1.bias.mul_(0.5)
+    factors = equalization_factors(original, rescaled)
+    for name, value in original.state_dict().items():
+        assert torch.allclose(value * factors[name], rescaled.state_dict()[name])
+
+
+def test_fine_tune_writes_a_model_on_the_calibrated_grid(tmp_path: Path) -> None:
+    # Equalized, as the shipped int8 model is: the fine-tune then trains through the
+    # equalization factors.
+    plain_int8 = tmp_path / "plain-int8.onnx"
+    quantize(plain_int8, "--no-bias-correction")
+    output = tmp_path / "tuned-int8.onnx"
+    quantize(output, "--fine-tune", "2")
+    record = json.loads(read_metadata(output)["quantization"])
+    assert record["fine_tuned"].startswith("2 steps")
+    # Bias correction is off after fine-tuning unless asked for.
+    assert "bias_corrected_convolutions" not in record
+
+    # Same calibration, so the same activation grid; other weights.
+    assert read_grid(onnx.load(str(output))) == read_grid(onnx.load(str(plain_int8)))
+    feeds = photo_feeds()
+    tuned, plain = run_onnx(output, feeds), run_onnx(plain_int8, feeds)
+    assert not np.array_equal(tuned, plain)
+    # Two steps at a learning rate of 5e-6 barely move the weights: the output stays
+    # within a few 8-bit levels of the plain int8 model's.
+    assert np.abs(tuned - plain).mean() < 2 / 255
+
+
+def test_fine_tune_refuses_other_tasks(tmp_path: Path) -> None:
+    result = run_edgefx(
+        "quantize",
+        "classify-cifar10",
+        "--calibrate",
+        SAMPLES / "clean",
+        "--fine-tune",
+        "5",
+        "-o",
+        tmp_path / "c.onnx",
+    )
+    assert result.returncode == 2
+    assert "--fine-tune works on denoisers only" in result.stderr
+    assert not (tmp_path / "c.onnx").exists()

@@ -48,9 +48,14 @@ def copy_models(tmp_path: Path) -> Path:
     return folder
 
 
+# The file that `edgefx denoise` loads on the CPU by default (the manifest's
+# cpu_default variant).
+CPU_DEFAULT_FILE = "denoise-s-int8.onnx"
+
+
 def damage_model(folder: Path) -> Path:
-    """Invert 16 bytes in the middle of the default model file and return its path."""
-    path = folder / "denoise-s.onnx"
+    """Invert 16 bytes in the middle of the CPU default model and return its path."""
+    path = folder / CPU_DEFAULT_FILE
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
     for i in range(middle, middle + 16):
@@ -77,11 +82,14 @@ def shipped_metadata() -> dict[str, str]:
 
 
 def test_default_is_shipped_denoiser() -> None:
-    info = resolve_model(None, "denoise")
-    assert info.name == "denoise-s"
+    # On the CPU the default is the int8 variant, which the manifest marks as the
+    # CPU default.
+    info = resolve_model(None, "denoise", device="cpu")
+    assert info.name == "denoise-s-int8"
     assert info.task == "denoise"
     assert info.shipped
-    assert info.path == SHIPPED_MODELS / "denoise-s.onnx"
+    assert info.path == SHIPPED_MODELS / "denoise-s-int8.onnx"
+    assert info.metadata["variant_of"] == "denoise-s"
 
 
 def test_default_checksum_matches_manifest() -> None:
@@ -103,7 +111,9 @@ def test_models_dir_override_is_used(
     folder = copy_models(tmp_path)
     monkeypatch.setenv("EDGEFX_MODELS_DIR", str(folder))
     assert models_directory() == folder
-    assert resolve_model(None, "denoise").path == folder / "denoise-s.onnx"
+    assert resolve_model(None, "denoise", device="cpu").path == (
+        folder / "denoise-s-int8.onnx"
+    )
 
 
 # Damaged or incomplete model sets
@@ -115,7 +125,7 @@ def test_damaged_copy_raises_model_error(
     damaged = damage_model(copy_models(tmp_path))
     monkeypatch.setenv("EDGEFX_MODELS_DIR", str(damaged.parent))
     with pytest.raises(ModelError) as caught:
-        resolve_model(None, "denoise")
+        resolve_model(None, "denoise", device="cpu")
     assert str(damaged) in str(caught.value)
     assert "damaged" in str(caught.value)
 
@@ -143,16 +153,16 @@ def test_manifest_missing_file_raises(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = copy_models(tmp_path)
-    (folder / "denoise-s.onnx").unlink()
+    (folder / CPU_DEFAULT_FILE).unlink()
     monkeypatch.setenv("EDGEFX_MODELS_DIR", str(folder))
     with pytest.raises(ModelError, match="shipped model file is missing") as caught:
-        resolve_model(None, "denoise")
-    assert str(folder / "denoise-s.onnx") in str(caught.value)
+        resolve_model(None, "denoise", device="cpu")
+    assert str(folder / CPU_DEFAULT_FILE) in str(caught.value)
 
 
 def test_manifest_missing_file_cli_one_line(tmp_path: Path) -> None:
     folder = copy_models(tmp_path)
-    (folder / "denoise-s.onnx").unlink()
+    (folder / CPU_DEFAULT_FILE).unlink()
     result = run_edgefx(
         "denoise",
         SAMPLE,
@@ -165,7 +175,7 @@ def test_manifest_missing_file_cli_one_line(tmp_path: Path) -> None:
     lines = result.stderr.splitlines()
     assert result.returncode == 2
     assert len(lines) == 1, result.stderr
-    assert "denoise-s.onnx" in lines[0]
+    assert CPU_DEFAULT_FILE in lines[0]
     assert "missing" in lines[0]
 
 

@@ -127,6 +127,19 @@ def quantize(
             show_default=False,
         ),
     ] = None,
+    fine_tune: Annotated[
+        int,
+        typer.Option(
+            "--fine-tune",
+            metavar="STEPS",
+            help="Denoisers only; needs PyTorch. After calibrating, fine-tune the "
+            "weights for STEPS steps on the calibration photos with the int8 "
+            "model's rounding simulated, then quantize them on the same 8-bit grid. "
+            "Turns bias correction off unless it is asked for. 300 steps take about "
+            "6 minutes on 2 CPU cores.",
+            min=0,
+        ),
+    ] = 0,
     equalize: Annotated[
         bool | None,
         typer.Option(
@@ -164,6 +177,7 @@ def quantize(
             threads=threads,
             equalize=equalize,
             bias_correction=bias_correction,
+            fine_tune_steps=fine_tune,
         )
         output = out or _default_output(model, "-int8.onnx")
         result = quantize_model(model, output, options)

@@ -192,18 +192,6 @@ def train_denoise(
             "--work-dir already holds a checkpoint to resume.",
         ),
     ] = None,
-    quantization_aware: Annotated[
-        bool,
-        typer.Option(
-            "--quantization-aware",
-            help="Simulate int8 rounding of weights and activations in the forward "
-            "pass, so that the int8 model loses less quality. Meant for a short "
-            "fine-tune with --init; trains in float32 and picks the checkpoint whose "
-            "simulated int8 model validates best. The simulation rounds the weights "
-            "as trained with minimum-maximum ranges, so quantize the result with "
-            "`edgefx quantize --no-equalize --percentile 100 --no-bias-correction`.",
-        ),
-    ] = False,
 ) -> None:
     """Train the image denoiser on a folder of clean photos (resumable).
 
@@ -230,7 +218,6 @@ def train_denoise(
             seed=seed,
             precision=precision,
             init=_initial_weights(init, "denoise", work_dir),
-            quantization_aware=quantization_aware,
         )
         try:
             best = train(options)

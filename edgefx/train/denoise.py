@@ -23,7 +23,6 @@ from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint
 from edgefx.train.nets import DenoiseNet
 from edgefx.train.precision import use_bfloat16
-from edgefx.train.qat import QuantizationAwareDenoiser
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +48,6 @@ class DenoiseTrainOptions:
     threads: int = 0
     precision: str = "auto"
     init: Path | None = None
-    # Simulate ONNX Runtime's int8 rounding in the forward pass (see train/qat.py).
-    quantization_aware: bool = False
 
 
 @dataclass
@@ -206,14 +203,11 @@ def train(options: DenoiseTrainOptions) -> Path:
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     step = 0
     best_psnr = -1.0
-    ranges: dict[str, torch.Tensor] | None = None
     config: dict[str, object] = {
         "channels": 3,
         "features": options.features,
         "blocks": options.blocks,
     }
-    if options.quantization_aware:
-        config["quantization_aware"] = True
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         if state.get("config") != config:
@@ -223,7 +217,6 @@ def train(options: DenoiseTrainOptions) -> Path:
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        ranges = state.get("ranges")
         step = int(state["step"])
         best_psnr = float(state["best_psnr"])
         logger.info("resumed from %s at step %d", checkpoint_path, step)
@@ -240,19 +233,10 @@ def train(options: DenoiseTrainOptions) -> Path:
             )
         model.load_state_dict(start.state_dict())
         logger.info("starting from the weights of %s", options.init)
-    # Simulated int8 rounding needs float32 inputs to be faithful.
-    bfloat16 = use_bfloat16(options.precision) and not options.quantization_aware
+    bfloat16 = use_bfloat16(options.precision)
     # Channels-last tensors let oneDNN pick its fast convolution kernels on the CPU.
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     logger.info("forward pass in %s", "bfloat16 autocast" if bfloat16 else "float32")
-    forward: nn.Module = model
-    simulated: QuantizationAwareDenoiser | None = None
-    if options.quantization_aware:
-        simulated = QuantizationAwareDenoiser(model)
-        if ranges is not None:
-            simulated.load_range_state(ranges)
-        forward = simulated
-        logger.info("int8 rounding simulated in the forward pass")
 
     # A different seed per resume point keeps resumed runs from replaying the same
     # patches.
@@ -269,8 +253,6 @@ def train(options: DenoiseTrainOptions) -> Path:
             "best_psnr": best_psnr,
             "config": config,
         }
-        if simulated is not None:
-            state["ranges"] = simulated.range_state()
         temporary = path.with_suffix(".tmp")
         torch.save(state, temporary)
         temporary.replace(path)
@@ -284,7 +266,7 @@ def train(options: DenoiseTrainOptions) -> Path:
         noisy, level, clean = sampler.batch()
         noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-            restored = forward(noisy, level)
+            restored = model(noisy, level)
         loss = torch.mean((restored.float() - clean) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -299,12 +281,6 @@ def train(options: DenoiseTrainOptions) -> Path:
                 "step": step,
                 "loss": running_loss / steps_since_record,
                 "val_psnr_sigma25": round(psnr, 3),
-            }
-            if simulated is not None:
-                # The best checkpoint is the one whose int8 model scores highest.
-                psnr = validate(simulated, validation_pairs, sigma=25.0)
-                record["val_psnr_sigma25_int8"] = round(psnr, 3)
-            record |= {
                 "lr": learning_rate_at(step, options),
                 "seconds": round(time.monotonic() - started, 1),
             }
@@ -387,8 +363,6 @@ def export_best(
     }
     if options.init is not None:
         training["initialized_from"] = options.init.name
-    if options.quantization_aware:
-        training["quantization_aware"] = "int8 rounding simulated in training"
     metadata = denoiser_metadata(model, name or out_path.stem, "1", training)
     metadata.update(extra_metadata or {})
     export_denoiser(model, out_path, metadata)

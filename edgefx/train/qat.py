@@ -1,65 +1,82 @@
-"""Quantization-aware fine-tuning of the denoiser for ONNX Runtime's int8 format.
+"""Fine-tune the denoiser on the int8 grid that ONNX Runtime will run it on.
 
-Post-training int8 quantization of the denoiser loses about 0.35 dB of PSNR, nearly
-all of it from rounding the activations to 8 bits (with 16-bit activations the loss is
-0.06 dB). Training with that rounding simulated lets the weights adapt to it.
+Post-training quantization of the denoiser (equalized, percentile ranges, tail
+convolution in float32) loses about 0.1 dB of PSNR, nearly all of it from rounding the
+activations to 8 bits. Here the calibrated model's own grid is simulated in PyTorch:
 
-The simulation follows what ``onnxruntime.quantization.quantize_static`` does to this
-network in QDQ format with per-channel weights (the format `edgefx quantize` writes):
+- activations: each tensor that the int8 model rounds is rounded to that model's uint8
+  scale and zero point, read from its QuantizeLinear nodes and kept fixed;
+- weights: symmetric int8, one scale per output channel, recomputed from the weights
+  at every step, as ONNX Runtime computes them when it quantizes the result.
 
-- weights: symmetric int8, one scale per output channel;
-- activations: asymmetric uint8, one scale and zero point per tensor, with a range
-  that always contains zero. They are rounded on the same tensors that ONNX Runtime
-  quantizes: the network input, every ReLU output, each block's second convolution
-  and sum, and the predicted noise.
+A short fine-tune with this forward pass and the training loss (mean squared error to
+the clean photo) lets the weights adapt to the rounding. The result is exported as an
+ordinary float32 model and quantized again with the same activation grid
+(``TensorQuantOverrides``), so the int8 model rounds exactly what was trained for.
+Gradients pass through the rounding unchanged (the straight-through estimator).
 
-Activation ranges are running averages of the batch minimum and maximum. Gradients
-pass through the rounding unchanged (the straight-through estimator). The trained
-weights are ordinary float32 weights: the float model is exported as usual, and
-`edgefx quantize` calibrates its own ranges from training photos.
+The equalized weights are trained through fixed per-element factors applied to the
+original ones, so that Adam's steps keep the size they have for the weights as
+trained: equalization shrinks some channels' weights by large factors, and a plain
+fine-tune of those would move them by far more, relatively, than the others.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
 
 from edgefx.train.nets import DenoiseNet, ResidualBlock
 
-# Weight of the newest batch in the running activation ranges.
-RANGE_MOMENTUM = 0.01
+logger = logging.getLogger(__name__)
+
+# A tensor name of the exported denoiser and the uint8 (scale, zero point) it is
+# rounded to.
+Grid = Mapping[str, tuple[float, int]]
 
 
-class ActivationFakeQuant(nn.Module):
-    """Round a tensor to the uint8 grid of its running range, returning float values."""
+def tensor_names(blocks: int) -> list[str]:
+    """Names that PyTorch's ONNX exporter gives the denoiser's activation tensors."""
+    names = [
+        "/Squeeze_output_0",  # the pixel-unshuffled photo
+        "/Expand_output_0",  # the noise level plane
+        "/Concat_1_output_0",
+        "/relu/Relu_output_0",
+    ]
+    for index in range(blocks):
+        names += [
+            f"/body/body.{index}/relu/Relu_output_0",
+            f"/body/body.{index}/conv2/Conv_output_0",
+            f"/body/body.{index}/Add_output_0",
+        ]
+    return names + [
+        "/relu_1/Relu_output_0",
+        "/tail/Conv_output_0",
+        "/DepthToSpace_output_0",  # the predicted noise
+    ]
 
-    low: torch.Tensor
-    high: torch.Tensor
-    seen: torch.Tensor
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("low", torch.zeros(()))
-        self.register_buffer("high", torch.zeros(()))
-        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+def read_grid(model: object) -> dict[str, tuple[float, int]]:
+    """Return the activation grids of a QDQ model (an ``onnx.ModelProto``)."""
+    from onnx import numpy_helper
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            with torch.no_grad():
-                low = x.min().clamp(max=0.0)
-                high = x.max().clamp(min=0.0)
-                if bool(self.seen):
-                    self.low.lerp_(low, RANGE_MOMENTUM)
-                    self.high.lerp_(high, RANGE_MOMENTUM)
-                else:
-                    self.low.copy_(low)
-                    self.high.copy_(high)
-                    self.seen.fill_(True)
-        span = (self.high - self.low).clamp(min=1e-8)
-        scale = (span / 255.0).reshape(1)
-        zero_point = torch.round(-self.low / scale).clamp(0, 255).to(torch.int32)
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+    graph = model.graph  # type: ignore[attr-defined]
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    grid = {}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants:
+            scale = float(constants[node.input[1]])
+            zero_point = int(constants[node.input[2]])
+            grid[node.input[0]] = (scale, zero_point)
+    return grid
 
 
 def fake_quantize_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -72,55 +89,160 @@ def fake_quantize_weight(weight: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _conv(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return functional.conv2d(
-        x, fake_quantize_weight(layer.weight), layer.bias, padding=layer.padding
-    )
+class GridDenoiser(nn.Module):
+    """DenoiseNet's forward pass with an int8 model's rounding, sharing its weights.
 
-
-class QuantizationAwareDenoiser(nn.Module):
-    """DenoiseNet forward pass with int8 rounding simulated, sharing its weights.
-
-    The weights stay in ``self.model``, so the training checkpoint and the exporter see
-    a plain DenoiseNet. ``range_state()`` returns the activation ranges, which the
-    checkpoint stores beside the weights.
+    ``grid`` maps the int8 model's activation tensors to their (scale, zero point);
+    tensors missing from it stay in float32, as do the weights of convolutions in
+    ``float_convolutions`` (parameter prefixes such as ``"tail"``). ``factors``
+    multiply the parameters of the same name before use (see the module docstring);
+    ``weights()`` returns the parameters with the factors applied.
     """
 
-    def __init__(self, model: DenoiseNet) -> None:
+    def __init__(
+        self,
+        model: DenoiseNet,
+        grid: Grid,
+        float_convolutions: tuple[str, ...] = (),
+        factors: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
+        unknown = sorted(set(grid) - set(tensor_names(model.blocks)))
+        if unknown:
+            raise ValueError(
+                "the int8 model rounds tensors that the simulation does not know: "
+                + ", ".join(unknown)
+            )
         self.model = model
-        self.ranges = nn.ModuleDict(
-            {name: ActivationFakeQuant() for name in self.range_names(model.blocks)}
-        )
+        self.grid = dict(grid)
+        self.float_convolutions = float_convolutions
+        self.factors = dict(factors or {})
 
-    @staticmethod
-    def range_names(blocks: int) -> list[str]:
-        names = ["input", "head"]
-        for index in range(blocks):
-            names += [f"block{index}_relu", f"block{index}_conv2"]
-            if index < blocks - 1:
-                names.append(f"block{index}_sum")
-        return names + ["body", "noise"]
+    def _round(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        if name not in self.grid:
+            return x
+        scale, zero_point = self.grid[name]
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
 
-    def range_state(self) -> dict[str, torch.Tensor]:
-        return self.ranges.state_dict()
+    def _parameter(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        factor = self.factors.get(name)
+        return value if factor is None else value * factor
 
-    def load_range_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.ranges.load_state_dict(state)
+    def _conv(self, layer: nn.Conv2d, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        weight = self._parameter(f"{prefix}.weight", layer.weight)
+        if prefix not in self.float_convolutions:
+            weight = fake_quantize_weight(weight)
+        bias = self._parameter(f"{prefix}.bias", layer.bias)  # type: ignore[arg-type]
+        return functional.conv2d(x, weight, bias, padding=layer.padding)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {
+            name: self._parameter(name, value).detach().clone()
+            for name, value in self.model.state_dict().items()
+        }
 
     def forward(self, image: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
         model = self.model
-        q = self.ranges
-        packed = functional.pixel_unshuffle(image, 2)
-        level_plane = noise_level.expand(-1, -1, packed.shape[2], packed.shape[3])
-        x = q["input"](torch.cat([packed, level_plane], dim=1))
-        x = q["head"](torch.relu(_conv(model.head, x)))
+        q = self._round
+        packed = q(functional.pixel_unshuffle(image, 2), "/Squeeze_output_0")
+        shape = (-1, -1, packed.shape[2], packed.shape[3])
+        plane = q(noise_level.expand(*shape), "/Expand_output_0")
+        x = q(torch.cat([packed, plane], dim=1), "/Concat_1_output_0")
+        x = q(torch.relu(self._conv(model.head, "head", x)), "/relu/Relu_output_0")
         for index, module in enumerate(model.body):
             block: ResidualBlock = module  # type: ignore[assignment]
-            inner = q[f"block{index}_relu"](torch.relu(_conv(block.conv1, x)))
-            x = x + q[f"block{index}_conv2"](_conv(block.conv2, inner))
-            if index < model.blocks - 1:
-                x = q[f"block{index}_sum"](x)
-        x = q["body"](torch.relu(x))
-        noise = q["noise"](_conv(model.tail, x))
-        return image - functional.pixel_shuffle(noise, 2)
+            name = f"/body/body.{index}"
+            inner = torch.relu(self._conv(block.conv1, f"body.{index}.conv1", x))
+            inner = q(inner, f"{name}/relu/Relu_output_0")
+            residual = self._conv(block.conv2, f"body.{index}.conv2", inner)
+            x = q(
+                x + q(residual, f"{name}/conv2/Conv_output_0"), f"{name}/Add_output_0"
+            )
+        # ONNX Runtime folds the last sum's rounding into the ReLU after it, so the
+        # last sum is missing from the grid.
+        x = q(torch.relu(x), "/relu_1/Relu_output_0")
+        noise = q(self._conv(model.tail, "tail", x), "/tail/Conv_output_0")
+        return image - q(functional.pixel_shuffle(noise, 2), "/DepthToSpace_output_0")
+
+
+def equalization_factors(
+    original: DenoiseNet, equalized: DenoiseNet
+) -> dict[str, torch.Tensor]:
+    """Per-element factors that turn ``original``'s parameters into ``equalized``'s."""
+    factors = {}
+    after = equalized.state_dict()
+    for name, before in original.state_dict().items():
+        nonzero = before != 0
+        safe = torch.where(nonzero, before, torch.ones_like(before))
+        factors[name] = torch.where(nonzero, after[name] / safe, torch.ones_like(safe))
+    return factors
+
+
+def fine_tune(
+    original: DenoiseNet,
+    equalized: DenoiseNet,
+    grid: Grid,
+    photos: list[np.ndarray],
+    steps: int,
+    learning_rate: float = 5e-6,
+    float_convolutions: tuple[str, ...] = (),
+    batch_size: int = 32,
+    patch_size: int = 64,
+    seed: int = 0,
+) -> DenoiseNet:
+    """Fine-tune on ``grid`` and return the equalized network with the new weights.
+
+    ``photos`` are clean (H, W, 3) float32 RGB images in [0, 1]. Patches get noise of
+    sigma 0-75 and are clipped and rounded to 8 bits, as photos reach the CLI. The
+    learning rate decays to zero over ``steps`` on a cosine.
+    """
+    from edgefx.train.denoise import DenoiseTrainOptions, PatchSampler, TrainingImage
+
+    torch.manual_seed(seed)
+    model = DenoiseNet(original.channels, original.features, original.blocks)
+    model.load_state_dict(original.state_dict())
+    simulated = GridDenoiser(
+        model, grid, float_convolutions, equalization_factors(original, equalized)
+    )
+    images = [
+        TrainingImage(
+            photo,
+            is_gray=bool(
+                np.abs(photo - photo.mean(axis=2, keepdims=True)).max() < 1e-3
+            ),
+        )
+        for photo in photos
+    ]
+    options = DenoiseTrainOptions(
+        data=Path(),
+        work_dir=Path(),
+        batch_size=batch_size,
+        patch_size=patch_size,
+        clip_fraction=1.0,
+    )
+    sampler = PatchSampler(images, options, seed=seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    started = time.monotonic()
+    total = 0.0
+    for step in range(steps):
+        rate = learning_rate * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        noisy, level, clean = sampler.batch()
+        loss = torch.mean((simulated(noisy, level) - clean) ** 2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            logger.info(
+                "fine-tune step %d of %d: loss %.3g, %.0f s",
+                step + 1,
+                steps,
+                total / ((step % 50) + 1),
+                time.monotonic() - started,
+            )
+            total = 0.0
+    result = DenoiseNet(original.channels, original.features, original.blocks)
+    result.load_state_dict(simulated.weights())
+    return result.eval()
