@@ -1,9 +1,9 @@
 """Tests of fine-tuning the denoiser on its int8 grid (edgefx.train.qat).
 
 The simulation must round the same tensors to the same grids as ONNX Runtime's int8
-model, so one test quantizes the shipped denoiser with `edgefx quantize`, reads the
-int8 model's grid into the simulation and compares the two outputs on a real photo.
-The CLI runs fine-tune for 2 steps on the sample photos.
+model. So one test quantizes the shipped denoiser with `edgefx quantize`, reads the
+int8 model's grid into the simulation and compares the rounded tensors on a real
+photo. The CLI runs fine-tune for 2 steps on the sample photos.
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ def test_simulation_matches_ort_int8(plain_int8: Path) -> None:
         simulated(*(torch.from_numpy(v) for v in feeds.values()))
 
     # Up to the first block's sum, the simulation rounds to the same 8-bit values as
-    # ONNX Runtime, but for near-ties where float32 sums in another order land on the
-    # other side (0.3 % of the values at most on this photo). Later layers pass those
-    # one-step differences on and multiply them, so they are not compared.
+    # ONNX Runtime, except for near-ties (0.3 % of the values at most on this photo).
+    # There float32 sums in another order land on the other side. Later layers pass
+    # those one-step differences on and multiply them, so they are not compared.
     first = [
         "/Concat_1_output_0",
         "/relu/Relu_output_0",
@@ -148,7 +148,7 @@ def convolutions(blocks: int) -> list[str]:
     return [f"body.{i}.conv{j}" for i in range(blocks) for j in (1, 2)]
 
 
-def test_unknown_tensor_is_refused() -> None:
+def test_unknown_tensor_is_rejected() -> None:
     model = load_denoiser_weights(resolve_any_model("denoise-s").path)
     with pytest.raises(ValueError, match="/Mystery_output_0"):
         GridDenoiser(model, {"/Mystery_output_0": (0.01, 0)})
@@ -172,7 +172,7 @@ def test_equalization_factors_turn_one_model_into_the_other() -> None:
         assert torch.allclose(value * factors[name], rescaled.state_dict()[name])
 
 
-def test_fine_tune_writes_a_model_on_the_calibrated_grid(tmp_path: Path) -> None:
+def test_fine_tune_keeps_calibrated_grid(tmp_path: Path) -> None:
     # Equalized, as the shipped int8 model is: the fine-tune then trains through the
     # equalization factors.
     plain_int8 = tmp_path / "plain-int8.onnx"
@@ -194,7 +194,7 @@ def test_fine_tune_writes_a_model_on_the_calibrated_grid(tmp_path: Path) -> None
     assert np.abs(tuned - plain).mean() < 2 / 255
 
 
-def test_fine_tune_refuses_other_tasks(tmp_path: Path) -> None:
+def test_fine_tune_rejects_other_tasks(tmp_path: Path) -> None:
     result = run_edgefx(
         "quantize",
         "classify-cifar10",

@@ -110,7 +110,7 @@ class GridDenoiser(nn.Module):
         unknown = sorted(set(grid) - set(tensor_names(model.blocks)))
         if unknown:
             raise ValueError(
-                "the int8 model rounds tensors that the simulation does not know: "
+                "the int8 model rounds tensors that the simulation does not cover: "
                 + ", ".join(unknown)
             )
         self.model = model
