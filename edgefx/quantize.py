@@ -83,7 +83,7 @@ class QuantizeOptions:
     # the int8 rounding simulated, then quantize them on the same grid
     # (edgefx/train/qat.py). Needs PyTorch.
     fine_tune_steps: int = 0
-    fine_tune_learning_rate: float = 5e-6
+    fine_tune_learning_rate: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.samples < 1:

@@ -9,8 +9,9 @@ activations to 8 bits. Here the calibrated model's own grid is simulated in PyTo
 - weights: symmetric int8, one scale per output channel, recomputed from the weights
   at every step, as ONNX Runtime computes them when it quantizes the result.
 
-A short fine-tune with this forward pass and the training loss (mean squared error to
-the clean photo) lets the weights adapt to the rounding. The result is exported as an
+A short fine-tune with this forward pass lets the weights adapt to the rounding. Its
+loss is the mean over patches of the log of the squared error to the clean patch,
+which is the mean PSNR up to sign and scale. The result is exported as an
 ordinary float32 model and quantized again with the same activation grid
 (``TensorQuantOverrides``), so the int8 model rounds exactly what was trained for.
 Gradients pass through the rounding unchanged (the straight-through estimator).
@@ -184,7 +185,7 @@ def fine_tune(
     grid: Grid,
     photos: list[np.ndarray],
     steps: int,
-    learning_rate: float = 5e-6,
+    learning_rate: float = 1e-5,
     float_convolutions: tuple[str, ...] = (),
     batch_size: int = 32,
     patch_size: int = 64,
@@ -229,14 +230,18 @@ def fine_tune(
         for group in optimizer.param_groups:
             group["lr"] = rate
         noisy, level, clean = sampler.batch()
-        loss = torch.mean((simulated(noisy, level) - clean) ** 2)
+        # The mean log of each patch's squared error weighs the noise levels as PSNR
+        # does. A plain mean squared error is dominated by the noisiest patches,
+        # and the int8 loss is largest at low noise.
+        error = torch.mean((simulated(noisy, level) - clean) ** 2, dim=(1, 2, 3))
+        loss = torch.mean(torch.log(error + 1e-10))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += loss.item()
         if (step + 1) % 50 == 0 or step + 1 == steps:
             logger.info(
-                "fine-tune step %d of %d: loss %.3g, %.0f s",
+                "fine-tune step %d of %d: mean log squared error %.3f, %.0f s",
                 step + 1,
                 steps,
                 total / ((step % 50) + 1),
