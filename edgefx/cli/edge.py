@@ -133,7 +133,8 @@ def quantize(
             "--fine-tune",
             metavar="STEPS",
             help="Denoisers only; needs PyTorch. After calibrating, fine-tune the "
-            "weights for STEPS steps on the calibration photos with the int8 "
+            "weights for STEPS steps on the calibration photos (500 at most, evenly "
+            "spread) with the int8 "
             "model's rounding simulated, then quantize them on the same 8-bit grid. "
             "Turns bias correction off unless it is asked for. 600 steps fit the "
             "shipped denoiser; the whole command then took about 4 minutes on 2 CPU "
