@@ -2,7 +2,8 @@
 
 Post-training quantization of the denoiser (equalized, percentile ranges, tail
 convolution in float32) loses 0.14 dB of PSNR on CBSD68 at sigma 25, nearly all of it
-from rounding the activations to 8 bits. Here the calibrated model's own grid is simulated in PyTorch:
+from rounding the activations to 8 bits. Here the calibrated model's own grid is
+simulated in PyTorch:
 
 - activations: each tensor that the int8 model rounds is rounded to that model's uint8
   scale and zero point, read from its QuantizeLinear nodes and kept fixed;
