@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
 CALIBRATION_CROP = 128  # pixels; denoiser calibration crops
+MIN_CALIBRATION_SIDE = 64  # pixels; smaller denoiser calibration photos are skipped
 CALIBRATION_SECONDS = 2.0  # per enhancer calibration clip
 # Photos that --fine-tune reads, evenly spread over the calibration folder. They are
 # held in memory as float32 (0.8 GB for CBSD432's 432 photos of 321x481).
@@ -217,7 +218,31 @@ def denoise_feeds(
     signature = denoiser.signature
     rng = np.random.default_rng(0)
     feeds = []
-    calibration = read_images(source, samples, skip_unreadable=True)
+    calibration = []
+    for name, folder, clean in read_images(source, samples, skip_unreadable=True):
+        # Smaller crops calibrate ranges that the model's real inputs exceed, and a
+        # photo of 1 pixel cannot be cropped at all.
+        if min(clean.shape[:2]) < MIN_CALIBRATION_SIDE:
+            logger.warning(
+                "%s: skipped, %dx%d is smaller than %d pixels on a side",
+                name,
+                clean.shape[1],
+                clean.shape[0],
+                MIN_CALIBRATION_SIDE,
+            )
+            continue
+        calibration.append((name, folder, clean))
+    if not calibration:
+        raise UsageError(
+            f"--calibrate {source}: no photo is at least {MIN_CALIBRATION_SIDE} pixels "
+            "on each side; give training photos of at least that size"
+        )
+    if len(calibration) < samples:
+        logger.warning(
+            "calibrating on %s instead of --samples %d",
+            count_noun(len(calibration), "photo"),
+            samples,
+        )
     for index, (name, _, clean) in enumerate(calibration):
         multiple = signature.size_multiple
         height = min(CALIBRATION_CROP, clean.shape[0]) // multiple * multiple
@@ -226,7 +251,7 @@ def denoise_feeds(
         left = int(rng.integers(0, clean.shape[1] - width + 1))
         crop = clean[top : top + height, left : left + width]
         # Noise levels spread evenly over the range the model accepts.
-        sigma = MAX_CALIBRATION_SIGMA * (index + 0.5) / samples
+        sigma = MAX_CALIBRATION_SIGMA * (index + 0.5) / len(calibration)
         noisy = add_noise(crop, sigma, name).astype(np.float32) / 255.0
         if signature.channels == 1:
             noisy = noisy.mean(axis=2, keepdims=True)
@@ -483,6 +508,15 @@ def quantize_model(
         raise UsageError(
             f"{', '.join(both)}: given to both --nodes and --exclude; name each node "
             "in one of them"
+        )
+    if options.fine_tune_steps and options.nodes:
+        raise UsageError(
+            "--fine-tune cannot be combined with --nodes: the fine-tune simulates "
+            "every quantizable node; use --exclude to keep nodes in float32"
+        )
+    if options.fine_tune_steps and not options.per_channel:
+        raise UsageError(
+            "--fine-tune simulates weights rounded per channel; drop --no-per-channel"
         )
     if options.fine_tune_steps and info.task != "denoise":
         raise UsageError(

@@ -208,3 +208,48 @@ def test_fine_tune_rejects_other_tasks(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--fine-tune works on denoisers only" in result.stderr
     assert not (tmp_path / "c.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--nodes", "/head/Conv"), "--fine-tune cannot be combined with --nodes"),
+        (("--no-per-channel",), "drop --no-per-channel"),
+    ],
+)
+def test_fine_tune_rejects_option(
+    tmp_path: Path, option: tuple[str, ...], message: str
+) -> None:
+    output = tmp_path / "out.onnx"
+    result = run_edgefx(
+        "quantize",
+        "denoise-s",
+        "--calibrate",
+        SAMPLES / "clean",
+        "--fine-tune",
+        "2",
+        *option,
+        "-o",
+        output,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not output.exists()
+
+
+def test_calibration_skips_tiny_photos(tmp_path: Path) -> None:
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for side in (1, 3, 40):
+        cv2.imwrite(
+            str(folder / f"{side}.png"), np.full((side, side, 3), 128, np.uint8)
+        )
+    output = tmp_path / "out.onnx"
+    result = run_edgefx(
+        "quantize", "denoise-s", "--calibrate", folder, "--samples", "4", "-o", output
+    )
+    assert result.returncode == 2
+    assert "no photo is at least 64 pixels" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists()

@@ -48,9 +48,8 @@ def copy_models(tmp_path: Path) -> Path:
     return folder
 
 
-# The file that `edgefx denoise` loads on the CPU by default (the manifest's
-# cpu_default variant).
-CPU_DEFAULT_FILE = "denoise-s-int8.onnx"
+# The file that `edgefx denoise` loads on the CPU by default.
+CPU_DEFAULT_FILE = "denoise-s.onnx"
 
 
 def damage_model(folder: Path) -> Path:
@@ -82,13 +81,17 @@ def shipped_metadata() -> dict[str, str]:
 
 
 def test_default_is_shipped_denoiser() -> None:
-    # On the CPU the default is the int8 variant, which the manifest marks as the
-    # CPU default.
+    # The int8 variant ships but is not the CPU default: it loses more at low noise.
     info = resolve_model(None, "denoise", device="cpu")
-    assert info.name == "denoise-s-int8"
+    assert info.name == "denoise-s"
     assert info.task == "denoise"
     assert info.shipped
-    assert info.path == SHIPPED_MODELS / "denoise-s-int8.onnx"
+    assert info.path == SHIPPED_MODELS / "denoise-s.onnx"
+
+
+def test_int8_denoiser_is_a_variant() -> None:
+    info = resolve_model("denoise-s-int8", "denoise", device="cpu")
+    assert info.shipped
     assert info.metadata["variant_of"] == "denoise-s"
 
 
@@ -112,7 +115,7 @@ def test_models_dir_override_is_used(
     monkeypatch.setenv("EDGEFX_MODELS_DIR", str(folder))
     assert models_directory() == folder
     assert resolve_model(None, "denoise", device="cpu").path == (
-        folder / "denoise-s-int8.onnx"
+        folder / CPU_DEFAULT_FILE
     )
 
 
