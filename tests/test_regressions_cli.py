@@ -453,8 +453,9 @@ def test_export_out_name_too_long(export_format: str, tmp_path: Path) -> None:
 def test_quantize_skips_bad_calibration_images(tmp_path: Path) -> None:
     calibration = tmp_path / "calibration"
     calibration.mkdir()
-    write_noise(calibration / "a.png", 48, 48)
-    write_noise(calibration / "b.png", 40, 56)
+    # Photos of at least 64 pixels on a side; smaller ones are skipped.
+    write_noise(calibration / "a.png", 72, 72)
+    write_noise(calibration / "b.png", 64, 80)
     (calibration / "empty.png").write_bytes(b"")
     (calibration / "garbage.jpg").write_bytes(b"not a JPEG")
     out = tmp_path / "q.onnx"
@@ -469,10 +470,11 @@ def test_quantize_skips_bad_calibration_images(tmp_path: Path) -> None:
     assert warnings == [
         f"warning: {calibration / 'empty.png'}: skipped, cannot decode this image",
         f"warning: {calibration / 'garbage.jpg'}: skipped, cannot decode this image",
+        "warning: calibrating on 2 photos instead of --samples 64",
     ], result.stderr
     assert "calibrating denoise-s on 2 model inputs" in result.stderr
     # The two photos differ in size, which the percentile calibration cannot stack.
-    assert "calibration inputs differ in size; cropped to image [1, 3, 40, 48]" in (
+    assert "calibration inputs differ in size; cropped to image [1, 3, 64, 72]" in (
         result.stderr
     )
 
