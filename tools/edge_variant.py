@@ -46,9 +46,9 @@ EXCLUDED_NODES = {"denoise-s": ("/tail/Conv",)}
 # Fine-tuning steps on the int8 grid per model (edgefx/train/qat.py). For denoise-s,
 # on 18 held-out training photos at sigma 15 / 25 / 50, the int8 loss was 0.17 / 0.10
 # / 0.06 dB with bias correction and no fine-tune. 300 steps at a peak learning rate of
-# 5e-6 with a mean squared error loss gave 0.14 / 0.08 / 0.04 dB, the same with the
-# mean log error 0.12 / 0.07 / 0.05, and 600 steps at 1e-5 with the mean log error
-# 0.11 / 0.07 / 0.04.
+# 5e-6 with a mean squared error loss gave 0.14 / 0.08 / 0.04 dB. The same steps with
+# the mean log error gave 0.12 / 0.07 / 0.05. 600 steps at 1e-5 with the mean log
+# error gave 0.11 / 0.07 / 0.04.
 FINE_TUNE_STEPS = {"denoise-s": 600}
 
 
