@@ -487,12 +487,7 @@ def quantize_model(
     the new file's ``quantization`` metadata and its ``key_metric``.
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     info = resolve_any_model(model)
@@ -586,29 +581,7 @@ def quantize_model(
             method = CalibrationMethod.Percentile
             extra = {"CalibPercentile": percentile}
             feeds = _common_shape(feeds)
-        # The histogram calibration prints its progress to stdout, which belongs
-        # to the user's pipeline; it goes to the debug log instead.
-        printed = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(printed):
-                quantize_static(
-                    str(prepared),
-                    str(quantized),
-                    _reader(feeds),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=options.per_channel,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=method,
-                    nodes_to_quantize=list(options.nodes) or None,
-                    nodes_to_exclude=list(options.exclude) or None,
-                    extra_options=extra,
-                )
-        except Exception as err:  # onnxruntime raises many types here
-            raise ModelError(f"{info.path}: quantization failed: {err}") from err
-        finally:
-            for line in printed.getvalue().splitlines():
-                logger.debug("onnxruntime: %s", line)
+        _run_quantize_static(info, prepared, quantized, feeds, options, method, extra)
         proto = onnx.load(str(quantized))
         counts = _count_quantized(proto)
         if not counts:
@@ -684,6 +657,43 @@ def _equalize(
     return result.describe()
 
 
+def _run_quantize_static(
+    info: ModelInfo,
+    prepared: Path,
+    output: Path,
+    feeds: list[Feeds],
+    options: QuantizeOptions,
+    method: Any,
+    extra: dict[str, Any],
+) -> None:
+    """Run ONNX Runtime's QDQ quantize_static with uint8 activations, int8 weights."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    # The histogram calibration prints its progress to stdout, which belongs to the
+    # user's pipeline; it goes to the debug log instead.
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            quantize_static(
+                str(prepared),
+                str(output),
+                _reader(feeds),
+                quant_format=QuantFormat.QDQ,
+                per_channel=options.per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                nodes_to_quantize=list(options.nodes) or None,
+                nodes_to_exclude=list(options.exclude) or None,
+                extra_options=extra,
+            )
+    except Exception as err:  # onnxruntime raises many types here
+        raise ModelError(f"{info.path}: quantization failed: {err}") from err
+    finally:
+        for line in printed.getvalue().splitlines():
+            logger.debug("onnxruntime: %s", line)
+
+
 def _fine_tune(
     info: ModelInfo,
     source: Path,
@@ -699,12 +709,7 @@ def _fine_tune(
     """
     import onnx
     import torch
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgefx.train.denoise import load_denoiser_weights
@@ -757,23 +762,15 @@ def _fine_tune(
         ]
         for name, (scale, zero_point) in grid.items()
     }
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        quantize_static(
-            str(prepared),
-            str(work / "fine-tuned-int8.onnx"),
-            _reader(feeds),
-            quant_format=QuantFormat.QDQ,
-            per_channel=options.per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_quantize=list(options.nodes) or None,
-            nodes_to_exclude=list(options.exclude) or None,
-            extra_options={"TensorQuantOverrides": overrides},
-        )
-    for line in printed.getvalue().splitlines():
-        logger.debug("onnxruntime: %s", line)
+    _run_quantize_static(
+        info,
+        prepared,
+        work / "fine-tuned-int8.onnx",
+        feeds,
+        options,
+        CalibrationMethod.MinMax,
+        {"TensorQuantOverrides": overrides},
+    )
     result = read_grid(onnx.load(str(work / "fine-tuned-int8.onnx")))
     for name, (scale, zero_point) in grid.items():
         got = result.get(name)
