@@ -136,9 +136,9 @@ def quantize(
             "weights for STEPS steps on the calibration photos (500 at most, evenly "
             "spread) with the int8 "
             "model's rounding simulated, then quantize them on the same 8-bit grid. "
-            "Turns bias correction off unless it is asked for. 600 steps fit the "
-            "shipped denoiser; the whole command then took about 4 minutes on 2 CPU "
-            "cores.",
+            "Turns bias correction off unless it is asked for. The shipped int8 "
+            "denoiser got 3000 steps (with --percentile 99.9), about 0.8 s each on "
+            "one CPU thread.",
             min=0,
         ),
     ] = 0,
