@@ -195,6 +195,31 @@ def test_classify_interrupt_writes_no_rows(tmp_path: Path) -> None:
     assert list(rows.parent.iterdir()) == []
 
 
+def test_quantize_terminated_writes_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="--fine-tune needs PyTorch")
+    out = tmp_path / "out"
+    out.mkdir()
+    model = out / "denoise-int8.onnx"
+    command = [sys.executable, "-m", "edgefx", "quantize", "denoise-s"]
+    command += ["--calibrate", str(REPO_ROOT / "samples" / "clean"), "--samples", "2"]
+    command += ["--fine-tune", "100000", "--threads", "1", "--out", str(model)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+
+    for line in process.stderr:
+        if line.startswith("fine-tuning "):
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+
+    assert process.returncode == 143, stderr
+    assert "terminated: nothing was written" in stderr
+    # quantize writes one file at the end; there is no batch to resume.
+    assert "finished outputs are kept" not in stderr
+    assert "Traceback" not in stderr
+    assert list(out.iterdir()) == []
+
+
 # --------------------------------------------------------------------------------------
 # Output name clashes
 

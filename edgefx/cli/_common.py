@@ -279,6 +279,13 @@ RESUME_HINT = (
     "finished outputs are kept; run the same command again to process the remaining "
     "files"
 )
+# For commands that write one file atomically at the end.
+NOTHING_WRITTEN_HINT = "nothing was written; run the same command again"
+# For training, which saves a checkpoint as it goes.
+CHECKPOINT_HINT = (
+    "checkpoints saved so far stay in the work directory; run the same command again "
+    "to resume"
+)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from edgefx.cli._common import (
+    NOTHING_WRITTEN_HINT,
     QuietOption,
     ThreadsOption,
     VerboseOption,
@@ -166,7 +167,7 @@ def quantize(
         configure_logging(-1 if quiet else verbose)
     from edgefx.quantize import QuantizeOptions, describe, quantize_model
 
-    with handle_errors():
+    with handle_errors(NOTHING_WRITTEN_HINT):
         options = QuantizeOptions(
             calibration=calibrate,
             test_data=test_data,
@@ -238,7 +239,7 @@ def export(
     from edgefx.convert import export_fp16, export_ort
     from edgefx.errors import UsageError
 
-    with handle_errors():
+    with handle_errors(NOTHING_WRITTEN_HINT):
         if export_format is ExportFormat.ort:
             if fp16:
                 raise UsageError(

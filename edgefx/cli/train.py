@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgefx.cli._common import handle_errors
+from edgefx.cli._common import CHECKPOINT_HINT, handle_errors
 
 train_app = typer.Typer(
     help="Train the networks (needs: pip install 'edgefx[train]').",
@@ -198,7 +198,7 @@ def train_denoise(
     The network takes the noise level as an input; `edgefx denoise` estimates it per
     image unless --sigma is given.
     """
-    with handle_errors():
+    with handle_errors(CHECKPOINT_HINT):
         _require_torch()
         from edgefx.errors import UsageError
         from edgefx.train.denoise import DenoiseTrainOptions, export_best, train
@@ -333,7 +333,7 @@ def train_classify(
     ] = 4.0,
 ) -> None:
     """Train the image classifier (a CIFAR-style ResNet) on labelled images."""
-    with handle_errors():
+    with handle_errors(CHECKPOINT_HINT):
         _require_torch()
         from edgefx.errors import UsageError
         from edgefx.train.classify import (
@@ -522,7 +522,7 @@ def train_enhance(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train the speech enhancer on clean speech mixed with noise on the fly."""
-    with handle_errors():
+    with handle_errors(CHECKPOINT_HINT):
         _require_torch()
         from edgefx.errors import UsageError
         from edgefx.train import audio_split
