@@ -240,6 +240,24 @@ def test_options_accept_sigma_limits(denoiser: Denoiser, sigma: float) -> None:
     assert result.shape == pixels.shape
 
 
+@pytest.mark.parametrize("model", ["denoise-s", "denoise-s-int8"])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (2, 2, 3), (3, 5), (64, 96, 3)])
+def test_sigma_zero_returns_the_image(
+    model: str, shape: tuple[int, ...], samples_dir: Path
+) -> None:
+    photo = read_pixels(samples_dir / "noisy" / "coffee.png")
+    pixels = np.ascontiguousarray(photo[: shape[0], : shape[1]])
+    if len(shape) == 2:
+        pixels = np.ascontiguousarray(pixels[:, :, 0])
+    denoiser = Denoiser(model, RuntimeOptions(device="cpu", threads=1))
+
+    result, used = denoiser.denoise(pixels, DenoiseOptions(sigma=0))
+
+    assert used == 0
+    np.testing.assert_array_equal(result, pixels)
+    assert result is not pixels
+
+
 def test_options_reject_small_tile() -> None:
     with pytest.raises(UsageError, match="invalid tile size 31"):
         DenoiseOptions(tile=31)

@@ -120,8 +120,8 @@ def denoise(
     sigma: Annotated[
         float | None,
         typer.Option(
-            help="Noise level to remove, 0-75 on the 0-255 scale. Estimated per image "
-            "when not given.",
+            help="Noise level to remove, 0-75 on the 0-255 scale; 0 leaves the image "
+            "as it is. Estimated per image when not given.",
             min=0,
             max=75,
         ),
