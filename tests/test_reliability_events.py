@@ -67,6 +67,21 @@ def interrupt_batch(
     return subprocess.CompletedProcess(command, process.returncode, "", stderr)
 
 
+def signal_after_line(command: list[str], prefix: str, signum: int) -> tuple[int, str]:
+    """Start ``command``, send ``signum`` once a stderr line starts with ``prefix``.
+
+    Returns the exit status and the rest of stderr.
+    """
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith(prefix):
+            break
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+    return process.returncode, stderr
+
+
 # --------------------------------------------------------------------------------------
 # Interruptions
 
@@ -176,18 +191,11 @@ def test_classify_interrupt_writes_no_rows(tmp_path: Path) -> None:
     rows.parent.mkdir()
     command = [sys.executable, "-m", "edgefx", "-v", "classify", str(folder)]
     command += ["--format", "csv", "--out", str(rows)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
-
     # The debug log names each file as it is read, so the batch is running once the
     # first one appears.
-    for line in process.stderr:
-        if line.startswith("debug: read "):
-            break
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+    status, stderr = signal_after_line(command, "debug: read ", signal.SIGINT)
 
-    assert process.returncode == 130, stderr
+    assert status == 130, stderr
     assert "interrupted: no results were written" in stderr
     # Classify writes its results only at the end, so there is nothing to resume.
     assert "finished outputs are kept" not in stderr
@@ -203,16 +211,9 @@ def test_quantize_terminated_writes_nothing(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "edgefx", "quantize", "denoise-s"]
     command += ["--calibrate", str(REPO_ROOT / "samples" / "clean"), "--samples", "2"]
     command += ["--fine-tune", "100000", "--threads", "1", "--out", str(model)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
+    status, stderr = signal_after_line(command, "fine-tuning ", signal.SIGTERM)
 
-    for line in process.stderr:
-        if line.startswith("fine-tuning "):
-            break
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
-
-    assert process.returncode == 143, stderr
+    assert status == 143, stderr
     assert "terminated: nothing was written" in stderr
     # quantize writes one file at the end; there is no batch to resume.
     assert "finished outputs are kept" not in stderr
