@@ -188,9 +188,8 @@ class Denoiser:
         if sigma is None:
             sigma = min(estimate_sigma(pixels), MAX_SIGMA)
         if sigma == 0:
-            # No noise to remove, yet the network still moves some pixels: on a
-            # 256-pixel crop of a clean photo 0.6 % by up to 5 levels, and a 1-pixel
-            # photo's color by up to 27. So the photo comes back as it is.
+            # The network still changes a photo at sigma 0: 0.6 % of the pixels of a
+            # clean 256x256 crop by up to 5 levels, a 1-pixel photo by up to 27.
             return pixels.copy(), 0.0
 
         planes = pixels[:, :, None] if pixels.ndim == 2 else pixels

@@ -82,8 +82,8 @@ PINNED_INT8_PSNR_SIGMA_GIVEN: dict[str, dict[int, float]] = {
     "test011 palms, gray": {5: 35.94, 15: 29.19, 25: 26.50, 50: 23.23},
     "test034 face, gray": {5: 37.44, 15: 33.04, 25: 31.40, 50: 29.13},
 }
-# Most that int8 may fall below float32 on one crop, measured on the same input in
-# the same run, so that a broken quantization fails even after both are rebuilt.
+# Largest drop of int8 below float32 allowed on one crop. Both run on the same input
+# in the same run, so a broken quantization fails even after both are rebuilt.
 INT8_MAX_LOSS_DB = 0.5
 # At sigma 5 little noise is left to remove: float32 gains 1.8 dB on the gray palms.
 MIN_GAIN_DB_SIGMA_5 = 1.0

@@ -215,7 +215,7 @@ def test_quantize_terminated_writes_nothing(tmp_path: Path) -> None:
 
     assert status == 143, stderr
     assert "terminated: nothing was written" in stderr
-    # quantize writes one file at the end; there is no batch to resume.
+    # quantize writes one file at the end, so there is no batch to resume.
     assert "finished outputs are kept" not in stderr
     assert "Traceback" not in stderr
     assert list(out.iterdir()) == []
