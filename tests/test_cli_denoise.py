@@ -366,10 +366,11 @@ def test_bad_inputs_exit_1(run_cli, crop, tmp_path: Path) -> None:
     ("extra_args", "option"),
     [
         ([], "--out"),
-        (["--out", "OUT", "--sigma", "80"], "--sigma"),
+        (["--out", "OUT", "--sigma", "80"], "'--sigma': 80 is out of range"),
+        (["--out", "OUT", "--sigma", "nan"], "'--sigma': 'nan' is not a finite"),
         (["--out", "OUT", "--format", "gif"], "--format"),
     ],
-    ids=["missing-out", "sigma-80", "format-gif"],
+    ids=["missing-out", "sigma-80", "sigma-nan", "format-gif"],
 )
 def test_option_errors_exit_2(
     run_cli, small_batch: Path, tmp_path: Path, extra_args: list[str], option: str

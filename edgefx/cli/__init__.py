@@ -34,6 +34,7 @@ from edgefx.cli._common import (
     choice_parser,
     configure_logging,
     handle_errors,
+    number,
     print_summary,
     printable,
 )
@@ -122,8 +123,7 @@ def denoise(
         typer.Option(
             help="Noise level to remove, 0-75 on the 0-255 scale; 0 leaves the image "
             "as it is. Estimated per image when not given.",
-            min=0,
-            max=75,
+            parser=number(0, 75),
         ),
     ] = None,
     output_format: Annotated[
@@ -450,7 +450,7 @@ def enhance(
             help="Turn no part of the sound down by more than this many dB, which "
             "keeps some background for a natural result (e.g. 12). Default: remove "
             "as much noise as the model finds.",
-            min=0,
+            parser=number(0),
         ),
     ] = None,
     output_format: Annotated[

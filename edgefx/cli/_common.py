@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +49,38 @@ def choice_parser(choices: type[ChoiceT]) -> Callable[[object], ChoiceT]:
         # Typer puts "Invalid value for '--format': " in front of this message.
         raise typer.BadParameter(f"{text!r} (choose one of {names})")
 
+    return parse
+
+
+def number(
+    low: float | None = None, high: float | None = None
+) -> Callable[[object], float]:
+    """Return a Typer parser for a finite number from ``low`` to ``high``.
+
+    Typer's own range check lets "nan" through to a comparison that fails with a
+    message about the wrong bound, and takes "inf" where no upper bound is set. This
+    parser refuses both and names the range in its message.
+    """
+
+    def parse(value: object) -> float:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"{value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise typer.BadParameter(f"{value!r} is not a finite number")
+        if (low is not None and number < low) or (high is not None and number > high):
+            if high is None:
+                wanted = f"at least {low:g}"
+            elif low is None:
+                wanted = f"at most {high:g}"
+            else:
+                wanted = f"from {low:g} to {high:g}"
+            raise typer.BadParameter(f"{value} is out of range: give a number {wanted}")
+        return number
+
+    # Click names the help placeholder after the parser function.
+    parse.__name__ = "float"
     return parse
 
 

@@ -17,6 +17,7 @@ from edgefx.cli._common import (
     choice_parser,
     configure_logging,
     handle_errors,
+    number,
     stderr_console,
 )
 
@@ -113,9 +114,8 @@ def quantize(
             "of its absolute calibration values, instead of taking the lowest and "
             "highest value. Rare outliers then no longer widen the 8-bit steps. "
             "Default: 99.95 for denoisers, off (100) otherwise.",
-            min=50.0,
-            max=100.0,
             show_default=False,
+            parser=number(50.0, 100.0),
         ),
     ] = None,
     bias_correction: Annotated[

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgefx.cli._common import CHECKPOINT_HINT, handle_errors
+from edgefx.cli._common import CHECKPOINT_HINT, handle_errors, number
 
 train_app = typer.Typer(
     help="Train the networks (needs: pip install 'edgefx[train]').",
@@ -171,7 +171,7 @@ def train_denoise(
     ] = 64,
     blocks: Annotated[int, typer.Option(help="Residual blocks.", min=1)] = 5,
     learning_rate: Annotated[
-        float, typer.Option(help="Peak Adam learning rate.")
+        float, typer.Option(help="Peak Adam learning rate.", parser=number())
     ] = 1e-3,
     threads: Annotated[
         int, typer.Option(help="PyTorch CPU threads; 0 keeps its default.", min=0)
@@ -267,7 +267,9 @@ def train_classify(
     blocks: Annotated[
         int, typer.Option(help="Residual blocks per stage (ResNet-20: 3).", min=1)
     ] = 3,
-    learning_rate: Annotated[float, typer.Option(help="Peak SGD learning rate.")] = 0.1,
+    learning_rate: Annotated[
+        float, typer.Option(help="Peak SGD learning rate.", parser=number())
+    ] = 0.1,
     cutout: Annotated[
         int,
         typer.Option(
@@ -320,15 +322,14 @@ def train_classify(
         typer.Option(
             help="With --teacher: weight of the distillation loss; the label loss "
             "gets the rest.",
-            min=0.0,
-            max=1.0,
+            parser=number(0.0, 1.0),
         ),
     ] = 0.9,
     temperature: Annotated[
         float,
         typer.Option(
             help="With --teacher: softmax temperature of the distillation loss.",
-            min=0.1,
+            parser=number(0.1),
         ),
     ] = 4.0,
 ) -> None:
@@ -436,7 +437,7 @@ def train_enhance(
     steps: Annotated[int, typer.Option(help="Training steps (batches).", min=1)] = 8000,
     batch_size: Annotated[int, typer.Option(help="Mixtures per step.", min=1)] = 24,
     seconds: Annotated[
-        float, typer.Option(help="Length of each training mixture.", min=0.1)
+        float, typer.Option(help="Length of each training mixture.", parser=number(0.1))
     ] = 2.5,
     hidden: Annotated[int, typer.Option(help="GRU state size.", min=4)] = 72,
     refine: Annotated[
@@ -450,10 +451,14 @@ def train_enhance(
         ),
     ] = 0,
     learning_rate: Annotated[
-        float, typer.Option(help="Peak AdamW learning rate.")
+        float, typer.Option(help="Peak AdamW learning rate.", parser=number())
     ] = 2e-3,
-    snr_low: Annotated[float, typer.Option(help="Lowest mixing SNR in dB.")] = -5.0,
-    snr_high: Annotated[float, typer.Option(help="Highest mixing SNR in dB.")] = 20.0,
+    snr_low: Annotated[
+        float, typer.Option(help="Lowest mixing SNR in dB.", parser=number())
+    ] = -5.0,
+    snr_high: Annotated[
+        float, typer.Option(help="Highest mixing SNR in dB.", parser=number())
+    ] = 20.0,
     variation: Annotated[
         bool,
         typer.Option(
@@ -468,8 +473,7 @@ def train_enhance(
             "are after a phone line, a lossy codec or resampling from 44.1 or 48 kHz. "
             "With a share above 0 the best checkpoint is chosen on full-band and "
             "band-limited validation mixtures together.",
-            min=0.0,
-            max=1.0,
+            parser=number(0.0, 1.0),
         ),
     ] = 0.25,
     synthetic_share: Annotated[
@@ -478,8 +482,7 @@ def train_enhance(
             help="With --variation, share of the backgrounds made up as tonal (hum, "
             "whine), impulsive (clicks, taps) or fluctuating noise, kinds that "
             "recorded ambiences rarely contain.",
-            min=0.0,
-            max=0.8,
+            parser=number(0.0, 0.8),
         ),
     ] = 0.0,
     noise_validation_fraction: Annotated[
@@ -488,8 +491,7 @@ def train_enhance(
             help="Share of the noise files kept out of training and used to score "
             "the model on noises it has not heard (at least one file when there "
             "are two or more).",
-            min=0.0,
-            max=0.5,
+            parser=number(0.0, 0.5),
         ),
     ] = 0.1,
     si_sdr_weight: Annotated[
@@ -497,7 +499,7 @@ def train_enhance(
         typer.Option(
             help="Weight of the negative SI-SDR (in dB) added to the spectral loss; "
             "0 turns it off.",
-            min=0.0,
+            parser=number(0.0),
         ),
     ] = 0.02,
     stoi_weight: Annotated[
@@ -505,7 +507,7 @@ def train_enhance(
         typer.Option(
             help="Weight of one minus a differentiable STOI (envelope correlation "
             "in one-third octave bands, 0 to 1) added to the loss; 0 turns it off.",
-            min=0.0,
+            parser=number(0.0),
         ),
     ] = 0.0,
     init: Annotated[
