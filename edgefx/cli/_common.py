@@ -59,7 +59,7 @@ def number(
 
     Typer's own range check lets "nan" through to a comparison that fails with a
     message about the wrong bound, and takes "inf" where no upper bound is set. This
-    parser refuses both and names the range in its message.
+    parser rejects both and names the range in its message.
     """
 
     def parse(value: object) -> float:
@@ -71,12 +71,14 @@ def number(
             raise typer.BadParameter(f"{value!r} is not a finite number")
         if (low is not None and number < low) or (high is not None and number > high):
             if high is None:
-                wanted = f"at least {low:g}"
+                expected = f"at least {low:g}"
             elif low is None:
-                wanted = f"at most {high:g}"
+                expected = f"at most {high:g}"
             else:
-                wanted = f"from {low:g} to {high:g}"
-            raise typer.BadParameter(f"{value} is out of range: give a number {wanted}")
+                expected = f"from {low:g} to {high:g}"
+            raise typer.BadParameter(
+                f"{value} is out of range: give a number {expected}"
+            )
         return number
 
     # Click names the help placeholder after the parser function.
