@@ -47,6 +47,9 @@ ENGINES = ("local", "ray")
 # Cap on the default worker count, so that a many-core machine does not hold dozens of
 # decoded files in memory at once. --jobs sets more.
 MAX_DEFAULT_JOBS = 4
+# Each local job keeps two files in flight, so a typo such as 100000 would read the
+# whole batch into memory at once.
+MAX_JOBS = 256
 # A worker task loads files one after the other until about this many seconds of
 # loading, up to MAX_LOAD_GROUP files, so that files that decode in microseconds
 # (32x32 JPEG files) do not pay one thread hand-off each. The size of a group follows
@@ -105,8 +108,8 @@ class EngineOptions:
             raise UsageError(
                 f"invalid engine {self.engine!r}; choose one of {', '.join(ENGINES)}"
             )
-        if self.jobs < 0:
-            raise UsageError(f"invalid job count {self.jobs}; use 0 or more")
+        if not 0 <= self.jobs <= MAX_JOBS:
+            raise UsageError(f"invalid job count {self.jobs}; use 0 to {MAX_JOBS}")
         if self.ray_address is not None and self.engine != "ray":
             raise UsageError("--ray-address needs --engine ray")
 

@@ -33,6 +33,11 @@ _PROVIDER_FOR_DEVICE = {
 _ORT_FATAL_ONLY = 4
 
 
+# ONNX Runtime starts every intra-op thread it is given when the session is made, so a
+# typo such as 100000 exhausts the process limit of the whole machine.
+MAX_THREADS = 256
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     """Session settings: device, CPU threads and graph optimization level."""
@@ -51,8 +56,10 @@ class RuntimeOptions:
                 f"invalid optimization level {self.optimization!r}; "
                 f"choose one of {', '.join(OPTIMIZATION_LEVELS)}"
             )
-        if self.threads < 0:
-            raise UsageError(f"invalid thread count {self.threads}; use 0 or more")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise UsageError(
+                f"invalid thread count {self.threads}; use 0 to {MAX_THREADS}"
+            )
 
 
 def _import_onnxruntime() -> onnxruntime:

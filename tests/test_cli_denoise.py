@@ -369,8 +369,17 @@ def test_bad_inputs_exit_1(run_cli, crop, tmp_path: Path) -> None:
         (["--out", "OUT", "--sigma", "80"], "'--sigma': 80 is out of range"),
         (["--out", "OUT", "--sigma", "nan"], "'--sigma': 'nan' is not a finite"),
         (["--out", "OUT", "--format", "gif"], "--format"),
+        (["--out", "OUT", "--threads", "100000"], "--threads"),
+        (["--out", "OUT", "--jobs", "100000"], "--jobs"),
     ],
-    ids=["missing-out", "sigma-80", "sigma-nan", "format-gif"],
+    ids=[
+        "missing-out",
+        "sigma-80",
+        "sigma-nan",
+        "format-gif",
+        "threads-100000",
+        "jobs-100000",
+    ],
 )
 def test_option_errors_exit_2(
     run_cli, small_batch: Path, tmp_path: Path, extra_args: list[str], option: str

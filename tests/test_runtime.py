@@ -113,8 +113,8 @@ def test_options_reject_invalid_optimization(level: str) -> None:
         assert valid in str(caught.value)
 
 
-@pytest.mark.parametrize("threads", [-1, -8])
-def test_options_reject_negative_threads(threads: int) -> None:
+@pytest.mark.parametrize("threads", [-1, -8, 257, 100_000])
+def test_options_reject_bad_thread_counts(threads: int) -> None:
     with pytest.raises(UsageError, match=f"invalid thread count {threads}"):
         RuntimeOptions(threads=threads)
 

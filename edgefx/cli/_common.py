@@ -109,7 +109,9 @@ DeviceOption = Annotated[
 ThreadsOption = Annotated[
     int,
     typer.Option(
-        help="CPU threads for ONNX Runtime; 0 uses one per physical core.", min=0
+        help="CPU threads for ONNX Runtime, 0 to 256; 0 uses one per physical core.",
+        min=0,
+        max=256,
     ),
 ]
 
@@ -137,8 +139,10 @@ JobsOption = Annotated[
         "-j",
         help="Worker threads that decode and encode files while the model runs; "
         "0 uses half the CPU cores, 1 to 4. With --engine ray: worker actors; 0 "
-        "starts as many as the cluster's CPUs (or GPUs with --device cuda) allow.",
+        "starts as many as the cluster's CPUs (or GPUs with --device cuda) allow. "
+        "At most 256.",
         min=0,
+        max=256,
     ),
 ]
 

@@ -174,7 +174,10 @@ def train_denoise(
         float, typer.Option(help="Peak Adam learning rate.", parser=number())
     ] = 1e-3,
     threads: Annotated[
-        int, typer.Option(help="PyTorch CPU threads; 0 keeps its default.", min=0)
+        int,
+        typer.Option(
+            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", min=0, max=256
+        ),
     ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     precision: Annotated[
@@ -279,7 +282,10 @@ def train_classify(
         ),
     ] = 0,
     threads: Annotated[
-        int, typer.Option(help="PyTorch CPU threads; 0 keeps its default.", min=0)
+        int,
+        typer.Option(
+            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", min=0, max=256
+        ),
     ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     precision: Annotated[
@@ -519,7 +525,10 @@ def train_enhance(
         ),
     ] = None,
     threads: Annotated[
-        int, typer.Option(help="PyTorch CPU threads; 0 keeps its default.", min=0)
+        int,
+        typer.Option(
+            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", min=0, max=256
+        ),
     ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
