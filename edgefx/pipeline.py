@@ -369,10 +369,21 @@ def run_pipeline(
         while saves:
             finish_save(saves.popleft())
         report_ready()
-    finally:
+    except BaseException:
         # On an error or an interrupt, queued loads and saves are dropped; running
         # saves finish, so their outputs are complete, and their temporaries are gone.
         pool.shutdown(wait=True, cancel_futures=True)
+        # Those saves wrote their outputs, so they count in the summary, and so do the
+        # results that were waiting for an earlier file to be reported.
+        for pending in saves:
+            if not pending.future.cancelled() and pending.future.exception() is None:
+                finish_save(pending)
+        for index in sorted(results):
+            result = results.pop(index)
+            summary.results.append(result)
+            reporter.result(result)
+        raise
+    pool.shutdown(wait=True)
 
     summary.seconds = time.perf_counter() - started
     _log_throughput(summary, jobs, unit)
