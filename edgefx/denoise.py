@@ -308,6 +308,14 @@ def _store_core(restored: np.ndarray, target: np.ndarray, input_scale: float) ->
 
 
 @dataclass(frozen=True)
+class _Unchanged:
+    """Size of an image that denoising left as it was: its file is copied as it is."""
+
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
 class DenoiseTask:
     """Settings that a worker needs to denoise files, picklable for Ray actors."""
 
@@ -317,28 +325,37 @@ class DenoiseTask:
     output_format: str | None = None
     quality: int | None = None
 
-    def open(self) -> Stages[tuple[Path, ImageData], ImageData]:
+    def open(self) -> Stages[tuple[Path, ImageData, str], ImageData | _Unchanged]:
         """Load the model and return the read, denoise and write stages."""
         from edgefx import imageio
+        from edgefx.fsutil import atomic_write_bytes
 
         denoiser = Denoiser(self.model, self.runtime)
 
         def target_format(item: BatchItem) -> str:
             return self.output_format or imageio.FORMATS[item.output.suffix.lower()]
 
-        def load(item: BatchItem) -> tuple[Path, ImageData]:
+        def load(item: BatchItem) -> tuple[Path, ImageData, str]:
             image = imageio.read_image(item.source)
-            if image.alpha is not None and target_format(item) == "jpeg":
+            target = target_format(item)
+            if image.alpha is not None and target == "jpeg":
                 raise InputError(
                     item.source, "JPEG cannot store an alpha channel; use --format png"
                 )
-            return item.source, image
+            return item.source, image, target
 
-        def infer(loaded: list[tuple[Path, ImageData]]) -> list[ImageData]:
-            results = []
-            for source, image in loaded:
+        def infer(
+            loaded: list[tuple[Path, ImageData, str]],
+        ) -> list[ImageData | _Unchanged]:
+            results: list[ImageData | _Unchanged] = []
+            for source, image, target in loaded:
                 restored, sigma = denoiser.denoise(image.pixels, self.options)
                 logger.debug("%s: noise sigma %.1f", source, sigma)
+                if sigma == 0 and image.format == target:
+                    # Encoding the same pixels again would cost a JPEG or WebP file
+                    # another round of lossy compression.
+                    results.append(_Unchanged(image.height, image.width))
+                    continue
                 results.append(
                     imageio.ImageData(
                         restored,
@@ -350,10 +367,16 @@ class DenoiseTask:
                 )
             return results
 
-        def save(item: BatchItem, result: ImageData) -> float:
-            imageio.write_image(
-                item.output, result, format=target_format(item), quality=self.quality
-            )
+        def save(item: BatchItem, result: ImageData | _Unchanged) -> float:
+            if isinstance(result, _Unchanged):
+                atomic_write_bytes(item.output, item.source.read_bytes())
+            else:
+                imageio.write_image(
+                    item.output,
+                    result,
+                    format=target_format(item),
+                    quality=self.quality,
+                )
             return result.height * result.width / 1e6
 
         return Stages(load, infer, save)
