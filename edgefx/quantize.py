@@ -403,7 +403,7 @@ def describe(comparison: Comparison) -> str:
     return (
         f"int8 {comparison.int8:.2f} {label} ({comparison.delta:+.2f} vs fp32 "
         f"{comparison.fp32:.2f}) on {items}, "
-        f"{comparison.speedup:.2f}x fp32 speed on this CPU"
+        f"{comparison.speedup:.2f}x fp32 speed on the CPU it was measured on"
     )
 
 

@@ -243,6 +243,19 @@ def test_cli_out_unknown_suffix_rejected(
     assert not out.exists()
 
 
+def test_cli_out_folder_rejected(
+    model: Path, images: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+
+    result = run_edgefx("classify", *images.values(), "--model", model, "--out", out)
+
+    assert result.returncode == 2
+    assert f"--out {out} is a directory" in result.stderr
+    assert list(out.iterdir()) == []
+
+
 def test_cli_bad_file_fails_alone(
     model: Path, images: dict[str, Path], tmp_path: Path
 ) -> None:

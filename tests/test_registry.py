@@ -380,6 +380,8 @@ def test_cli_models_piped_whole_rows() -> None:
 
     assert result.returncode == 0, result.stderr
     assert "…" not in result.stdout
+    padded = [line for line in result.stdout.splitlines() if line != line.rstrip()]
+    assert padded == []
     for summary in model_summaries(None):
         line = next(
             (row for row in result.stdout.splitlines() if f" {summary.name} " in row),

@@ -301,13 +301,13 @@ def classify(
     # run leaves nothing to resume from.
     with handle_errors("no results were written; run the same command again"):
         results = parse_output(out) if out is not None else None
-        result_format = _classify_result_format(result_format, results)
-        if isinstance(results, ObjectPath):
-            check_object(results)
-        elif results is not None and results.is_dir():
+        if isinstance(results, Path) and results.is_dir():
             from edgefx.errors import UsageError
 
             raise UsageError(f"--out {results} is a directory; give a file path")
+        result_format = _classify_result_format(result_format, results)
+        if isinstance(results, ObjectPath):
+            check_object(results)
         runtime = RuntimeOptions(
             device=device.value,
             threads=threads,
@@ -573,9 +573,15 @@ def models(
         for cell in cells:
             table.add_row(*cell)
     if not console.is_terminal:
-        # Pipes and files get whole lines, whatever the width of the terminal.
+        # Pipes and files get whole lines, whatever the width of the terminal, without
+        # the spaces that pad each line to the table's width.
         console = Console(width=Console(width=10_000).measure(table).maximum)
-    console.print(table)
+        with console.capture() as captured:
+            console.print(table)
+        for line in captured.get().splitlines():
+            print(line.rstrip())
+    else:
+        console.print(table)
     if not metric_column and console.is_terminal:
         for row in rows:
             console.print(
