@@ -248,6 +248,17 @@ def test_sigma_zero_converts_pixels(run_cli, samples_dir: Path, tmp_path: Path) 
     assert np.array_equal(written, read_unchanged(source))
 
 
+def test_quality_for_png_warns(run_cli, crop, tmp_path: Path) -> None:
+    source = crop("camera.png", tmp_path / "in" / "camera.png")
+
+    result = run_cli(
+        "denoise", source, "--format", "png", "--quality", "50", "--out", tmp_path
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "--quality applies to JPEG and WebP only" in result.stderr
+
+
 def test_format_png_from_jpeg(run_cli, crop, tmp_path: Path) -> None:
     out = tmp_path / "out"
     source = crop("coffee.jpg", tmp_path / "in" / "coffee.jpg")

@@ -34,6 +34,7 @@ from edgefx.cli._common import (
     choice_parser,
     configure_logging,
     handle_errors,
+    logger,
     number,
     print_summary,
     printable,
@@ -172,6 +173,15 @@ def denoise(
     from edgefx.pipeline import EngineOptions
     from edgefx.runtime import RuntimeOptions
 
+    if quality is not None and output_format not in (
+        None,
+        ImageFormat.jpeg,
+        ImageFormat.webp,
+    ):
+        logger.warning(
+            "--quality applies to JPEG and WebP only; %s output ignores it",
+            output_format.value.upper(),
+        )
     with handle_errors():
         runtime = RuntimeOptions(
             device=device.value,
