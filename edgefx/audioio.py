@@ -632,6 +632,37 @@ STORED_TAGS: dict[str, frozenset[str]] = {
 # 100 KiB header buffer, and then it writes a header without the data chunk.
 MAX_TAG_BYTES: dict[str, int] = {"WAV": 2045, "AIFF": 8189}
 
+# Integer PCM subtypes: bits per sample, and the array dtype handed to soundfile. From
+# int16 and int32 arrays libsndfile 1.2.2 converts to these subtypes by a bit shift
+# alone, so samples already on the subtype's grid are stored exactly. From float it
+# rounds down to the grid in WAV, AIFF and AU files (a mean error of half a step).
+PCM_GRIDS: dict[str, tuple[int, type[np.signedinteger]]] = {
+    "PCM_U8": (8, np.int16),
+    "PCM_S8": (8, np.int16),
+    "PCM_16": (16, np.int16),
+    "PCM_24": (24, np.int32),
+    "PCM_32": (32, np.int32),
+}
+
+
+def quantize(samples: np.ndarray, subtype: str) -> np.ndarray:
+    """Round float samples in [-1, 1] to the nearest step of an integer subtype.
+
+    Returns an int16 or int32 array for a subtype in PCM_GRIDS, with full scale at
+    2**(bits - 1) steps and +1.0 clipped to the largest step, which is how libsndfile
+    scales these subtypes when it reads them as float. Other subtypes get ``samples``
+    unchanged.
+    """
+    grid = PCM_GRIDS.get(subtype)
+    if grid is None:
+        return samples
+    bits, dtype = grid
+    full_scale = 2.0 ** (bits - 1)
+    steps = np.rint(samples.astype(np.float64) * full_scale)
+    np.clip(steps, -full_scale, full_scale - 1, out=steps)
+    shift = 8 * np.dtype(dtype).itemsize - bits
+    return (steps * 2.0**shift).astype(dtype)
+
 
 class AudioWriter:
     """Context manager that writes an audio file atomically, block by block.
@@ -648,6 +679,7 @@ class AudioWriter:
     ``tags`` are text tags to write, as AudioInfo.tags lists them. A tag that the
     format cannot store, or that is longer than MAX_TAG_BYTES, is left out with a
     warning. MP3 tags are written in ISO 8859-1, with "?" for other characters.
+    Integer PCM subtypes are rounded to the nearest step.
 
     Raises UsageError for an unknown format or a subtype that the format cannot store,
     ValueError for an unknown tag name, and OutputError when the file cannot be
@@ -809,12 +841,12 @@ class AudioWriter:
         if not len(samples):
             return
         self._check_size_limit(len(samples))
-        # libsndfile saturates integer subtypes on its own, but it stores values above
-        # full scale unchanged in FLOAT and DOUBLE files, and Vorbis and MP3 encode
-        # them too. Clipping here gives every format the same full scale.
+        # libsndfile stores values above full scale unchanged in FLOAT and DOUBLE
+        # files, and Vorbis and MP3 encode them too. Clipping here gives every format
+        # the same full scale.
         clipped = np.clip(samples, -1.0, 1.0)
         try:
-            self._file.write(clipped)
+            self._file.write(quantize(clipped, self.subtype))
         except sf.LibsndfileError as err:
             raise OutputError(self.path, self._write_failure(err)) from err
         self.frames += len(clipped)

@@ -24,8 +24,10 @@ pytest.importorskip("torch")
 from test_enhance import export_random_enhancer  # noqa: E402
 
 from edgefx.audioio import probe  # noqa: E402
+from edgefx.enhance import Enhancer  # noqa: E402
 from edgefx.fsutil import TEMP_PREFIX  # noqa: E402
 from edgefx.registry import read_metadata  # noqa: E402
+from edgefx.runtime import RuntimeOptions  # noqa: E402
 
 # Real recordings, by the name they get in the input folder. The 48 kHz WAV is longer
 # than edgefx.enhance.BLOCK_SECONDS, so it is read and enhanced in two blocks.
@@ -253,6 +255,62 @@ def test_zero_limit_keeps_stereo_file(flac_run, input_folder: Path) -> None:
 
     assert after.shape == before.shape
     assert np.max(np.abs(after - before)[edge:-edge]) <= 1e-4
+
+
+# --------------------------------------------------------------------------------------
+# Output format kept by default
+
+# Noisy speech for the format tests: a LibriSpeech test-other recording with noise
+# added, after one second of noise alone.
+NOISY_SPEECH = (
+    "librispeech_resemblyzer/librispeech_test-other/1688/1688-142285-0000.flac"
+)
+BACKGROUND_NOISE = "speechbrain_test_noise/noise1.wav"
+
+
+@pytest.fixture(scope="module")
+def noisy_speech(data_dir: Path) -> np.ndarray:
+    """Return 4 s of mono float32 at 16 kHz: 1 s of noise, then speech in noise."""
+    paths = [data_dir / "audio" / NOISY_SPEECH, data_dir / "audio" / BACKGROUND_NOISE]
+    for path in paths:
+        if not path.is_file():
+            pytest.skip(f"shared recording not found: {path}")
+    speech, speech_rate = sf.read(paths[0], dtype="float32")
+    noise, noise_rate = sf.read(paths[1], dtype="float32")
+    assert speech_rate == noise_rate == 16000
+    mix = 0.04 * noise[: 4 * 16000].copy()
+    mix[16000:] += speech[: 3 * 16000]
+    return np.clip(mix, -1.0, 1.0)
+
+
+def dbfs(samples: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.square(samples, dtype=np.float64))))
+
+
+def test_eight_bit_output_rounds_to_nearest(
+    run_cli, model: Path, noisy_speech: np.ndarray, tmp_path: Path
+) -> None:
+    # libsndfile 1.2.2 rounds float down to 8 bits, which made the noise-only lead of
+    # this output 10 dB louder than the float output of the same audio.
+    source = tmp_path / "take.wav"
+    sf.write(source, noisy_speech, 16000, subtype="PCM_U8")
+    out = tmp_path / "out"
+
+    result = enhance(run_cli, source, "--out", out, "--model", model)
+
+    assert result.returncode == 0, result.stderr
+    assert sf.info(out / "take.wav").subtype == "PCM_U8"
+    written, _ = sf.read(out / "take.wav", dtype="float64")
+    decoded, _ = sf.read(source, dtype="float32")
+    runtime = RuntimeOptions(device="cpu", threads=1)
+    expected = Enhancer(str(model), runtime).enhance(decoded, 16000).astype(np.float64)
+    error_steps = (written - expected) * 128
+    assert np.abs(error_steps).max() <= 0.5 + 1e-3
+    assert abs(float(error_steps.mean())) < 0.05
+    # The lead is about 0.3 of a step (RMS), and rounding it to the nearest step
+    # moved its level by 0.8 dB here.
+    lead = slice(0, 16000)
+    assert dbfs(written[lead]) == pytest.approx(dbfs(expected[lead]), abs=1.5)
 
 
 # --------------------------------------------------------------------------------------
