@@ -598,15 +598,28 @@ def output_subtype(input_info: AudioInfo, out_format: str) -> str:
 # Writing
 
 
-# Text tags that libsndfile 1.2.2 writes into the ID3 tag of an MP3 file. It accepts
-# others, such as copyright and software, without error and drops them.
-MP3_TAGS = frozenset(
-    {"title", "artist", "album", "comment", "date", "tracknumber", "genre"}
-)
+# ID3v2.4 text frames for the tags of an MP3 file, keyed by soundfile tag name. These
+# are the frames that libsndfile 1.2.2 maps back to its tags when it reads an MP3 file.
+# The comment goes into a COMM frame, and libsndfile reads no frame as a license.
+ID3_TEXT_FRAMES: dict[str, bytes] = {
+    "title": b"TIT2",
+    "artist": b"TPE1",
+    "album": b"TALB",
+    "date": b"TDRC",
+    "tracknumber": b"TRCK",
+    "genre": b"TCON",
+    "copyright": b"TCOP",
+    "software": b"TSSE",
+}
+MP3_TAGS = frozenset({*ID3_TEXT_FRAMES, "comment"})
 
-# Text tags that libsndfile 1.2.2 writes, for the formats where it drops some without
-# an error. FLAC and Ogg files store all ten, and AU files none (libsndfile raises an
-# error for each).
+# ID3v2 sizes are synchsafe integers: 28 bits in four bytes whose top bits are zero.
+MAX_ID3_SIZE = 2**28 - 1
+
+# Text tags that each format stores, for the formats that do not store all ten. FLAC
+# and Ogg files from libsndfile 1.2.2 store all ten, and AU files none (libsndfile
+# raises an error for each). libsndfile drops the others without an error, except in
+# MP3 files, whose tag edgefx writes itself.
 STORED_TAGS: dict[str, frozenset[str]] = {
     "MP3": MP3_TAGS,
     "WAV": frozenset(
@@ -664,6 +677,18 @@ def quantize(samples: np.ndarray, subtype: str) -> np.ndarray:
     return (steps * 2.0**shift).astype(dtype)
 
 
+def _write_all(descriptor: int, data: bytes) -> None:
+    """Write all of ``data`` to ``descriptor``, which os.write may do in parts."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
+
+
+def _synchsafe(size: int) -> bytes:
+    """Encode ``size`` (at most MAX_ID3_SIZE) as an ID3v2 synchsafe integer."""
+    return bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
+
+
 class AudioWriter:
     """Context manager that writes an audio file atomically, block by block.
 
@@ -678,8 +703,8 @@ class AudioWriter:
 
     ``tags`` are text tags to write, as AudioInfo.tags lists them. A tag that the
     format cannot store, or that is longer than MAX_TAG_BYTES, is left out with a
-    warning. MP3 tags are written in ISO 8859-1, with "?" for other characters.
-    Integer PCM subtypes are rounded to the nearest step.
+    warning. An MP3 file gets an ID3v2.4 tag in UTF-8 with exactly the given tags, and
+    no tag when none is given. Integer PCM subtypes are rounded to the nearest step.
 
     Raises UsageError for an unknown format or a subtype that the format cannot store,
     ValueError for an unknown tag name, and OutputError when the file cannot be
@@ -751,6 +776,17 @@ class AudioWriter:
             self._discard()
             raise
         try:
+            if self.format == "MP3":
+                # libsndfile takes the descriptor's offset as the start of the file
+                # it writes, so the MP3 stream follows the tag.
+                _write_all(self._descriptor, self._id3_tag())
+        except OSError as err:
+            self._discard()
+            raise OutputError(self.path, describe_os_error(err)) from err
+        except BaseException:
+            self._discard()
+            raise
+        try:
             self._file = sf.SoundFile(
                 self._descriptor,
                 "w",
@@ -771,11 +807,51 @@ class AudioWriter:
             self._discard()
             raise
         try:
-            self._write_tags(self._file)
+            if self.format != "MP3":
+                self._write_tags(self._file)
         except BaseException:
             self._discard()
             raise
         return self
+
+    def _id3_tag(self) -> bytes:
+        """Build an ID3v2.4 tag, in UTF-8, of the tags; return b"" when none is kept.
+
+        libsndfile 1.2.2 writes MP3 tags through LAME, always with an ID3v1 tag at
+        the end, whose unset fixed fields read back as empty album, date and comment
+        tags. So libsndfile gets no tags, and this tag contains exactly the given ones.
+        """
+        frames: list[bytes] = []
+        size = 0
+        for name, value in self.tags:
+            if not value:
+                continue  # an empty value is not written
+            text = value.encode("utf-8", errors="replace")
+            frame_id = ID3_TEXT_FRAMES.get(name)
+            if frame_id is not None:
+                body = b"\x03" + text  # text encoding 3 is UTF-8
+            elif name == "comment":
+                # UTF-8, the ISO 639-2 language "und" (undetermined) and an empty
+                # description ending in NUL come before the text.
+                frame_id = b"COMM"
+                body = b"\x03und\x00" + text
+            else:
+                stored = ", ".join(sorted(MP3_TAGS))
+                self._warn_tag_not_kept(name, f"MP3 files store only {stored}")
+                continue
+            # A frame is its id, its body size, two flag bytes and the body.
+            if size + 10 + len(body) > MAX_ID3_SIZE:
+                self._warn_tag_not_kept(
+                    name, f"an ID3v2 tag holds at most {MAX_ID3_SIZE} bytes"
+                )
+                continue
+            frame = frame_id + _synchsafe(len(body)) + b"\x00\x00" + body
+            frames.append(frame)
+            size += len(frame)
+        if not frames:
+            return b""
+        # "ID3", version 2.4.0, no flags, and the size of the frames.
+        return b"ID3\x04\x00\x00" + _synchsafe(size) + b"".join(frames)
 
     def _write_tags(self, file: sf.SoundFile) -> None:
         # Called right after the file is opened, so every tag is set before the first
@@ -789,7 +865,7 @@ class AudioWriter:
                     name, f"{self.format} files from libsndfile store only {stored}"
                 )
                 continue
-            data = self._encode_tag(name, value)
+            data = value.encode("utf-8", errors="replace")
             if limit is not None and len(data) > limit:
                 self._warn_tag_not_kept(
                     name,
@@ -805,25 +881,6 @@ class AudioWriter:
                 self._warn_tag_not_kept(
                     name, f"{self.format} cannot store it ({detail})"
                 )
-
-    def _encode_tag(self, name: str, value: str) -> bytes:
-        """Encode a tag value as the output format expects it.
-
-        ID3 frames from libsndfile declare ISO 8859-1, so MP3 tags are encoded in it,
-        with "?" for other characters. Other formats get UTF-8.
-        """
-        if self.format != "MP3":
-            return value.encode("utf-8", errors="replace")
-        replaced = sum(1 for character in value if ord(character) > 0xFF)
-        if replaced:
-            logger.warning(
-                "%s: the %s tag was changed: MP3 files from libsndfile store tags in "
-                "ISO 8859-1, so %d of its characters became '?'",
-                self.path,
-                name,
-                replaced,
-            )
-        return value.encode("latin-1", errors="replace")
 
     def _warn_tag_not_kept(self, name: str, reason: str) -> None:
         logger.warning("%s: the %s tag was not kept: %s", self.path, name, reason)

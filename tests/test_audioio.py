@@ -1114,34 +1114,17 @@ def test_writer_aiff_drops_long_tag(
     assert "the comment tag was not kept: its 9000 bytes" in caplog.text
 
 
-@pytest.mark.parametrize(
-    "title",
-    [
-        "Café",  # fits an ID3v1 tag, which LAME writes alone
-        "Café über alles, à la française, s'il vous plaît",  # needs ID3v2
-    ],
-)
-def test_writer_mp3_tags_in_latin_1(tmp_path: Path, title: str) -> None:
-    path = tmp_path / "out.mp3"
-
-    write_tagged(path, (("title", title),))
-
-    assert dict(probe(path).tags)["title"] == title
-    raw = path.read_bytes()
-    assert title.encode("latin-1") in raw
-    assert title.encode("utf-8") not in raw
-
-
-def test_writer_mp3_replaces_other_characters(
+def test_writer_mp3_keeps_other_characters(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # MP3 tags are written as UTF-8 ID3v2.4 frames, so no character is replaced.
     path = tmp_path / "out.mp3"
+    comment = "\u201cquoted\u201d \u00e9t\u00e9 \U0001f600"
 
-    write_tagged(path, (("comment", "\u201cquoted\u201d \u00e9t\u00e9 \U0001f600"),))
+    write_tagged(path, (("comment", comment),))
 
-    assert dict(probe(path).tags)["comment"] == "?quoted? \u00e9t\u00e9 ?"
-    assert "the comment tag was changed" in caplog.text
-    assert "3 of its characters became '?'" in caplog.text
+    assert dict(probe(path).tags) == {"comment": comment}
+    assert "warning" not in caplog.text.lower()
 
 
 def test_writer_tag_failure_leaves_no_temporary(tmp_path: Path) -> None:

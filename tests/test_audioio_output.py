@@ -6,15 +6,34 @@ the checks run against libsndfile itself.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from edgefx.audioio import AudioWriter
+from edgefx.audioio import FORMAT_FOR_SUFFIX, AudioWriter, probe
 
 RATE = 16000
+
+
+def make_signal(frames: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Return a 300 Hz tone plus noise per channel, float32 within [-0.5, 0.5]."""
+    rng = np.random.default_rng(seed)
+    seconds = np.arange(frames)[:, None] / RATE
+    tone = 0.3 * np.sin(2 * np.pi * 300.0 * seconds)
+    noise = 0.05 * rng.standard_normal((frames, channels))
+    return (tone + noise).astype(np.float32)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def require_mp3() -> None:
+    if ".mp3" not in FORMAT_FOR_SUFFIX:
+        pytest.skip("this libsndfile cannot write MP3")
 
 
 # --------------------------------------------------------------------------------------
@@ -77,3 +96,78 @@ def test_writer_full_scale_clips_to_grid(
     decoded, _ = sf.read(path, dtype="int32", always_2d=True)
     largest = (2 ** (bits - 1) - 1) << (32 - bits)
     assert decoded[:, 0].tolist() == [largest, largest, -(2**31), -(2**31), 0, 0]
+
+
+# --------------------------------------------------------------------------------------
+# MP3 tags
+
+
+def write_tagged_mp3(path: Path, tags: tuple[tuple[str, str], ...]) -> None:
+    with AudioWriter(path, RATE, 1, tags=tags) as writer:
+        writer.write(make_signal(RATE))
+
+
+def test_writer_mp3_writes_only_given_tags(tmp_path: Path) -> None:
+    # libsndfile writes MP3 tags with an ID3v1 tag from LAME, whose unset fixed
+    # fields read back as empty album, date and comment tags.
+    require_mp3()
+    path = tmp_path / "out.mp3"
+
+    write_tagged_mp3(path, (("title", "Take 3"), ("artist", "Field crew")))
+
+    with sf.SoundFile(path) as audio:
+        assert audio.copy_metadata() == {"title": "Take 3", "artist": "Field crew"}
+    data = path.read_bytes()
+    assert data.startswith(b"ID3\x04")
+    assert data[-128:-125] != b"TAG"
+
+
+def test_writer_mp3_without_tags_has_none(tmp_path: Path) -> None:
+    require_mp3()
+    path = tmp_path / "out.mp3"
+
+    write_tagged_mp3(path, ())
+
+    with sf.SoundFile(path) as audio:
+        assert audio.copy_metadata() == {}
+    assert not path.read_bytes().startswith(b"ID3")
+
+
+def test_writer_mp3_tags_round_trip(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_mp3()
+    path = tmp_path / "out.mp3"
+    tags = {
+        # Longer than the 30 bytes of an ID3v1 field.
+        "title": "Caf\u00e9 \u00fcber alles, \u00e0 la fran\u00e7aise, s'il vous "
+        "pla\u00eet",
+        "artist": "\u201cField\u201d crew \U0001f600",
+        "album": "Street recordings",
+        "comment": "Modified copy: noise added",
+        "date": "2024-05-01",
+        "tracknumber": "3/12",
+        "genre": "Speech",
+        "copyright": "\u00a9 2024 Caf\u00e9 SA",
+        "software": "edgefx",
+    }
+
+    write_tagged_mp3(path, (*tags.items(), ("license", "CC0")))
+
+    assert dict(probe(path).tags) == tags
+    warnings = warnings_of(caplog)
+    assert len(warnings) == 1, warnings
+    assert "the license tag was not kept" in warnings[0]
+    assert sf.info(str(path)).frames == RATE
+
+
+def test_writer_mp3_tags_in_utf8(tmp_path: Path) -> None:
+    require_mp3()
+    path = tmp_path / "out.mp3"
+    title = "Caf\u00e9 \u201cquoted\u201d"
+
+    write_tagged_mp3(path, (("title", title),))
+
+    data = path.read_bytes()
+    assert b"TIT2" in data
+    assert title.encode("utf-8") in data
