@@ -14,6 +14,8 @@ name no file. This module cannot silence them without redirecting the process's 
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import logging
 import os
 import stat
@@ -39,16 +41,34 @@ from edgefx.objectstore import ObjectPath, upload_file
 logger = logging.getLogger(__name__)
 
 # Format names used by this module, keyed by suffix. Each name, in upper case, is the
-# soundfile major format (`wav` is "WAV").
+# soundfile major format (`wav` is "WAV"). AudioWriter writes a path named .aifc as
+# AIFF-C and, unless given another subtype, one named .opus as Ogg Opus.
 _FORMAT_NAMES: dict[str, str] = {
     ".wav": "wav",
+    ".wave": "wav",
     ".flac": "flac",
     ".ogg": "ogg",
     ".oga": "ogg",
+    ".opus": "ogg",
     ".mp3": "mp3",
     ".aif": "aiff",
     ".aiff": "aiff",
+    ".aifc": "aiff",
     ".au": "au",
+    ".snd": "au",
+}
+
+# Format names keyed by the soundfile major format that libsndfile detects in a file.
+# WAVE_FORMAT_EXTENSIBLE and RF64 files are WAV files to a user, and are written as WAV.
+_FORMAT_NAME_FOR_MAJOR: dict[str, str] = {
+    "WAV": "wav",
+    "WAVEX": "wav",
+    "RF64": "wav",
+    "FLAC": "flac",
+    "OGG": "ogg",
+    "MP3": "mp3",
+    "AIFF": "aiff",
+    "AU": "au",
 }
 
 # Input suffixes. libsndfile detects the format from the file contents, so the suffix
@@ -63,6 +83,9 @@ FORMAT_LABELS: dict[str, str] = {
     "aiff": "AIFF",
     "au": "AU",
 }
+
+# Labels of the codecs that an Ogg file can contain, keyed by soundfile subtype.
+OGG_CODEC_LABELS: dict[str, str] = {"VORBIS": "Vorbis", "OPUS": "Opus"}
 
 # Older libsndfile builds, and builds without LAME, cannot write MP3, so the output
 # formats are those that this build lists.
@@ -567,23 +590,125 @@ def major_format(format: str) -> str:
     return name.upper()
 
 
-def output_subtype(input_info: AudioInfo, out_format: str) -> str:
+@functools.cache
+def opus_writable() -> bool:
+    """Return whether this libsndfile writes Ogg Opus that it reads back whole.
+
+    libsndfile lists Opus only when it was built with libopus, and the check writes
+    20 ms of silence to memory and reads it back, so that a build that lists Opus but
+    fails to write it is not trusted.
+    """
+    if "OPUS" not in sf.available_subtypes("OGG"):
+        return False
+    rate = 48000
+    samples = np.zeros((rate // 50, 1), np.float32)
+    buffer = io.BytesIO()
+    try:
+        with sf.SoundFile(buffer, "w", rate, 1, format="OGG", subtype="OPUS") as audio:
+            audio.write(samples)
+        buffer.seek(0)
+        with sf.SoundFile(buffer) as audio:
+            decoded = audio.read(dtype="float32")
+    except (sf.LibsndfileError, RuntimeError) as err:
+        logger.debug("libsndfile lists Opus but cannot write it: %s", err)
+        return False
+    return len(decoded) == len(samples)
+
+
+def output_suffix(path: Path) -> str:
+    """Return the output suffix that keeps the format of the audio file ``path``.
+
+    libsndfile detects the format from the contents. The input's suffix is kept when
+    it names that format, and for .opus when the file contains Opus that this
+    libsndfile can write. Otherwise the suffix becomes the standard one of the
+    detected format, or .wav where edgefx cannot write that format, and one warning
+    names both formats. A file that libsndfile cannot open keeps a known suffix and
+    gets .wav otherwise, because reading it fails later with the reason.
+    """
+    suffix = path.suffix.lower()
+    unreadable_suffix = path.suffix if suffix in FORMAT_FOR_SUFFIX else ".wav"
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return unreadable_suffix
+    if info.format == "RAW":
+        return unreadable_suffix  # _open_for_reading rejects headerless audio
+    name = _FORMAT_NAME_FOR_MAJOR.get(info.format)
+    if name is None or name not in SUFFIX_FOR_FORMAT:
+        logger.warning(
+            "%s: the file contains %s audio, which edgefx cannot write, so the output "
+            "is WAV (.wav)",
+            path,
+            FORMAT_LABELS.get(name or "", info.format),
+        )
+        return ".wav"
+    if info.subtype == "OPUS" and ogg_subtype("OPUS", info.samplerate) != "OPUS":
+        reason = (
+            f"Opus does not support {info.samplerate} Hz"
+            if opus_writable()
+            else "this libsndfile cannot write Opus"
+        )
+        vorbis_suffix = path.suffix if suffix in (".ogg", ".oga") else ".ogg"
+        logger.warning(
+            "%s: %s, so the output is Ogg Vorbis (%s)", path, reason, vorbis_suffix
+        )
+        return vorbis_suffix
+    if suffix == ".opus" and info.subtype != "OPUS":
+        codec = OGG_CODEC_LABELS.get(info.subtype, info.subtype)
+        logger.warning(
+            "%s: the file contains Ogg %s audio, not the Opus that the suffix .opus "
+            "names, so the output is Ogg %s (.ogg)",
+            path,
+            codec,
+            codec,
+        )
+        return ".ogg"
+    if _FORMAT_NAMES.get(suffix) == name:
+        return path.suffix
+    label = FORMAT_LABELS[name]
+    standard = SUFFIX_FOR_FORMAT[name]
+    named = f"the suffix {path.suffix!r}" if path.suffix else "no suffix"
+    logger.warning(
+        "%s: the file contains %s audio but has %s, so the output is %s (%s)",
+        path,
+        label,
+        named,
+        label,
+        standard,
+    )
+    return standard
+
+
+def ogg_subtype(subtype: str, rate: int) -> str:
+    """Return the Ogg codec that an output of a ``subtype`` input at ``rate`` Hz gets.
+
+    Opus stays Opus where ``opus_writable`` and Opus supports the rate. Every other
+    input becomes Vorbis.
+    """
+    if subtype == "OPUS" and rate in OPUS_RATES and opus_writable():
+        return "OPUS"
+    return "VORBIS"
+
+
+def output_subtype(input_info: AudioInfo, out_format: str, suffix: str = "") -> str:
     """Return the subtype that keeps the input's sample format in ``out_format``.
 
     The input's subtype is kept when the output format can store it. Otherwise the
     nearest one it can store is chosen: float into FLAC becomes PCM_24, and decoded
     lossy audio (Vorbis, Opus, MP3) becomes PCM_16 in PCM formats. OGG output is
-    Vorbis, except that Opus stays Opus at the rates Opus supports, and MP3 output is
-    MPEG Layer III.
+    Vorbis, except that Opus stays Opus at the rates Opus supports where
+    ``opus_writable``, and MP3 output is MPEG Layer III. ``suffix`` is the output's
+    suffix: for .aifc, 8-bit signed PCM becomes 8-bit unsigned, because libsndfile
+    writes signed 8-bit only as plain AIFF, not as AIFF-C.
     """
     major = major_format(out_format)
     subtype = input_info.subtype
     if major == "OGG":
-        if subtype == "OPUS" and input_info.rate in OPUS_RATES:
-            return "OPUS"
-        return "VORBIS"
+        return ogg_subtype(subtype, input_info.rate)
     if major == "MP3":
         return "MPEG_LAYER_III"
+    if major == "AIFF" and suffix.lower() == ".aifc" and subtype == "PCM_S8":
+        return "PCM_U8"  # the same 8-bit grid, offset by 128
     if subtype in LOSSY_SUBTYPES:
         candidates: tuple[str, ...] = ("PCM_16",)
     else:
@@ -657,6 +782,11 @@ PCM_GRIDS: dict[str, tuple[int, type[np.signedinteger]]] = {
     "PCM_32": (32, np.int32),
 }
 
+# PCM subtypes that libsndfile 1.2.2 writes as AIFF-C when asked for big-endian
+# samples (compression types "twos", "in24" and "in32"), and as plain AIFF otherwise.
+# It writes PCM_U8, FLOAT, DOUBLE, ULAW and ALAW as AIFF-C always, and PCM_S8 never.
+AIFC_BIG_ENDIAN_SUBTYPES = frozenset({"PCM_16", "PCM_24", "PCM_32"})
+
 
 def quantize(samples: np.ndarray, subtype: str) -> np.ndarray:
     """Round float samples in [-1, 1] to the nearest step of an integer subtype.
@@ -699,12 +829,15 @@ class AudioWriter:
     KeyboardInterrupt included, the temporary file is removed and ``path`` is left as
     it was. ``format`` is a format name ("wav") or a
     soundfile major format ("WAV") and defaults to the one of the path's suffix.
-    ``subtype`` defaults to soundfile's default for the format (PCM_16 for WAV).
+    ``subtype`` defaults to OPUS for a path named .opus, and otherwise to soundfile's
+    default for the format (PCM_16 for WAV).
 
     ``tags`` are text tags to write, as AudioInfo.tags lists them. A tag that the
     format cannot store, or that is longer than MAX_TAG_BYTES, is left out with a
     warning. An MP3 file gets an ID3v2.4 tag in UTF-8 with exactly the given tags, and
     no tag when none is given. Integer PCM subtypes are rounded to the nearest step.
+    A path ending in .aifc gets AIFF-C, except for PCM_S8, which libsndfile writes
+    only as plain AIFF.
 
     Raises UsageError for an unknown format or a subtype that the format cannot store,
     ValueError for an unknown tag name, and OutputError when the file cannot be
@@ -731,6 +864,12 @@ class AudioWriter:
                 )
             format = suffix_format
         self.format = major_format(format)
+        if (
+            subtype is None
+            and self.format == "OGG"
+            and self.path.suffix.lower() == ".opus"
+        ):
+            subtype = "OPUS"
         self.subtype = (subtype or str(sf.default_subtype(self.format))).upper()
         if not sf.check_format(self.format, self.subtype):
             raise UsageError(f"{self.format} cannot store the subtype {self.subtype}")
@@ -745,11 +884,26 @@ class AudioWriter:
         self.rate = rate
         self.channels = channels
         self.tags = tags
+        self.endian = self._choose_endian()
         self.frames = 0  # frames written so far
         self._entered = False
         self._descriptor = -1
         self._temporary: Path | None = None
         self._file: sf.SoundFile | None = None
+
+    def _choose_endian(self) -> str:
+        """Return the soundfile endian setting: BIG where AIFF-C needs it, else FILE."""
+        if self.format != "AIFF" or self.path.suffix.lower() != ".aifc":
+            return "FILE"
+        if self.subtype in AIFC_BIG_ENDIAN_SUBTYPES:
+            return "BIG"
+        if self.subtype == "PCM_S8":
+            logger.warning(
+                "%s: libsndfile writes 8-bit signed PCM only as plain AIFF, so the "
+                "file is AIFF, not AIFF-C; write PCM_U8 for AIFF-C",
+                self.path,
+            )
+        return "FILE"
 
     def __enter__(self) -> AudioWriter:
         if self._entered:
@@ -794,6 +948,7 @@ class AudioWriter:
                 channels=self.channels,
                 format=self.format,
                 subtype=self.subtype,
+                endian=self.endian,
                 closefd=False,
             )
         except sf.LibsndfileError as err:

@@ -475,7 +475,7 @@ class EnhanceTask:
 
         suffix = item.output.suffix.lower()
         target = self.output_format or audioio.FORMAT_FOR_SUFFIX[suffix]
-        subtype = audioio.output_subtype(info, target)
+        subtype = audioio.output_subtype(info, target, suffix)
         stream = enhancer.stream(info.rate, info.channels, self.options)
         block_frames = max(1, int(BLOCK_SECONDS * info.rate))
         blocks = audioio.read_blocks(item.source, block_frames)
@@ -504,7 +504,9 @@ def enhance_files(
     """Enhance audio files into ``batch.out_dir`` and return the per-file results.
 
     Outputs keep the input's rate, channel count and sample format (the nearest one
-    when ``output_format`` cannot store it). Usage errors are raised before any file
+    when ``output_format`` cannot store it). Without ``output_format`` they also keep
+    the format that libsndfile detects in the input, under the input's suffix when it
+    names that format (audioio.output_suffix). Usage errors are raised before any file
     is touched. ``engine`` chooses the local pipeline (the default) or a Ray cluster.
     """
     from edgefx import audioio
@@ -519,9 +521,7 @@ def enhance_files(
     def suffix_for(source: Path) -> str:
         if output_format is not None:
             return audioio.SUFFIX_FOR_FORMAT[output_format]
-        if source.suffix.lower() in audioio.FORMAT_FOR_SUFFIX:
-            return source.suffix
-        return ".wav"
+        return audioio.output_suffix(source)
 
     items, missing = plan_batch(
         paths, audioio.AUDIO_SUFFIXES, batch, suffix_for, "audio"

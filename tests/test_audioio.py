@@ -108,7 +108,8 @@ def run_without_permission_override(
 
 
 def test_suffix_tables_cover_outputs() -> None:
-    for suffix in (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au"):
+    suffixes = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif")
+    for suffix in (*suffixes, ".aiff", ".aifc", ".au", ".snd"):
         assert suffix in AUDIO_SUFFIXES
     assert FORMAT_FOR_SUFFIX[".wav"] == "wav"
     assert FORMAT_FOR_SUFFIX[".flac"] == "flac"

@@ -1,7 +1,7 @@
-"""Tests for the output side of edgefx.audioio: rounding and tags.
+"""Tests for the output side of edgefx.audioio: naming, containers, rounding and tags.
 
-Every file is written with AudioWriter in tmp_path and read back with soundfile, so
-the checks run against libsndfile itself.
+Every file is written with soundfile or AudioWriter in tmp_path and read back with
+soundfile, so the checks run against libsndfile itself.
 """
 
 from __future__ import annotations
@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edgefx.audioio import FORMAT_FOR_SUFFIX, AudioWriter, probe
+from edgefx import audioio
+from edgefx.audioio import (
+    AUDIO_SUFFIXES,
+    FORMAT_FOR_SUFFIX,
+    AudioInfo,
+    AudioWriter,
+    opus_writable,
+    output_subtype,
+    output_suffix,
+    probe,
+)
 
 RATE = 16000
 
@@ -27,13 +37,223 @@ def make_signal(frames: int, channels: int = 1, seed: int = 0) -> np.ndarray:
     return (tone + noise).astype(np.float32)
 
 
+def write_file(path: Path, format: str, subtype: str) -> Path:
+    sf.write(path, make_signal(RATE // 2), RATE, format=format, subtype=subtype)
+    return path
+
+
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def require_opus() -> None:
+    if "OPUS" not in sf.available_subtypes("OGG"):
+        pytest.skip("this libsndfile cannot write Opus")
 
 
 def require_mp3() -> None:
     if ".mp3" not in FORMAT_FOR_SUFFIX:
         pytest.skip("this libsndfile cannot write MP3")
+
+
+# --------------------------------------------------------------------------------------
+# Output naming
+
+
+def test_folder_suffixes_include_aliases() -> None:
+    for suffix in (".opus", ".wave", ".aifc", ".snd"):
+        assert suffix in AUDIO_SUFFIXES, suffix
+    assert FORMAT_FOR_SUFFIX[".opus"] == "ogg"
+    assert FORMAT_FOR_SUFFIX[".wave"] == "wav"
+    assert FORMAT_FOR_SUFFIX[".aifc"] == "aiff"
+    assert FORMAT_FOR_SUFFIX[".snd"] == "au"
+
+
+def test_opus_writable_matches_libsndfile() -> None:
+    require_opus()
+
+    assert opus_writable()
+
+
+@pytest.mark.parametrize(
+    ("name", "format", "subtype"),
+    [
+        ("speech.opus", "OGG", "OPUS"),
+        ("speech.ogg", "OGG", "OPUS"),
+        ("speech.oga", "OGG", "VORBIS"),
+        ("speech.wave", "WAV", "PCM_24"),
+        ("speech.WAV", "WAV", "PCM_16"),
+        ("speech.aifc", "AIFF", "FLOAT"),
+        ("speech.aif", "AIFF", "PCM_16"),
+        ("speech.snd", "AU", "PCM_16"),
+        ("speech.flac", "FLAC", "PCM_16"),
+    ],
+)
+def test_output_suffix_kept(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    format: str,
+    subtype: str,
+) -> None:
+    if subtype == "OPUS":
+        require_opus()
+    path = write_file(tmp_path / name, format, subtype)
+
+    assert output_suffix(path) == path.suffix
+    assert warnings_of(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "format", "subtype", "expected", "named"),
+    [
+        ("take.m4a", "FLAC", "PCM_16", ".flac", ["FLAC", "'.m4a'"]),
+        ("take.wav", "FLAC", "PCM_24", ".flac", ["FLAC", "'.wav'"]),
+        ("take.opus", "OGG", "VORBIS", ".ogg", ["Vorbis", ".opus"]),
+        ("take", "WAV", "PCM_16", ".wav", ["WAV", "no suffix"]),
+        ("take.caf", "CAF", "PCM_16", ".wav", ["CAF", "WAV"]),
+    ],
+)
+def test_output_suffix_other_format_warns(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    format: str,
+    subtype: str,
+    expected: str,
+    named: list[str],
+) -> None:
+    path = write_file(tmp_path / name, format, subtype)
+
+    assert output_suffix(path) == expected
+    warnings = warnings_of(caplog)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{path}: ")
+    for word in named:
+        assert word in warnings[0]
+    assert f"({expected})" in warnings[0]
+
+
+def test_output_suffix_mp3_named_wav(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_mp3()
+    path = write_file(tmp_path / "take.wav", "MP3", "MPEG_LAYER_III")
+
+    assert output_suffix(path) == ".mp3"
+    assert len(warnings_of(caplog)) == 1
+
+
+def test_output_suffix_opus_not_writable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_opus()
+    path = write_file(tmp_path / "take.opus", "OGG", "OPUS")
+    monkeypatch.setattr(audioio, "opus_writable", lambda: False)
+
+    assert output_suffix(path) == ".ogg"
+    info = probe(path)
+    assert output_subtype(info, "ogg") == "VORBIS"
+    warnings = warnings_of(caplog)
+    assert len(warnings) == 1, warnings
+    assert "cannot write Opus" in warnings[0]
+    assert "Ogg Vorbis (.ogg)" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("notes.wav", ".wav"), ("notes.txt", ".wav"), ("notes.au", ".au")],
+)
+def test_output_suffix_unreadable_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, expected: str
+) -> None:
+    # libsndfile reads any .au file without a header as headerless audio, which the
+    # reader rejects, so it gets no warning here either.
+    path = tmp_path / name
+    path.write_text("these are notes, not a recording\n" * 50)
+
+    assert output_suffix(path) == expected
+    assert warnings_of(caplog) == []
+
+
+# --------------------------------------------------------------------------------------
+# Containers
+
+
+def test_writer_opus_round_trip(tmp_path: Path) -> None:
+    require_opus()
+    source = write_file(tmp_path / "in.opus", "OGG", "OPUS")
+    info = probe(source)
+    path = tmp_path / "out.opus"
+
+    with AudioWriter(
+        path, info.rate, 1, subtype=output_subtype(info, "ogg", ".opus")
+    ) as writer:
+        writer.write(make_signal(RATE // 2))
+
+    written = sf.info(str(path))
+    assert written.format == "OGG"
+    assert written.subtype == "OPUS"
+    assert written.samplerate == RATE
+    assert written.frames == RATE // 2
+
+
+def test_writer_opus_suffix_defaults_to_opus(tmp_path: Path) -> None:
+    require_opus()
+    path = tmp_path / "out.opus"
+
+    with AudioWriter(path, RATE, 1) as writer:
+        writer.write(make_signal(RATE // 2))
+
+    assert sf.info(str(path)).subtype == "OPUS"
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32", "FLOAT", "PCM_U8"])
+def test_writer_aifc_is_aiff_c(tmp_path: Path, subtype: str) -> None:
+    path = tmp_path / "out.aifc"
+    samples = make_signal(4000)
+
+    with AudioWriter(path, RATE, 1, subtype=subtype) as writer:
+        writer.write(samples)
+
+    header = path.read_bytes()[:12]
+    assert header[:4] == b"FORM"
+    assert header[8:12] == b"AIFC"
+    info = sf.info(str(path))
+    assert info.format == "AIFF"
+    assert info.subtype == subtype
+    decoded, _ = sf.read(path, dtype="float32", always_2d=True)
+    np.testing.assert_allclose(decoded, samples, rtol=0, atol=2.0**-7)
+
+
+def test_writer_aifc_signed_8_bit_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "out.aifc"
+
+    with AudioWriter(path, RATE, 1, subtype="PCM_S8") as writer:
+        writer.write(make_signal(400))
+
+    assert path.read_bytes()[8:12] == b"AIFF"
+    warnings = warnings_of(caplog)
+    assert len(warnings) == 1, warnings
+    assert "only as plain AIFF" in warnings[0]
+
+
+def test_output_subtype_aifc_signed_8_bit() -> None:
+    info = AudioInfo(Path("in.aifc"), RATE, 1, 100, "AIFF", "PCM_S8")
+
+    assert output_subtype(info, "aiff", ".aifc") == "PCM_U8"
+    assert output_subtype(info, "aiff", ".aiff") == "PCM_S8"
+
+
+def test_writer_aiff_suffix_stays_plain_aiff(tmp_path: Path) -> None:
+    path = tmp_path / "out.aiff"
+
+    with AudioWriter(path, RATE, 1, subtype="PCM_16") as writer:
+        writer.write(make_signal(400))
+
+    assert path.read_bytes()[8:12] == b"AIFF"
 
 
 # --------------------------------------------------------------------------------------
@@ -50,6 +270,7 @@ INTEGER_OUTPUTS = [
     ("out.aiff", "PCM_16", 16),
     ("out.aiff", "PCM_24", 24),
     ("out.aiff", "PCM_32", 32),
+    ("out.aifc", "PCM_24", 24),
     ("out.au", "PCM_S8", 8),
     ("out.au", "PCM_16", 16),
     ("out.au", "PCM_24", 24),

@@ -283,6 +283,121 @@ def noisy_speech(data_dir: Path) -> np.ndarray:
     return np.clip(mix, -1.0, 1.0)
 
 
+def require_opus() -> None:
+    if "OPUS" not in sf.available_subtypes("OGG"):
+        pytest.skip("this libsndfile cannot write Opus")
+
+
+# Inputs whose suffix is not the standard one of their format: name -> (format,
+# subtype, endian). BIG makes libsndfile write AIFF-C.
+ALIAS_FILES = {
+    "street.opus": ("OGG", "OPUS", "FILE"),
+    "street_opus.ogg": ("OGG", "OPUS", "FILE"),
+    "street.wave": ("WAV", "PCM_24", "FILE"),
+    "street.aifc": ("AIFF", "PCM_16", "BIG"),
+}
+
+
+@pytest.fixture(scope="module")
+def alias_run(
+    run_cli,
+    model: Path,
+    noisy_speech: np.ndarray,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """A folder run on .opus, Opus in .ogg, .wave and .aifc inputs."""
+    require_opus()
+    root = tmp_path_factory.mktemp("enhance_alias")
+    folder = root / "in"
+    folder.mkdir()
+    for name, (format, subtype, endian) in ALIAS_FILES.items():
+        sf.write(
+            folder / name,
+            noisy_speech,
+            16000,
+            format=format,
+            subtype=subtype,
+            endian=endian,
+        )
+    out = root / "out"
+    result = enhance(run_cli, folder, "--out", out, "--model", model)
+    return result, folder, out
+
+
+def test_alias_suffixes_exit_0(alias_run) -> None:
+    result, _, _ = alias_run
+
+    assert result.returncode == 0, result.stderr
+    assert f"{len(ALIAS_FILES)} done, 0 skipped" in result.stderr
+    assert "warning" not in result.stderr
+
+
+def test_alias_suffixes_kept(alias_run) -> None:
+    _, _, out = alias_run
+
+    assert sorted(path.name for path in out.iterdir()) == sorted(ALIAS_FILES)
+
+
+@pytest.mark.parametrize("name", sorted(ALIAS_FILES))
+def test_alias_keeps_audio_properties(alias_run, name: str) -> None:
+    _, folder, out = alias_run
+    source = sf.info(folder / name)
+    output = sf.info(out / name)
+
+    assert output.format == source.format
+    assert output.subtype == source.subtype
+    assert output.samplerate == source.samplerate
+    assert output.channels == source.channels
+    assert output.frames == source.frames
+
+
+def test_aifc_output_is_aiff_c(alias_run) -> None:
+    _, folder, out = alias_run
+
+    assert (folder / "street.aifc").read_bytes()[8:12] == b"AIFC"
+    assert (out / "street.aifc").read_bytes()[8:12] == b"AIFC"
+
+
+def test_folder_of_opus_files(
+    run_cli, model: Path, noisy_speech: np.ndarray, tmp_path: Path
+) -> None:
+    require_opus()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("first.opus", "second.opus"):
+        sf.write(folder / name, noisy_speech, 16000, format="OGG", subtype="OPUS")
+    out = tmp_path / "out"
+
+    result = enhance(run_cli, folder, "--out", out, "--model", model)
+
+    assert result.returncode == 0, result.stderr
+    assert "2 done, 0 skipped (output exists), 0 failed" in result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["first.opus", "second.opus"]
+    assert sf.info(out / "first.opus").subtype == "OPUS"
+
+
+def test_flac_named_m4a_written_as_flac(
+    run_cli, model: Path, noisy_speech: np.ndarray, tmp_path: Path
+) -> None:
+    source = tmp_path / "take.m4a"
+    sf.write(source, noisy_speech, 16000, format="FLAC", subtype="PCM_16")
+    out = tmp_path / "out"
+
+    result = enhance(run_cli, source, "--out", out, "--model", model)
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["take.flac"]
+    output = sf.info(out / "take.flac")
+    assert output.format == "FLAC"
+    assert output.subtype == "PCM_16"
+    warnings = [line for line in result.stderr.splitlines() if "take.m4a" in line]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith(f"warning: {source}: ")
+    assert "FLAC" in warnings[0]
+    assert "'.m4a'" in warnings[0]
+    assert "(.flac)" in warnings[0]
+
+
 def dbfs(samples: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(np.square(samples, dtype=np.float64))))
 
