@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefx.errors import ModelError, OutputError, UsageError
+from edgefx.external_data import check_external_data
 from edgefx.fsutil import check_output_file
 from edgefx.registry import ModelInfo, resolve_any_model
 
@@ -71,6 +72,44 @@ def _move_into_place(source: Path, target: Path) -> None:
         raise OutputError(target, err.strerror or str(err)) from err
 
 
+def _check_external_files(info: ModelInfo) -> list[str]:
+    """Check that each external-data file of the model is in its folder; return them.
+
+    Raises ModelError for a location outside the folder (see check_external_data) or
+    a missing file. The locations are relative to the model's folder.
+    """
+    locations = check_external_data(info.path)
+    for location in locations:
+        if not (info.path.parent / location).is_file():
+            raise ModelError(
+                f"{info.path}: external data file {location!r} not found in the "
+                f"model's folder {info.path.parent}"
+            )
+    return locations
+
+
+def _copy_model(info: ModelInfo, locations: list[str], folder: Path) -> Path:
+    """Copy the model and its external-data files into ``folder``; return the copy.
+
+    ``locations`` come from _check_external_files. The data files keep their paths
+    relative to the model, and a location that is a link inside the model's folder
+    becomes a copy of the file it points to.
+    """
+    copy = folder / info.path.name
+    try:
+        shutil.copyfile(info.path, copy)
+        for location in locations:
+            target = folder / location
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(info.path.parent / location, target)
+    except OSError as err:
+        raise ModelError(
+            f"{info.path}: cannot copy the model for conversion: "
+            f"{err.strerror or err}" + (f" ({err.filename})" if err.filename else "")
+        ) from err
+    return copy
+
+
 def operators_config_path(output: Path) -> Path:
     """Return the path of the required-operators config written next to ``output``."""
     return output.with_name(output.stem + CONFIG_SUFFIX)
@@ -91,11 +130,11 @@ def export_ort(model: str, output: Path) -> ExportResult:
     info = resolve_any_model(model)
     if output.suffix != ".ort":
         raise UsageError(f"--out {output}: an ORT-format file must end in .ort")
+    locations = _check_external_files(info)
     _check_output(info, output)
     with tempfile.TemporaryDirectory(prefix="edgefx-export-") as work:
-        source = Path(work, "in", output.stem + ".onnx")
-        source.parent.mkdir()
-        shutil.copyfile(info.path, source)
+        Path(work, "in").mkdir()
+        source = _copy_model(info, locations, Path(work, "in"))
         converted = Path(work, "out")
         # The converter logs and prints each step; those go to the debug log.
         printed = io.StringIO()
@@ -111,8 +150,10 @@ def export_ort(model: str, output: Path) -> ExportResult:
                 f"{info.path}: ORT-format conversion failed: {err}"
             ) from err
         logger.debug("ORT converter: %s", printed.getvalue().strip())
-        ort_file = converted / (output.stem + ".ort")
-        config = converted / (output.stem + CONFIG_SUFFIX)
+        # The converter names its outputs after the copy. The copy keeps the input's
+        # name because a name taken from --out could be one of its external-data files.
+        ort_file = converted / (source.stem + ".ort")
+        config = converted / (source.stem + CONFIG_SUFFIX)
         if not ort_file.is_file() or not config.is_file():
             found = ", ".join(p.name for p in converted.iterdir()) or "nothing"
             raise ModelError(
@@ -140,8 +181,13 @@ def export_fp16(model: str, output: Path) -> ExportResult:
             f"{info.path}: this model is {info.metadata['precision']}; convert the "
             "float32 model"
         )
+    _check_external_files(info)
     _check_output(info, output)
-    proto = onnx.load(str(info.path))
+    try:
+        proto = onnx.load(str(info.path))
+    except Exception as err:  # onnx raises ValidationError, OSError and others
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        raise ModelError(f"{info.path}: cannot load the model: {detail}") from err
     try:
         converted = convert_float_to_float16(proto, keep_io_types=True)
     except Exception as err:  # the converter raises many types

@@ -20,9 +20,10 @@ from edgefx.errors import ModelError
 logger = logging.getLogger(__name__)
 
 
-def check_external_data(model_path: Path) -> None:
-    """Raise ModelError when a tensor's external data lies outside the model's folder.
+def check_external_data(model_path: Path) -> list[str]:
+    """Return the model's external-data locations, each once, in the order of use.
 
+    Raises ModelError when a tensor's external data lies outside the model's folder.
     Rejected locations: empty ones, absolute paths (POSIX or Windows), paths with a
     ``..`` component, and paths whose real location, after following symbolic links,
     is outside the folder that contains ``model_path``. Only the model's own bytes are
@@ -40,6 +41,7 @@ def check_external_data(model_path: Path) -> None:
 
     folder = Path(model_path).absolute().parent
     real_folder = folder.resolve()
+    locations: list[str] = []
     for tensor in _tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -53,6 +55,9 @@ def check_external_data(model_path: Path) -> None:
                 f"the model's folder {folder}"
             )
         logger.debug("%s: tensor %s reads %s", model_path, tensor.name, location)
+        if location not in locations:
+            locations.append(location)
+    return locations
 
 
 def _location_problem(location: str, folder: Path, real_folder: Path) -> str | None:
