@@ -14,6 +14,7 @@ name no file. This module cannot silence them without redirecting the process's 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import logging
@@ -37,6 +38,7 @@ from edgefx.errors import InputError, OutputError, UsageError
 from edgefx.fsutil import _UMASK as UMASK
 from edgefx.fsutil import TEMP_PREFIX, describe_os_error, interrupts_deferred
 from edgefx.objectstore import ObjectPath, upload_file
+from edgefx.text import count_noun
 
 logger = logging.getLogger(__name__)
 
@@ -318,44 +320,104 @@ def _find_decoded_end(path: Path, start: int, frames: int) -> int:
     while step > 1:
         step = max(1, step // 16)
         try:
-            audio = sf.SoundFile(str(path))
-        except sf.LibsndfileError:
+            with _sound_file(path) as audio:
+                try:
+                    audio.seek(reached)
+                    while reached + step <= limit:
+                        count = len(audio.read(step, dtype="float32"))
+                        reached += count
+                        if count < step:
+                            return reached
+                except sf.LibsndfileError:
+                    limit = reached + step
+        except (sf.LibsndfileError, OSError):
             return reached
-        with audio:
-            try:
-                audio.seek(reached)
-                while reached + step <= limit:
-                    count = len(audio.read(step, dtype="float32"))
-                    reached += count
-                    if count < step:
-                        return reached
-            except sf.LibsndfileError:
-                limit = reached + step
     return reached
 
 
-def _open_for_reading(path: Path) -> sf.SoundFile:
-    """Open ``path`` with libsndfile after checking that it is a readable audio file."""
+# libsndfile gets a descriptor that Python opened, never a path. soundfile 0.14 encodes
+# a path as strict UTF-8, which fails for a name that is not valid UTF-8. libsndfile
+# 1.2.2 rejects a path of 1024 bytes or more ("Supplied filename too long").
+# Without a path, libsndfile cannot guess headerless audio from a suffix such as .au,
+# so it detects formats from the contents alone.
+# The open does not block, so that a FIFO without a writer cannot hang it, and the
+# file type is checked before anything reads from the descriptor.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | _NONBLOCK
+
+
+def _open_descriptor(path: Path) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading; return the descriptor and the file's status.
+
+    The descriptor is in blocking mode when it names a regular file. Raises OSError.
+    """
+    descriptor = os.open(path, _READ_FLAGS)
     try:
-        status = path.stat()
+        status = os.fstat(descriptor)
+        if _NONBLOCK and stat.S_ISREG(status.st_mode):
+            os.set_blocking(descriptor, True)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor, status
+
+
+@contextlib.contextmanager
+def _sound_file(path: Path) -> Iterator[sf.SoundFile]:
+    """Open the regular file ``path`` with libsndfile, without the reader's checks.
+
+    Raises OSError when the file cannot be opened or is not a regular file, and
+    sf.LibsndfileError when libsndfile cannot decode it.
+    """
+    descriptor, status = _open_descriptor(path)
+    try:
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with sf.SoundFile(descriptor, closefd=False) as audio:
+            yield audio
+    finally:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _open_for_reading(path: Path) -> Iterator[sf.SoundFile]:
+    """Open ``path`` with libsndfile after checking that it is a readable audio file.
+
+    Raises InputError for the files that ``probe`` rejects.
+    """
+    try:
+        descriptor, status = _open_descriptor(path)
     except FileNotFoundError as err:
         raise InputError(path, "file not found") from err
     except OSError as err:
         raise InputError(path, describe_os_error(err)) from err
+    try:
+        _check_readable(path, descriptor, status)
+        audio = _open_audio(path, descriptor)
+        with audio:
+            yield audio
+    finally:
+        os.close(descriptor)
+
+
+def _check_readable(path: Path, descriptor: int, status: os.stat_result) -> None:
+    """Raise InputError unless ``descriptor`` is a non-empty, readable regular file."""
     if not stat.S_ISREG(status.st_mode):
         raise InputError(path, "not a regular file")
     if status.st_size == 0:
         raise InputError(path, "empty file (0 bytes)")
-    # libsndfile reports a file that it cannot open as "System error", so reading one
+    # libsndfile reports a file that it cannot read as "System error", so reading one
     # byte first gives the operating system's reason.
     try:
-        with path.open("rb") as handle:
-            handle.read(1)
+        os.pread(descriptor, 1, 0)
     except OSError as err:
         raise InputError(path, describe_os_error(err)) from err
 
+
+def _open_audio(path: Path, descriptor: int) -> sf.SoundFile:
+    """Open the checked file ``descriptor`` with libsndfile and check its header."""
     try:
-        audio = sf.SoundFile(str(path))
+        audio = sf.SoundFile(descriptor, closefd=False)
     except sf.LibsndfileError as err:
         logger.debug("%s: libsndfile cannot open the file: %s", path, err)
         label = _label_for_suffix(path)
@@ -363,38 +425,30 @@ def _open_for_reading(path: Path) -> sf.SoundFile:
         if err.code not in GENERIC_OPEN_ERRORS:
             reason += f" ({_libsndfile_detail(err)})"
         raise InputError(path, reason) from err
-
-    # For a file named .au, .snd, .vox or .gsm that has no header, libsndfile 1.2.2
-    # guesses headerless 8 kHz audio from the suffix (u-law for .au), which decodes any
-    # bytes at all.
-    if audio.format == "RAW":
-        audio.close()
-        label = _label_for_suffix(path)
-        raise InputError(
-            path, f"cannot decode audio: not a valid {label} file (no audio header)"
-        )
     try:
-        _check_data_chunk(path, audio)
-    except InputError:
+        _check_header(path, audio)
+    except BaseException:
         audio.close()
         raise
+    return audio
+
+
+def _check_header(path: Path, audio: sf.SoundFile) -> None:
+    """Raise InputError for an open file that the reader cannot decode whole."""
+    _check_data_chunk(path, audio)
     if audio.frames <= 0:
-        audio.close()
         raise InputError(path, "no audio samples")
     if audio.frames == UNKNOWN_FRAMES:
-        audio.close()
         raise InputError(
             path,
             "the header does not state the length, as in a file written to a pipe, "
             "which edgefx cannot read; re-encode it to a regular file",
         )
     if audio.samplerate <= 0 or audio.channels <= 0:
-        audio.close()
         raise InputError(
             path,
             f"invalid header: {audio.samplerate} Hz, {audio.channels} channels",
         )
-    return audio
 
 
 @dataclass(frozen=True)
@@ -615,6 +669,15 @@ def opus_writable() -> bool:
     return len(decoded) == len(samples)
 
 
+@dataclass(frozen=True)
+class _Detected:
+    """The format that libsndfile detects in a file, as soundfile names it."""
+
+    format: str
+    subtype: str
+    samplerate: int
+
+
 def output_suffix(path: Path) -> str:
     """Return the output suffix that keeps the format of the audio file ``path``.
 
@@ -628,11 +691,10 @@ def output_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     unreadable_suffix = path.suffix if suffix in FORMAT_FOR_SUFFIX else ".wav"
     try:
-        info = sf.info(str(path))
+        with _sound_file(path) as audio:
+            info = _Detected(audio.format, audio.subtype, audio.samplerate)
     except (sf.LibsndfileError, RuntimeError, OSError):
         return unreadable_suffix
-    if info.format == "RAW":
-        return unreadable_suffix  # _open_for_reading rejects headerless audio
     name = _FORMAT_NAME_FOR_MAJOR.get(info.format)
     if name is None or name not in SUFFIX_FOR_FORMAT:
         logger.warning(
@@ -807,6 +869,19 @@ def quantize(samples: np.ndarray, subtype: str) -> np.ndarray:
     return (steps * 2.0**shift).astype(dtype)
 
 
+# Start of the reason when a system call fails to write the output, so that the
+# failure line distinguishes it from a failure to read the input.
+CANNOT_WRITE = "cannot write the output"
+
+# libsndfile's error code for a failed system call (SF_ERR_SYSTEM).
+SYSTEM_ERROR = 2
+
+
+def _cannot_write(err: OSError) -> str:
+    """Return the reason for an output that a system call failed to write."""
+    return f"{CANNOT_WRITE}: {describe_os_error(err)}"
+
+
 def _write_all(descriptor: int, data: bytes) -> None:
     """Write all of ``data`` to ``descriptor``, which os.write may do in parts."""
     view = memoryview(data)
@@ -923,7 +998,7 @@ class AudioWriter:
                 )
                 self._temporary = Path(name)
         except OSError as err:
-            raise OutputError(self.path, describe_os_error(err)) from err
+            raise OutputError(self.path, _cannot_write(err)) from err
         except BaseException:
             # A signal held back above is raised as the block ends, before any
             # __exit__ could run, so the temporary file is removed here.
@@ -936,7 +1011,7 @@ class AudioWriter:
                 _write_all(self._descriptor, self._id3_tag())
         except OSError as err:
             self._discard()
-            raise OutputError(self.path, describe_os_error(err)) from err
+            raise OutputError(self.path, _cannot_write(err)) from err
         except BaseException:
             self._discard()
             raise
@@ -952,12 +1027,17 @@ class AudioWriter:
                 closefd=False,
             )
         except sf.LibsndfileError as err:
+            # libsndfile writes the header as it opens the file, and reports a failed
+            # write(2) there only as "System error".
+            reason = self._retry_end_of_file() if err.code == SYSTEM_ERROR else None
             self._discard()
-            raise OutputError(
-                self.path,
-                f"cannot write {self.format} {self.subtype} at {self.rate} Hz with "
-                f"{self.channels} channels: {_libsndfile_detail(err)}",
-            ) from err
+            if reason is None:
+                reason = (
+                    f"cannot write {self.format} {self.subtype} at {self.rate} Hz "
+                    f"with {count_noun(self.channels, 'channel')}: "
+                    f"{_libsndfile_detail(err)}"
+                )
+            raise OutputError(self.path, reason) from err
         except BaseException:
             self._discard()
             raise
@@ -1114,25 +1194,26 @@ class AudioWriter:
         written at the end of the temporary file to get the errno again.
         """
         reason = self._retry_end_of_file()
-        return reason or f"cannot write the audio: {_libsndfile_detail(err)}"
+        return reason or f"{CANNOT_WRITE}: {_libsndfile_detail(err)}"
 
     def _retry_end_of_file(self) -> str | None:
         """Write one byte past the end of the temporary file and truncate it again.
 
-        Returns the system's reason when that write fails, and None when it succeeds.
-        The file offset that libsndfile writes at is restored afterwards.
+        Returns the reason when that write fails, such as "cannot write the output: no
+        space left on the device", and None when it succeeds. The file offset that
+        libsndfile writes at is restored afterwards.
         """
         try:
             offset = os.lseek(self._descriptor, 0, os.SEEK_CUR)
             size = os.fstat(self._descriptor).st_size
         except OSError as err:
-            return describe_os_error(err)
+            return _cannot_write(err)
         try:
             os.lseek(self._descriptor, size, os.SEEK_SET)
             os.write(self._descriptor, b"\0")
             os.ftruncate(self._descriptor, size)
         except OSError as err:
-            return describe_os_error(err)
+            return _cannot_write(err)
         finally:
             with contextlib.suppress(OSError):
                 os.lseek(self._descriptor, offset, os.SEEK_SET)
@@ -1161,7 +1242,7 @@ class AudioWriter:
             os.close(self._descriptor)
             self._descriptor = -1
         except OSError as err:
-            raise OutputError(self.path, describe_os_error(err)) from err
+            raise OutputError(self.path, _cannot_write(err)) from err
         self._check_frames_written()
         if isinstance(self.path, ObjectPath):
             # The file is uploaded only once it is complete and checked. When the
@@ -1173,18 +1254,24 @@ class AudioWriter:
             os.chmod(self._temporary, 0o666 & ~UMASK)
             os.replace(self._temporary, self.path)
         except OSError as err:
-            raise OutputError(self.path, describe_os_error(err)) from err
+            raise OutputError(self.path, _cannot_write(err)) from err
         self._temporary = None
 
     def _check_frames_written(self) -> None:
         """Raise OutputError unless the closed temporary file has every frame."""
         assert self._temporary is not None
         try:
-            frames = sf.info(str(self._temporary)).frames
+            with _sound_file(self._temporary) as audio:
+                frames = audio.frames
         except sf.LibsndfileError as err:
             raise OutputError(
                 self.path,
                 f"the written file cannot be read back: {_libsndfile_detail(err)}",
+            ) from err
+        except OSError as err:
+            reason = describe_os_error(err)
+            raise OutputError(
+                self.path, f"the written file cannot be read back: {reason}"
             ) from err
         if frames != self.frames:
             raise OutputError(

@@ -882,7 +882,9 @@ def test_writer_read_only_directory(tmp_path: Path) -> None:
         result = run_without_permission_override(code, str(path))
     finally:
         directory.chmod(0o755)
-    assert result.stdout.strip() == f"{path}: permission denied"
+    assert (
+        result.stdout.strip() == f"{path}: cannot write the output: permission denied"
+    )
     assert listing(directory) == []
 
 
@@ -941,8 +943,91 @@ def test_writer_file_size_limit(tmp_path: Path, suffix: str) -> None:
     outcomes = json.loads(result.stdout)
     limited = tmp_path / f"limited{suffix}"
     for outcome in outcomes:
-        assert outcome["error"] == f"{limited}: File too large", outcome
+        expected = f"{limited}: cannot write the output: File too large"
+        assert outcome["error"] == expected, outcome
     assert listing(tmp_path) == [f"reference{suffix}"]
+
+
+def test_writer_open_failure_counts_channels(tmp_path: Path) -> None:
+    if ".mp3" not in FORMAT_FOR_SUFFIX:
+        pytest.skip("this libsndfile cannot write MP3")
+    path = tmp_path / "out.mp3"
+    with pytest.raises(OutputError) as caught, AudioWriter(path, 96000, 1):
+        pass
+    assert "at 96000 Hz with 1 channel:" in caught.value.reason
+
+
+# --------------------------------------------------------------------------------------
+# Paths that libsndfile cannot open by name: soundfile encodes a path as strict UTF-8,
+# and libsndfile rejects a path of 1024 bytes or more.
+
+
+def long_folder(root: Path) -> Path:
+    """Return a folder under ``root`` whose path is longer than 1024 characters."""
+    folder = root.joinpath(*["d" * 200] * 6)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def non_utf8_folder(root: Path) -> Path:
+    """Return a folder under ``root`` whose name is not valid UTF-8."""
+    folder = root / os.fsdecode(b"take\xff")
+    try:
+        folder.mkdir()
+    except (OSError, UnicodeEncodeError) as err:
+        pytest.skip(f"this file system rejects a name that is not UTF-8: {err}")
+    return folder
+
+
+def write_through_python(path: Path, samples: np.ndarray, rate: int) -> None:
+    """Write a 16-bit WAV file through a Python file object, which takes any path."""
+    with path.open("wb") as handle:
+        sf.write(handle, samples, rate, format="WAV", subtype="PCM_16")
+
+
+def frames_through_python(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sf.info(handle).frames
+
+
+@pytest.mark.parametrize("make_folder", [long_folder, non_utf8_folder])
+def test_rejected_path_reads(tmp_path: Path, make_folder) -> None:
+    folder = make_folder(tmp_path)
+    samples = make_signal(8000, 2, 8000)
+    path = folder / "in.wav"
+    write_through_python(path, samples, 8000)
+
+    assert probe(path).frames == 8000
+    decoded = np.concatenate(list(read_blocks(path, 3000)))
+    assert np.abs(decoded - samples).max() <= PCM_STEP["PCM_16"]
+    assert audioio.output_suffix(path) == ".wav"
+
+
+@pytest.mark.parametrize("make_folder", [long_folder, non_utf8_folder])
+def test_rejected_path_writes(tmp_path: Path, make_folder) -> None:
+    folder = make_folder(tmp_path)
+    path = folder / "out.flac"
+    with AudioWriter(path, 8000, 1) as writer:
+        writer.write(make_signal(8000, 1, 8000))
+
+    assert frames_through_python(path) == 8000
+    assert listing(folder) == [path.name]
+
+
+def test_rejected_path_truncated_flac(tmp_path: Path) -> None:
+    # The point where decoding fails is found by opening the file again.
+    folder = long_folder(tmp_path)
+    path = folder / "cut.flac"
+    with path.open("wb") as handle:
+        sf.write(handle, make_signal(16000, 1, 8000), 8000, format="FLAC")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(InputError) as caught:
+        list(read_blocks(path, 16000))
+    match = re.search(r"after second (\d+\.\d+):", caught.value.reason)
+    assert match is not None, caught.value.reason
+    assert 0.2 < float(match.group(1)) < 1.8
 
 
 # --------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ files that the tests write in the formats a user may bring.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -21,6 +23,12 @@ import soundfile as sf
 
 pytest.importorskip("torch")
 
+from reliability_helpers import (  # noqa: E402
+    permissions_unenforceable,
+    run_edgefx_unprivileged,
+    temporaries,
+    tmpfs_mount,
+)
 from test_enhance import export_random_enhancer  # noqa: E402
 
 from edgefx.audioio import FORMAT_FOR_SUFFIX, probe  # noqa: E402
@@ -785,3 +793,120 @@ def test_windows_1252_tag_converted(run_cli, tmp_path: Path, format: str) -> Non
     assert "warning" not in result.stderr
     tags = dict(probe(tmp_path / "out" / f"take.{format}").tags)
     assert tags["comment"] == "\u00a9 2020 Caf\u00e9 SA"
+
+
+# --------------------------------------------------------------------------------------
+# Paths that libsndfile rejects, and output errors
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    """Write a 16-bit WAV through a Python file object, which takes any path."""
+    with path.open("wb") as handle:
+        sf.write(handle, samples, rate, format="WAV", subtype="PCM_16")
+
+
+def frames_of(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sf.info(handle).frames
+
+
+def test_name_not_utf8_enhanced(run_cli, model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"take\xff.wav")
+    try:
+        write_wav(folder / name, tones(16000, 1, 16000), 16000)
+    except (OSError, UnicodeEncodeError) as err:
+        pytest.skip(f"this file system rejects a name that is not UTF-8: {err}")
+    write_wav(folder / "plain.wav", tones(8000, 1, 16000), 16000)
+    out = tmp_path / "out"
+
+    result = enhance(run_cli, folder, "--out", out, "--model", model)
+
+    assert result.returncode == 0, result.stderr
+    assert "2 done, 0 skipped (output exists), 0 failed" in result.stderr
+    assert frames_of(out / name) == 16000
+    assert frames_of(out / "plain.wav") == 8000
+
+
+def test_path_over_1024_characters_enhanced(
+    run_cli, model: Path, tmp_path: Path
+) -> None:
+    # libsndfile rejects a path of 1024 bytes or more, for the input and for the
+    # temporary output alike.
+    deep = Path(*["d" * 200] * 5)
+    source = tmp_path / "in" / deep / "take.wav"
+    source.parent.mkdir(parents=True)
+    write_wav(source, tones(16000, 2, 16000), 16000)
+    out = tmp_path / "out" / deep
+    assert len(str(source)) > 1024
+    assert len(str(out / "take.wav")) > 1024
+
+    result = enhance(run_cli, source, "--out", out, "--model", model)
+
+    assert result.returncode == 0, result.stderr
+    assert frames_of(out / "take.wav") == 16000
+
+
+def fill_file_system(path: Path) -> None:
+    """Write zeros to ``path`` until the file system has no space left."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with pytest.raises(OSError) as caught:
+            while True:
+                os.write(descriptor, b"\0" * 4096)
+        assert caught.value.errno == errno.ENOSPC
+    finally:
+        os.close(descriptor)
+
+
+def test_full_disk_before_the_header(run_cli, model: Path, tmp_path: Path) -> None:
+    # With no byte left, libsndfile fails to write the header as it opens the file.
+    source = tmp_path / "take.wav"
+    write_wav(source, tones(16000, 1, 16000), 16000)
+    with tmpfs_mount(tmp_path / "full", size_kib=200) as mount:
+        fill_file_system(mount / "filler")
+        out = mount / "out"
+
+        result = enhance(run_cli, source, "--out", out, "--model", model)
+
+        assert result.returncode == 1, result.stderr
+        assert failure_lines(result.stderr) == [
+            f"failed: {out / 'take.wav'}: cannot write the output: no space left on "
+            "the device"
+        ], result.stderr
+        assert temporaries(mount) == []
+
+
+def test_unwritable_output_folder_says_write(model: Path, tmp_path: Path) -> None:
+    reason = permissions_unenforceable()
+    if reason is not None:
+        pytest.skip(reason)
+    source = tmp_path / "in" / "sub" / "take.wav"
+    source.parent.mkdir(parents=True)
+    write_wav(source, tones(16000, 1, 16000), 16000)
+    locked = tmp_path / "out" / "sub"
+    locked.mkdir(parents=True)
+    locked.chmod(0o555)
+    try:
+        result = run_edgefx_unprivileged(
+            "enhance",
+            tmp_path / "in",
+            "-r",
+            "--out",
+            tmp_path / "out",
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        )
+    finally:
+        locked.chmod(0o755)
+
+    assert result.returncode == 1, result.stderr
+    assert failure_lines(result.stderr) == [
+        f"failed: {locked / 'take.wav'}: cannot write the output: permission denied"
+    ], result.stderr
+    assert list(locked.iterdir()) == []
