@@ -52,6 +52,8 @@ MAX_INPUT_SIDE = 4096
 # in any value (0-1 scale). At
 # 1.25 to 2.5 it differed by up to 0.011 on average and 0.17 in one value.
 DECODE_MARGIN = 4
+# Output types accepted as logits. softmax computes in float64 whatever the type.
+LOGITS_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
 # Metadata value of ``test_time_augmentation`` for a graph that averages the logits
 # of each image and its left-right mirror image.
 FLIP_AVERAGE_METADATA = "horizontal flip, logits averaged"
@@ -102,8 +104,14 @@ class Preprocess:
                 f"invalid input size {list(self.size)}; expected [H, W] from 1 to "
                 f"{MAX_INPUT_SIDE}"
             )
-        if any(value <= 0 for value in self.std):
-            raise ModelError(f"invalid std {list(self.std)}; every value must be > 0")
+        if not all(math.isfinite(value) for value in self.mean):
+            raise ModelError(
+                f"invalid mean {list(self.mean)}; every value must be a finite number"
+            )
+        if not all(math.isfinite(value) and value > 0 for value in self.std):
+            raise ModelError(
+                f"invalid std {list(self.std)}; every value must be a finite number > 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,13 @@ def read_signature(
     if not outputs or len(outputs[0].shape) != 2:
         shapes = ", ".join(f"{node.name}{list(node.shape)}" for node in outputs)
         raise ModelError(f"{info.path}: outputs {shapes or 'none'}; {expected}")
+    logits = outputs[0]
+    if logits.type not in LOGITS_TYPES:
+        raise ModelError(
+            f"{info.path}: the model's output {logits.name!r} is of type "
+            f"{logits.type}; expected float logits of type tensor(float), "
+            "tensor(float16) or tensor(double)"
+        )
 
     batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
     classes = outputs[0].shape[1]
@@ -173,8 +188,26 @@ def sidecar_path(model_path: Path) -> Path:
 
 
 def read_sidecar(model_path: Path) -> dict[str, Any] | None:
-    """Read the model's JSON sidecar, or return None when it has none."""
+    """Read the model's JSON sidecar, or return None when it has none.
+
+    A sidecar path that exists but is not a readable file (a folder, a broken link, a
+    FIFO) raises ModelError, so that it is not mistaken for a missing sidecar.
+    """
     path = sidecar_path(model_path)
+    if path.is_dir():
+        raise ModelError(
+            f"{path}: the JSON sidecar is a folder; expected a JSON file with the "
+            "model's preprocessing"
+        )
+    if path.is_symlink() and not path.exists():
+        raise ModelError(
+            f"{path}: the JSON sidecar is a broken link to {path.readlink()}"
+        )
+    if path.exists() and not path.is_file():
+        raise ModelError(
+            f"{path}: the JSON sidecar is not a regular file; expected a JSON file "
+            "with the model's preprocessing"
+        )
     if not path.is_file():
         return None
     try:
@@ -197,16 +230,33 @@ def _json_value(source: str, key: str, value: Any) -> Any:
         raise ModelError(f"{source}: invalid {key} {value!r}: not JSON") from err
 
 
+def _as_written(value: Any) -> str:
+    """Return ``value`` as its source spells it: metadata text quoted, else JSON."""
+    return repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _is_number(value: Any) -> bool:
+    """Return whether a decoded JSON value is a number; true and false are not."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _float_triple(source: str, key: str, value: Any) -> tuple[float, float, float]:
     decoded = _json_value(source, key, value)
     if (
         not isinstance(decoded, list)
         or len(decoded) != 3
-        or not all(isinstance(v, int | float) for v in decoded)
+        or not all(_is_number(v) for v in decoded)
     ):
         raise ModelError(
-            f"{source}: invalid {key} {value!r}; expected a JSON list of 3 numbers "
-            "on the 0-1 scale"
+            f"{source}: invalid {key} {_as_written(value)}; expected a JSON list of 3 "
+            "numbers on the 0-1 scale"
+        )
+    # Python's json module reads NaN, Infinity and -Infinity. They would make every
+    # model input NaN or constant, and the per-file errors would blame the model.
+    if not all(math.isfinite(v) for v in decoded):
+        raise ModelError(
+            f"{source}: invalid {key} {_as_written(value)}; every value must be a "
+            "finite number"
         )
     return (float(decoded[0]), float(decoded[1]), float(decoded[2]))
 
@@ -224,10 +274,12 @@ def preprocess_from_mapping(source: str, values: dict[str, Any]) -> Preprocess:
     if (
         not isinstance(size, list)
         or len(size) != 2
-        or not all(isinstance(side, int) for side in size)
+        # bool is a subclass of int, so true and false need the exact type check.
+        or not all(type(side) is int for side in size)
     ):
         raise ModelError(
-            f"{source}: invalid input_size {values['input_size']!r}; expected [H, W]"
+            f"{source}: invalid input_size {_as_written(values['input_size'])}; "
+            "expected [H, W], two integers"
         )
     mean = _float_triple(source, "mean", values.get("mean", "[0, 0, 0]"))
     std = _float_triple(source, "std", values.get("std", "[1, 1, 1]"))
@@ -264,18 +316,24 @@ def preprocess_from_preset(
                 f"input {signature.name!r} has a dynamic height or width "
                 f"{list(signature.shape)}; give input_size in a JSON sidecar"
             )
-        return Preprocess((height, width), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "stretch")
+        try:
+            return Preprocess(
+                (height, width), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "stretch"
+            )
+        except ModelError as err:
+            raise ModelError(f"{source}: --preset unit: {err}") from err
     raise UsageError(f"invalid preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
 
 def read_labels_file(path: Path) -> list[str]:
     """Read class labels, one per line; blank lines may only end the file.
 
-    A blank line between labels raises UsageError, because the line number is the
-    class index: dropping it would shift every later label by one class.
+    The file is UTF-8, and a byte order mark at its start is dropped. A blank line
+    between labels raises UsageError, because the line number is the class index:
+    dropping it would shift every later label by one class.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError as err:
         raise UsageError(f"--labels {path}: file not found") from err
     except (OSError, UnicodeDecodeError) as err:
@@ -299,6 +357,11 @@ def _labels_from_value(source: str, value: Any) -> list[str]:
     if not isinstance(decoded, list) or not all(isinstance(v, str) for v in decoded):
         raise ModelError(f"{source}: invalid labels; expected a JSON list of strings")
     return list(decoded)
+
+
+def _labels_given(count: int) -> str:
+    """Return "1 label was given" or "3 labels were given"."""
+    return f"{count_noun(count, 'label')} {'was' if count == 1 else 'were'} given"
 
 
 def _check_size_fits(
@@ -496,8 +559,9 @@ class Classifier:
         classes = self.signature.num_classes
         if labels is not None and classes is not None and len(labels) != classes:
             raise ModelError(
-                f"{self.info.path}: the model has {classes} classes but "
-                f"{len(labels)} labels were given"
+                f"{self.info.path}: the model has "
+                f"{count_noun(classes, 'class', 'classes')} but "
+                f"{_labels_given(len(labels))}"
             )
         if labels is None:
             logger.warning(
@@ -541,9 +605,10 @@ class Classifier:
                     f"batch of {len(chunk)}; expected ({len(chunk)}, K) logits"
                 )
             if self.labels is not None and logits.shape[1] != len(self.labels):
+                returned = count_noun(logits.shape[1], "class", "classes")
                 raise ModelError(
-                    f"{self.info.path}: the model returned {logits.shape[1]} classes "
-                    f"but {len(self.labels)} labels were given"
+                    f"{self.info.path}: the model returned {returned} but "
+                    f"{_labels_given(len(self.labels))}"
                 )
             results.append(softmax(logits)[:count])
         return np.concatenate(results)
@@ -580,6 +645,26 @@ class Classifier:
         for top in results:
             check_finite_scores(top)
         return results
+
+
+# Characters that format_top_k_csv percent-encodes in labels: the two separators and
+# the escape character itself.
+_CSV_LABEL_ESCAPES = {"%": "%25", ";": "%3B", ":": "%3A"}
+
+
+def format_top_k_csv(top: Sequence[tuple[str, float]]) -> str:
+    """Write (label, probability) pairs as the CSV top_k field "cat:0.91;dog:0.08".
+
+    Pairs are separated by ";" and each label from its score by ":". In labels, "%",
+    ";" and ":" are written as "%25", "%3B" and "%3A", as in URL percent-encoding, so
+    a reader splits the field on ";", each pair on ":", and percent-decodes the label
+    (``urllib.parse.unquote`` in Python). Other labels are written unchanged.
+    """
+    pairs = []
+    for label, score in top:
+        escaped = "".join(_CSV_LABEL_ESCAPES.get(char, char) for char in label)
+        pairs.append(f"{escaped}:{score:.6f}")
+    return ";".join(pairs)
 
 
 def check_finite_scores(top: list[tuple[str, float]]) -> None:
