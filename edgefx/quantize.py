@@ -141,6 +141,14 @@ class Comparison:
         """Whether int8 is fit to be the CPU default, and the reason when it is not."""
         if self.ship_for_cpu:
             return "faster and within tolerance: fit to be the CPU default"
+        if self.metric == "top1_percent" and not self.fp32 > 0:
+            # Each test image's label is the name of its folder, so images in folders
+            # not named after the model's labels, as in a flat folder, score 0 %.
+            return (
+                "not measured: the fp32 model scored 0 % top-1 on the test data, so "
+                "its folder names are probably not the model's labels; give a folder "
+                "or zip with one subfolder per class, named as the model's labels"
+            )
         if self.int8_failed:
             reason = f"its output could not be scored on {self.int8_failed} test items"
         elif not self.within_tolerance:
@@ -152,8 +160,13 @@ class Comparison:
 
     @property
     def ship_for_cpu(self) -> bool:
-        """int8 is the CPU default only when it is faster and close enough."""
-        return self.within_tolerance and self.speedup >= MIN_SPEEDUP
+        """int8 is the CPU default only when it is faster and close enough.
+
+        A top-1 accuracy of 0 % for fp32 is taken as test data that could not be
+        scored, so it never makes int8 the default.
+        """
+        scored = self.metric != "top1_percent" or self.fp32 > 0
+        return scored and self.within_tolerance and self.speedup >= MIN_SPEEDUP
 
 
 # Tasks whose models are equalized unless asked otherwise. On the denoiser it cut the

@@ -672,3 +672,91 @@ def test_calibration_audio_skips_unreadable(samples_dir, tmp_path, caplog):
             path.unlink()
     with pytest.raises(UsageError, match="none of the chosen recordings"):
         calibration_audio(folder, 10, 1.0)
+
+
+def accuracy_comparison(fp32: float, int8: float):
+    from edgefx.quantize import Comparison
+
+    return Comparison(
+        metric="top1_percent",
+        fp32=fp32,
+        int8=int8,
+        count=2,
+        data="photos",
+        fp32_seconds=2.0,
+        int8_seconds=1.0,
+        unit="a batch of 8 images",
+    )
+
+
+@pytest.mark.parametrize("fp32", [0.0, float("nan")])
+def test_verdict_unscored_accuracy_not_measured(fp32):
+    comparison = accuracy_comparison(fp32, 0.0)
+
+    assert comparison.verdict.startswith("not measured: the fp32 model scored 0 %")
+    assert not comparison.ship_for_cpu
+
+
+def test_verdict_scored_accuracy_fit():
+    comparison = accuracy_comparison(88.0, 87.8)
+
+    assert comparison.ship_for_cpu
+    assert (
+        comparison.verdict == "faster and within tolerance: fit to be the CPU default"
+    )
+
+
+def build_classifier(path: Path) -> Path:
+    """Write a 3-class classifier: per-channel mean, then a MatMul to logits."""
+    weight = np.eye(3, dtype=np.float32) * 10.0
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
+            helper.make_node("MatMul", ["features", "weight"], ["logits"]),
+        ],
+        "small_classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(weight, "weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    metadata = {
+        "task": "classify",
+        "name": "small-classifier",
+        "input_size": "[32, 32]",
+        "labels": json.dumps(["red", "green", "blue"]),
+    }
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_quantize_flat_test_folder_not_fit(run_cli, samples_dir, tmp_path):
+    # Each test image's label is its folder's name, and "photos" is no class name.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut.png", "coffee.png"):
+        shutil.copyfile(samples_dir / "clean" / name, photos / name)
+    model = build_classifier(tmp_path / "small-classifier.onnx")
+
+    result = run_cli(
+        "quantize",
+        model,
+        "--calibrate",
+        photos,
+        "--samples",
+        "2",
+        "--test-data",
+        photos,
+        "-o",
+        tmp_path / "small-classifier-int8.onnx",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "fp32 0.00" in result.stderr
+    assert "not measured: the fp32 model scored 0 % top-1" in result.stderr
+    assert "fit to be the CPU default" not in result.stderr
