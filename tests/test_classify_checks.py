@@ -287,3 +287,30 @@ def test_top_k_csv_survives_csv_module() -> None:
     (row,) = csv.reader(io.StringIO(buffer.getvalue()))
 
     assert parse_top_k_csv(row[1]) == top
+
+
+def test_cli_csv_top_k_escapes_labels(red_image: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a:1;x\ngreen\nblue\n", encoding="utf-8")
+    model = write_classifier(tmp_path / "model.onnx")
+
+    result = run_edgefx(
+        "classify",
+        red_image,
+        "--model",
+        model,
+        "--preset",
+        "unit",
+        "--labels",
+        labels,
+        "--format",
+        "csv",
+        "--device",
+        "cpu",
+    )
+
+    assert result.returncode == 0, result.stderr
+    (row,) = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert row["label"] == "a:1;x"
+    top = parse_top_k_csv(row["top_k"])
+    assert [label for label, _ in top] == ["a:1;x", "green", "blue"]

@@ -241,7 +241,9 @@ def classify(
         typer.Option(
             "--format",
             help="table (on stdout), or csv / jsonl (on stdout or to --out). "
-            "Default: from the --out suffix (.csv, .jsonl, .json), else table.",
+            "Default: from the --out suffix (.csv, .jsonl, .json), else table. In csv, "
+            "top_k is label:score pairs joined by ';', with '%', ';' and ':' in labels "
+            "written as %25, %3B and %3A.",
             parser=choice_parser(ResultFormat),
             metavar=choice_metavar(ResultFormat),
         ),
@@ -406,12 +408,14 @@ def _write_classify_rows(
     import io
     import json
 
+    from edgefx.classify import format_top_k_csv
+
     buffer = io.StringIO()
     if result_format is ResultFormat.csv:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["file", "label", "score", "top_k"])
         for row in rows:
-            top = ";".join(f"{label}:{score:.6f}" for label, score in row.top_k)
+            top = format_top_k_csv(row.top_k)
             writer.writerow([str(row.file), row.label, f"{row.score:.6f}", top])
     else:
         # One encoder for all rows: json.dumps with options builds a new one per call.
