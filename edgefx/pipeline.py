@@ -427,10 +427,13 @@ def _log_throughput(summary: BatchSummary, jobs: int, unit: str) -> None:
     if not summary.done or summary.seconds <= 0:
         return
     done_units = sum(r.units for r in summary.results if r.status == "done")
+    # A batch of fewer files than --jobs cannot keep every worker busy, so the line
+    # names no more workers than files.
+    processed = sum(1 for r in summary.results if r.status != "skipped")
     logger.info(
         "%s (%s)",
         throughput_line(summary.done, done_units, unit, summary.seconds),
-        count_noun(jobs, "worker"),
+        count_noun(min(jobs, processed), "worker"),
     )
 
 
