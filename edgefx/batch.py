@@ -332,32 +332,26 @@ def plan_outputs(
     """Map inputs to output paths under ``out_dir``, mirroring their relative paths.
 
     ``suffix_for(source)`` returns the output suffix. Raises UsageError before any work
-    when an output would replace its input or when two inputs map to the same output.
+    when an output path is one of the inputs, whatever the overwrite setting, or when
+    two inputs map to the same output. An input at an output path may be the output
+    of an earlier run into the same folder (a.jpg -> a.png with --format png), but it
+    may as well be a file of the user's, so it is never replaced.
     """
-    planned = [
-        (entry, out_dir / entry.relative.with_suffix(suffix_for(entry.path)))
-        for entry in inputs
-    ]
-    # An input that another input writes to is an output of an earlier run in the
-    # same directory (a.jpg -> a.png with --format png); it is left out, not denoised
-    # again, and it does not count as an output that replaces its input.
-    written_by_other = {
-        _output_key(output)
-        for entry, output in planned
-        if _output_key(output) != entry.path.resolve()
-    }
-
+    folders: dict[Path, Path] = {}
+    inputs_by_path = {resolve_file(entry.path, folders): entry.path for entry in inputs}
+    inputs_by_file = _inputs_by_file(inputs) if isinstance(out_dir, Path) else {}
     items: list[BatchItem] = []
     owners: dict[OutputPath, Path] = {}
-    for entry, output in planned:
-        key = _output_key(output)
-        if entry.path.resolve() in written_by_other:
-            continue
-        if key == entry.path.resolve():
-            raise UsageError(
-                f"{entry.path}: the output would replace the input; "
-                "choose an --out directory outside the inputs"
+    for entry in inputs:
+        output = out_dir / entry.relative.with_suffix(suffix_for(entry.path))
+        key: OutputPath = output
+        if isinstance(output, Path):
+            key = output.resolve()
+            replaced = inputs_by_path.get(key) or _same_input_file(
+                output, inputs_by_file
             )
+            if replaced is not None:
+                raise UsageError(_replace_message(entry.path, output, replaced))
         if key in owners:
             raise UsageError(
                 f"{owners[key]} and {entry.path} would both be written to {output}; "
@@ -368,9 +362,51 @@ def plan_outputs(
     return items
 
 
-def _output_key(output: OutputPath) -> OutputPath:
-    """Return what identifies an output: its resolved path, or the object itself."""
-    return output if isinstance(output, ObjectPath) else output.resolve()
+FileId = tuple[int, int]  # (st_dev, st_ino)
+
+
+def _inputs_by_file(inputs: Sequence[InputFile]) -> dict[FileId, list[Path]]:
+    found: dict[FileId, list[Path]] = {}
+    for entry in inputs:
+        try:
+            status = entry.path.stat()
+        except OSError:
+            continue  # the reader reports this input, and no output can match it
+        found.setdefault((status.st_dev, status.st_ino), []).append(entry.path)
+    return found
+
+
+def _same_input_file(output: Path, inputs: dict[FileId, list[Path]]) -> Path | None:
+    """Return the input that ``output`` names by another path, else None.
+
+    Resolving links misses two cases: a case-insensitive file system (a.PNG and
+    a.png) and a bind mount. There the existing output is the input's own file in
+    the input's own folder. A hard link of an input has the same file but another
+    directory entry, which the atomic rename of an output replaces without touching
+    the input, so it counts only when the folders are the same as well.
+    """
+    try:
+        status = output.stat()
+        candidates = inputs.get((status.st_dev, status.st_ino), [])
+        if not candidates:
+            return None
+        folder = output.parent.stat()
+        for candidate in candidates:
+            parent = candidate.parent.stat()
+            if (parent.st_dev, parent.st_ino) == (folder.st_dev, folder.st_ino):
+                return candidate
+    except OSError:
+        return None  # no output file yet, or a folder that cannot be checked
+    return None
+
+
+def _replace_message(source: Path, output: Path, replaced: Path) -> str:
+    written = "the output" if output == replaced else f"the output {output}"
+    victim = "the input" if replaced == source else f"the input {replaced}"
+    return (
+        f"{source}: {written} would replace {victim}; "
+        "choose an --out directory outside the inputs"
+    )
 
 
 # A temporary output older than this was left by a process that was killed (SIGKILL,

@@ -458,18 +458,21 @@ def test_atomic_write_bad_data_no_temp(tmp_path: Path) -> None:
 # Regression cases from hostile-input testing
 
 
-def test_plan_drops_earlier_outputs(tmp_path: Path) -> None:
-    # --out equal to the input folder with --format png: on a rerun, b.png is the
-    # earlier output of b.jpg and must not count as an input that replaces itself.
+def test_plan_output_over_other_input(tmp_path: Path) -> None:
+    # --out equal to the input folder with --format png: b.png may be the output of
+    # an earlier run, or a photo of the user's, so the plan stops before any work.
     folder = tmp_path / "same"
     touch(folder / "b.jpg")
-    touch(folder / "b.png")
+    touch(folder / "b.png", b"original")
     found, _ = collect_inputs([str(folder)], IMAGE_SUFFIXES, exclude=folder)
 
-    items = plan_outputs(found, folder, lambda source: ".png")
+    with pytest.raises(UsageError) as caught:
+        plan_outputs(found, folder, lambda source: ".png")
 
-    assert [item.source.name for item in items] == ["b.jpg"]
-    assert items[0].output == folder / "b.png"
+    message = str(caught.value)
+    assert message.startswith(f"{folder / 'b.jpg'}: the output would replace ")
+    assert f"the input {folder / 'b.png'};" in message
+    assert (folder / "b.png").read_bytes() == b"original"
 
 
 def test_collect_skips_out_dir_argument(tmp_path: Path) -> None:
