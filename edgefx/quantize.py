@@ -685,6 +685,12 @@ def _run_quantize_static(
     # The histogram calibration prints its progress to stdout, which belongs to the
     # user's pipeline; it goes to the debug log instead.
     printed = io.StringIO()
+    # quantize_static advises pre-processing on the root logger whenever the graph lacks
+    # its pre-processing mark, which a user cannot act on: this module pre-processes
+    # every graph it can and warns itself when that fails.
+    advice = _DropMessage("Please consider pre-processing")
+    root = logging.getLogger()
+    root.addFilter(advice)
     try:
         with contextlib.redirect_stdout(printed):
             quantize_static(
@@ -703,8 +709,20 @@ def _run_quantize_static(
     except Exception as err:  # onnxruntime raises many types here
         raise ModelError(f"{info.path}: quantization failed: {err}") from err
     finally:
+        root.removeFilter(advice)
         for line in printed.getvalue().splitlines():
             logger.debug("onnxruntime: %s", line)
+
+
+class _DropMessage(logging.Filter):
+    """Logging filter that drops records whose message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _fine_tune(
