@@ -9,7 +9,7 @@ an object store (edgefx.objectstore), with the same rules.
 
 from __future__ import annotations
 
-import glob
+import errno
 import logging
 import os
 import time
@@ -26,7 +26,14 @@ from edgefx.errors import (
     OutputError,
     UsageError,
 )
-from edgefx.fsutil import TEMP_PREFIX, find_unwritable_folder
+from edgefx.fsutil import (
+    GLOB_CHARACTERS,
+    TEMP_PREFIX,
+    describe_read_error,
+    expand_pattern,
+    find_unwritable_folder,
+    list_folder,
+)
 from edgefx.objectstore import (
     ObjectPath,
     OutputPath,
@@ -38,8 +45,6 @@ from edgefx.objectstore import (
 from edgefx.text import count_noun, throughput_line
 
 logger = logging.getLogger(__name__)
-
-GLOB_CHARACTERS = set("*?[")
 
 
 @dataclass(frozen=True)
@@ -153,11 +158,13 @@ def collect_inputs(
     """List the input files named by files, directories and glob patterns.
 
     Returns the files found and a failed result for every named path that does not
-    exist, so that the batch reports them and goes on. Directories contribute the files
-    with a known suffix (top level only unless ``recursive``). Explicit files are taken
-    whatever their suffix, so that a wrong extension gets a clear error from the reader.
-    Files under ``exclude`` (the output directory) are left out, so that a rerun never
-    takes its own outputs as inputs.
+    exist or cannot be read, and for every folder that cannot be listed, so that the
+    batch reports them and goes on. Directories contribute the files with a known
+    suffix (top level only unless ``recursive``). Explicit files are taken whatever
+    their suffix, so that a wrong extension gets a clear error from the reader. Files
+    under ``exclude`` (the output directory) are left out, so that a rerun never takes
+    its own outputs as inputs. Recursive walks and ``**`` enter no linked folder
+    (fsutil.list_folder).
     """
     paths = path_list(paths)
     wanted = {s.lower() for s in suffixes}
@@ -166,43 +173,31 @@ def collect_inputs(
     missing: list[FileResult] = []
     for name in paths:
         path = Path(name).expanduser()
-        if path.is_dir() and len(paths) > 1 and excluded and _inside(path, excluded):
-            # A shell glob such as `photos/*` also names the output directory inside
-            # photos/ on a rerun; its files are earlier outputs, not inputs.
-            logger.debug("skipping the output directory %s among the inputs", path)
-            continue
-        if path.is_dir():
-            # An output directory inside this input directory contains earlier outputs,
-            # which must not come back as inputs. When both are the same directory,
-            # plan_outputs reports the clash instead.
-            skip = excluded if excluded and _strictly_inside(excluded, path) else None
-            pattern = "**/*" if recursive else "*"
-            for child in sorted(path.glob(pattern)):
-                if skip and _resolves_inside(child, skip):
-                    continue
-                if _is_candidate(child, wanted):
-                    found.append(InputFile(child, child.relative_to(path)))
-                elif _is_broken_candidate(child, wanted):
-                    missing.append(
-                        _failure(child, "not a regular file or a broken link")
-                    )
-        elif path.is_file():
-            found.append(InputFile(path, Path(path.name)))
-        elif path.exists():
-            missing.append(_failure(path, "not a regular file"))
-        elif GLOB_CHARACTERS & set(name):
-            matches = sorted(glob.glob(os.path.expanduser(name), recursive=True))
-            base = _glob_base(name)
-            skip = excluded if excluded and _strictly_inside(excluded, base) else None
-            for match in map(Path, matches):
-                if skip and _resolves_inside(match, skip):
-                    continue
-                if match.is_file() and not match.name.startswith(TEMP_PREFIX):
-                    found.append(InputFile(match, _relative_or_name(match, base)))
-            if not matches:
-                missing.append(_failure(path, "no file matches this pattern"))
-        else:
-            missing.append(_failure(path, "file not found"))
+        try:
+            if (
+                path.is_dir()
+                and len(paths) > 1
+                and excluded
+                and _inside(path, excluded)
+            ):
+                # A shell glob such as `photos/*` also names the output directory
+                # inside photos/ on a rerun; its files are earlier outputs, not inputs.
+                logger.debug("skipping the output directory %s among the inputs", path)
+                continue
+            if path.is_dir():
+                listed = _collect_folder(path, wanted, recursive, excluded)
+            elif path.is_file():
+                listed = [InputFile(path, Path(path.name))], []
+            elif path.exists():
+                listed = [], [_failure(path, "not a regular file")]
+            elif GLOB_CHARACTERS & set(name):
+                listed = _collect_pattern(name, wanted, excluded)
+            else:
+                listed = [], [_failure(path, "file not found")]
+        except OSError as err:  # such as a name too long for the file system
+            listed = [], [_failure(path, describe_read_error(err, path))]
+        found += listed[0]
+        missing += listed[1]
 
     unique: dict[Path, InputFile] = {}
     folders: dict[Path, Path] = {}
@@ -215,6 +210,68 @@ def collect_inputs(
                 first.path,
             )
     return list(unique.values()), missing
+
+
+Collected = tuple[list[InputFile], list[FileResult]]
+
+
+def _collect_folder(
+    folder: Path, wanted: set[str], recursive: bool, excluded: Path | None
+) -> Collected:
+    # An output directory inside this input directory contains earlier outputs,
+    # which must not come back as inputs. When both are the same directory,
+    # plan_outputs reports each output that would replace an input instead.
+    skip = excluded if excluded and _strictly_inside(excluded, folder) else None
+
+    def is_skipped(path: Path) -> bool:
+        return skip is not None and _resolves_inside(path, skip)
+
+    entries, unreadable = list_folder(folder, recursive, prune=is_skipped)
+    found: list[InputFile] = []
+    missing = [_unreadable_failure(path, reason) for path, reason in unreadable]
+    for child in sorted(entries):
+        if is_skipped(child):
+            continue
+        try:
+            if _is_candidate(child, wanted):
+                found.append(InputFile(child, child.relative_to(folder)))
+            elif _is_broken_candidate(child, wanted):
+                missing.append(_failure(child, "not a regular file or a broken link"))
+        except OSError as err:  # a folder that can be listed but not searched
+            missing.append(_failure(child, describe_read_error(err, child)))
+    return found, missing
+
+
+def _collect_pattern(
+    pattern: str, wanted: set[str], excluded: Path | None
+) -> Collected:
+    base = _glob_base(pattern)
+    skip = excluded if excluded and _strictly_inside(excluded, base) else None
+
+    def is_skipped(path: Path) -> bool:
+        return skip is not None and _resolves_inside(path, skip)
+
+    matches, unreadable = expand_pattern(os.path.expanduser(pattern), is_skipped)
+    found: list[InputFile] = []
+    missing = [_unreadable_failure(path, reason) for path, reason in unreadable]
+    for match in matches:
+        if is_skipped(match):
+            continue
+        try:
+            if match.is_file() and not match.name.startswith(TEMP_PREFIX):
+                found.append(InputFile(match, _relative_or_name(match, base)))
+            elif _is_broken_candidate(match, wanted):
+                missing.append(_failure(match, "not a regular file or a broken link"))
+        except OSError as err:
+            missing.append(_failure(match, describe_read_error(err, match)))
+    if not matches and not unreadable:
+        path = Path(os.path.expanduser(pattern))
+        missing.append(_failure(path, "no file matches this pattern"))
+    return found, missing
+
+
+def _unreadable_failure(folder: Path, reason: str) -> FileResult:
+    return _failure(folder, f"cannot list the files in this folder: {reason}")
 
 
 def resolve_file(path: Path, folders: dict[Path, Path]) -> Path:
@@ -294,16 +351,41 @@ def _failure(path: Path, reason: str) -> FileResult:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Raise UsageError when ``out_dir`` exists but is not a directory."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir} is a file; give a directory")
-    for parent in out_dir.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(
-                    f"--out {out_dir}: {parent} is a file, not a directory"
-                )
-            break
+    """Raise UsageError unless ``out_dir`` is a directory or can be created as one.
+
+    It rejects a file, a path under a file, a path through a broken symbolic link
+    (mkdir cannot create the folder that the link names) and a path too long for the
+    file system.
+    """
+    try:
+        for path in (out_dir, *out_dir.parents):
+            if path.exists():
+                if path.is_dir():
+                    return
+                if path == out_dir:
+                    raise UsageError(f"--out {out_dir} is a file; give a directory")
+                raise UsageError(f"--out {out_dir}: {path} is a file, not a directory")
+            if path.is_symlink():
+                where = "" if path == out_dir else f": {path}"
+                problem = _describe_broken_link(path)
+                raise UsageError(f"--out {out_dir}{where} {problem}")
+    except OSError as err:  # such as a name too long for the file system
+        reason = describe_read_error(err, out_dir)
+        raise UsageError(
+            f"--out {out_dir}: {reason}; choose another --out directory"
+        ) from err
+
+
+def _describe_broken_link(link: Path) -> str:
+    try:
+        link.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link in a loop; give another --out directory"
+    return (
+        f"is a symbolic link to {os.readlink(link)}, which does not exist; create "
+        "that directory or give another --out directory"
+    )
 
 
 def check_out_dir_writable(out_dir: Path) -> None:

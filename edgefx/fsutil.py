@@ -1,17 +1,21 @@
-"""Atomic file writes: a temporary file in the target's directory, then a rename.
+"""File system helpers: atomic writes, folder walks, glob patterns, error reasons.
 
-An output in an object store is uploaded in one piece instead (edgefx.objectstore).
+A local output is written to a temporary file in the target's directory and then
+renamed. An output in an object store is uploaded in one piece instead
+(edgefx.objectstore). The folder walk and the glob expansion enter no linked folder in
+recursive steps and report the folders they cannot list.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import os
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgefx.errors import OutputError, UsageError
@@ -20,6 +24,9 @@ from edgefx.objectstore import ObjectPath, write_object
 # Temporary files start with this prefix so that a resumed batch can tell them apart
 # from finished outputs and never mistakes a half-written file for a done one.
 TEMP_PREFIX = ".edgefx-tmp-"
+
+# The characters that make a path component a glob pattern, as glob.has_magic uses.
+GLOB_CHARACTERS = frozenset("*?[")
 
 
 def _read_umask() -> int:
@@ -84,14 +91,71 @@ def describe_os_error(err: OSError) -> str:
     return err.strerror or str(err)
 
 
+def describe_read_error(err: OSError, path: Path) -> str:
+    """Return a short reason why ``path``, an input file or folder, cannot be read."""
+    if err.errno == errno.ENAMETOOLONG:
+        return describe_long_path(path)
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if err.errno == errno.ELOOP:
+        return (
+            "too many levels of symbolic links (a link loop, or over 40 links in a row)"
+        )
+    if err.errno == errno.ENOENT:
+        return "file not found"
+    return err.strerror or str(err)
+
+
+def describe_long_path(path: Path) -> str:
+    """Return which length limit of the file system ``path`` exceeds (ENAMETOOLONG)."""
+    folder = nearest_existing_folder(path)
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    name_max = path_limit(folder, "PC_NAME_MAX", 255)
+    if longest > name_max:
+        return (
+            f"file name too long: a name in the path is {longest} bytes, and this file "
+            f"system allows {name_max} bytes per name"
+        )
+    length = len(os.fsencode(str(path)))
+    path_max = path_limit(folder, "PC_PATH_MAX", 4096)
+    if length >= path_max:
+        return (
+            f"file name too long: the path is {length} bytes, and this file system "
+            f"allows {path_max - 1}"
+        )
+    return "file name too long"
+
+
+def nearest_existing_folder(path: Path) -> Path:
+    """Return the absolute ``path`` or its nearest parent that exists.
+
+    A path that cannot be checked (too long, no search permission) counts as missing.
+    """
+    folder = path.absolute()
+    while not os.path.exists(folder) and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def path_limit(folder: Path, name: str, default: int) -> int:
+    """Return the pathconf value ``name`` of ``folder``, or ``default`` where unknown.
+
+    ``name`` is PC_NAME_MAX (bytes per file name) or PC_PATH_MAX (bytes per path,
+    including the terminating null byte).
+    """
+    try:
+        value = os.pathconf(folder, name)
+    except (OSError, ValueError, AttributeError):  # pathconf is missing on Windows
+        return default
+    return value if value > 0 else default
+
+
 def find_unwritable_folder(out_dir: Path) -> tuple[Path, str] | None:
     """Return the folder that refuses new files in ``out_dir`` and why, else None.
 
     While ``out_dir`` does not exist, its nearest existing parent is checked.
     """
-    folder = out_dir.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing_folder(out_dir)
     # NOTE: os.access can be wrong where the server maps user ids (NFS root squash) or
     # applies ACLs. A folder that passes it but rejects writes still fails file by file.
     if os.access(folder, os.W_OK | os.X_OK):
@@ -110,11 +174,14 @@ def check_output_file(path: Path, temporary_names: tuple[str, ...] = ()) -> None
     nearest existing parent) accepts new files, and that its name and the
     ``temporary_names`` written next to it fit the file system's name length limit.
     """
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as err:
+        reason = describe_read_error(err, path)
+        raise UsageError(f"--out {path}: {reason}; choose another --out file") from err
+    if is_dir:
         raise UsageError(f"--out {path} is a directory; give a file path")
-    folder = path.parent.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing_folder(path.parent)
     if not folder.is_dir():
         raise UsageError(f"--out {path}: {folder} is a file, not a directory")
     problem = find_unwritable_folder(path.parent)
@@ -124,10 +191,7 @@ def check_output_file(path: Path, temporary_names: tuple[str, ...] = ()) -> None
             f"--out {path}: cannot write the file in {where}: {reason}; "
             "choose another --out file"
         )
-    try:
-        name_max = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):  # pathconf is missing on Windows
-        name_max = 255
+    name_max = path_limit(folder, "PC_NAME_MAX", 255)
     longest = max(len(os.fsencode(name)) for name in (path.name, *temporary_names))
     if longest > name_max:
         raise UsageError(
@@ -157,3 +221,109 @@ def interrupts_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# A folder that could not be listed, and the reason from describe_read_error.
+UnreadableFolder = tuple[Path, str]
+
+
+def list_folder(
+    folder: Path, recursive: bool, prune: Callable[[Path], bool] | None = None
+) -> tuple[list[Path], list[UnreadableFolder]]:
+    """List the entries of ``folder``, and of all its subfolders when ``recursive``.
+
+    Returns the entries in no set order, and each folder that could not be listed
+    with the reason. A subfolder that is a symbolic link is listed as an entry but not
+    entered, as pathlib's ``**`` (before Python 3.13) and ``find`` without -L do, so a
+    link loop cannot repeat the walk. ``prune(path)`` returning True keeps the walk out
+    of that subfolder.
+    """
+    entries: list[Path] = []
+    unreadable: list[UnreadableFolder] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as scan:
+                children = list(scan)
+        except OSError as err:
+            unreadable.append((current, describe_read_error(err, current)))
+            continue
+        for child in children:
+            path = current / child.name
+            entries.append(path)
+            if recursive and _is_real_folder(child) and not (prune and prune(path)):
+                pending.append(path)
+    return entries, unreadable
+
+
+def expand_pattern(
+    pattern: str, prune: Callable[[Path], bool] | None = None
+) -> tuple[list[Path], list[UnreadableFolder]]:
+    """Return the paths that match a glob pattern, sorted, and the unreadable folders.
+
+    The rules are those of ``glob.glob(pattern, recursive=True)``: ``*``, ``?`` and
+    ``[...]`` match within one name, a name that starts with a dot matches only a
+    pattern that starts with one, and a ``**`` component matches zero or more
+    folders. Two rules differ. ``**`` enters no folder that is a symbolic link, as
+    list_folder, so a link loop (``loop -> ..``) is visited once and not 40 times
+    down to the ELOOP limit. A folder that a wildcard needs listed but that cannot
+    be read is returned with the reason, where glob skips it without a word.
+    ``prune(path)`` returning True keeps ``**`` out of that subfolder.
+    """
+    parts = Path(pattern).parts
+    matches: dict[Path, None] = {}
+    unreadable: dict[Path, str] = {}
+    seen: set[tuple[Path, int]] = set()
+    pending = [(Path(), 0)]
+    while pending:
+        folder, index = pending.pop()
+        if (folder, index) in seen:
+            continue  # `a/**/**/b` reaches the same folder at the same part twice
+        seen.add((folder, index))
+        if index == len(parts):
+            matches[folder] = None
+            continue
+        part = parts[index]
+        last = index == len(parts) - 1
+        if not GLOB_CHARACTERS & set(part):
+            path = folder / part
+            if os.path.lexists(path) if last else os.path.isdir(path):
+                pending.append((path, index + 1))
+            continue
+        try:
+            with os.scandir(folder) as scan:
+                children = [entry for entry in scan if _may_match(entry.name, part)]
+        except OSError as err:
+            unreadable[folder] = describe_read_error(err, folder)
+            continue
+        if part == "**":
+            pending.append((folder, index + 1))
+            for child in children:
+                path = folder / child.name
+                if last:
+                    matches[path] = None
+                if _is_real_folder(child) and not (prune and prune(path)):
+                    pending.append((path, index))
+            continue
+        for child in children:
+            if not fnmatch.fnmatch(child.name, part):
+                continue
+            path = folder / child.name
+            if last:
+                matches[path] = None
+            elif os.path.isdir(path):
+                pending.append((path, index + 1))
+    return sorted(matches, key=str), sorted(unreadable.items(), key=lambda u: str(u[0]))
+
+
+def _may_match(name: str, part: str) -> bool:
+    """Tell whether glob's rule for dot names lets ``part`` match ``name`` at all."""
+    return not name.startswith(".") or part.startswith(".")
+
+
+def _is_real_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False

@@ -17,6 +17,7 @@ previous object or the new one, never part of one.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -79,18 +80,26 @@ OutputPath = Path | ObjectPath
 def parse_output(value: str | os.PathLike[str] | ObjectPath) -> OutputPath:
     """Return an --out value as an ObjectPath when it is a URI, else as a Path.
 
-    A ``file://`` URI is a local path. A Path object stays local whatever its text.
+    Raises UsageError for an empty string, which Path would take as the current
+    directory, and for any URI scheme but s3://. A ``file://`` URI is rejected as
+    well, with the local path to give instead. A Path object stays local whatever its
+    text.
     """
     if isinstance(value, (ObjectPath, Path)):
         return value
     text = os.fspath(value)
+    if not text:
+        raise UsageError("--out is empty; give a path")
     if not URI_SCHEME.match(text):
-        return Path(text)
+        return _local_output(Path(text))
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
-    if scheme == "file":
-        return Path(unquote(parts.path))
     display_uri = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    if scheme == "file":
+        raise UsageError(
+            f"--out {display_uri}: file:// URIs are not accepted; give the local path "
+            f"{unquote(parts.path)}"
+        )
     if scheme not in SUPPORTED_SCHEMES:
         # TODO: gs:// and other pyarrow schemes need a bounded retry time first:
         # without credentials, pyarrow's GCS filesystem retried for 15 minutes in a
@@ -105,6 +114,22 @@ def parse_output(value: str | os.PathLike[str] | ObjectPath) -> OutputPath:
             f"--out {display_uri}: missing bucket name; use s3://BUCKET/PREFIX"
         )
     return ObjectPath(text)
+
+
+def _local_output(path: Path) -> Path:
+    """Return ``path``, or raise UsageError when it is too long for the file system.
+
+    Callers check the path next with Path.is_dir or Path.exists, which raise OSError
+    for a path that is too long (Python 3.11) instead of returning False.
+    """
+    try:
+        os.lstat(path)
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            from edgefx.fsutil import describe_long_path  # fsutil imports this module
+
+            raise UsageError(f"--out {path}: {describe_long_path(path)}") from err
+    return path
 
 
 def _import_pyarrow_fs() -> Any:

@@ -60,9 +60,19 @@ def statuses(summary: BatchSummary) -> dict[str, str]:
 def test_parse_output_kinds() -> None:
     assert parse_output("out/denoised") == Path("out/denoised")
     assert parse_output(Path("s3:/not-a-uri")) == Path("s3:/not-a-uri")
-    assert parse_output("file:///tmp/out%20dir") == Path("/tmp/out dir")
     uri = "s3://key:secret@bucket/prefix?endpoint_override=host:9000"
     assert parse_output(uri) == ObjectPath(uri)
+
+
+def test_parse_output_file_uri_rejected() -> None:
+    # Only s3:// is accepted; a file:// URI gets the local path to give instead.
+    with pytest.raises(UsageError) as caught:
+        parse_output("file:///tmp/out%20dir")
+
+    assert str(caught.value) == (
+        "--out file:///tmp/out%20dir: file:// URIs are not accepted; give the local "
+        "path /tmp/out dir"
+    )
 
 
 def test_object_path_hides_query() -> None:
