@@ -369,8 +369,8 @@ def test_prime_after_process_raises(enhancer: Enhancer) -> None:
 
 def test_unprimed_stream_differs_from_enhance(enhancer: Enhancer) -> None:
     # Without prime() the recurrent state starts at zero, so the output differs from
-    # Enhancer.enhance, which primes; the equality tests above would hide a prime()
-    # that did nothing.
+    # Enhancer.enhance, which primes. The equality tests above cannot see a prime()
+    # that does nothing, and this one can.
     audio = make_signal(8000, 1, 16000)
     whole = enhancer.enhance(audio, 16000)
 
