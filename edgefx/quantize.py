@@ -50,6 +50,9 @@ CALIBRATION_SECONDS = 2.0  # per enhancer calibration clip
 # Photos that --fine-tune reads, evenly spread over the calibration folder. They are
 # held in memory as float32 (0.8 GB for CBSD432's 432 photos of 321x481).
 FINE_TUNE_MAX_PHOTOS = 500
+# At about 0.4 to 0.8 s a step on a 2-core CPU, more steps than this would run for
+# days, which is a typo rather than a plan.
+MAX_FINE_TUNE_STEPS = 100_000
 ENHANCER_CHUNK_HOPS = 50  # hops per enhancer calibration input (0.5 s)
 # Repeated timings of one model on a shared CPU differ by a few percent, so int8 counts
 # as faster only from this ratio of fp32 time to int8 time.
@@ -94,9 +97,10 @@ class QuantizeOptions:
             raise UsageError(f"--samples must be 1 or more, got {self.samples}")
         if self.test_limit is not None and self.test_limit < 1:
             raise UsageError(f"--test-limit must be 1 or more, got {self.test_limit}")
-        if self.fine_tune_steps < 0:
+        if not 0 <= self.fine_tune_steps <= MAX_FINE_TUNE_STEPS:
             raise UsageError(
-                f"--fine-tune must be 0 or more steps, got {self.fine_tune_steps}"
+                f"--fine-tune must be 0 to {MAX_FINE_TUNE_STEPS} steps, got "
+                f"{self.fine_tune_steps}"
             )
         if self.percentile is not None and not 50.0 <= self.percentile <= 100.0:
             raise UsageError(

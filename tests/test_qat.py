@@ -210,6 +210,14 @@ def test_fine_tune_rejects_other_tasks(tmp_path: Path) -> None:
     assert not (tmp_path / "c.onnx").exists()
 
 
+def test_fine_tune_step_limit(tmp_path: Path) -> None:
+    from edgefx.errors import UsageError
+    from edgefx.quantize import MAX_FINE_TUNE_STEPS, QuantizeOptions
+
+    with pytest.raises(UsageError, match=f"0 to {MAX_FINE_TUNE_STEPS} steps"):
+        QuantizeOptions(calibration=tmp_path, fine_tune_steps=MAX_FINE_TUNE_STEPS + 1)
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [

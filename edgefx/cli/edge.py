@@ -138,9 +138,10 @@ def quantize(
             "spread) with the int8 "
             "model's rounding simulated, then quantize them on the same 8-bit grid. "
             "Turns bias correction off unless it is asked for. The shipped int8 "
-            "denoiser got 3000 steps (with --percentile 99.9), about 0.8 s each on "
-            "one CPU thread.",
+            "denoiser got 5000 steps (with --percentile 99.9), about 0.8 s each on "
+            "one CPU thread. At most 100000.",
             min=0,
+            max=100_000,
         ),
     ] = 0,
     equalize: Annotated[
