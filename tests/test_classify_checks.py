@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -58,6 +59,25 @@ def write_classifier(
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def classify_with_labels(
+    image: Path, model: Path, labels: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI on ``image`` with ``model``, the unit preset and ``labels``."""
+    return run_edgefx(
+        "classify",
+        image,
+        "--model",
+        model,
+        "--preset",
+        "unit",
+        "--labels",
+        labels,
+        *extra,
+        "--device",
+        "cpu",
+    )
 
 
 def write_solid(path: Path, rgb: tuple[int, int, int]) -> Path:
@@ -115,20 +135,7 @@ def test_float16_double_outputs_run(
     labels.write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     model = write_classifier(tmp_path / "model.onnx", output_type=output_type)
 
-    result = run_edgefx(
-        "classify",
-        red_image,
-        "--model",
-        model,
-        "--preset",
-        "unit",
-        "--labels",
-        labels,
-        "--format",
-        "jsonl",
-        "--device",
-        "cpu",
-    )
+    result = classify_with_labels(red_image, model, labels, "--format", "jsonl")
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["label"] == "red"
@@ -219,18 +226,7 @@ def test_label_count_message_grammar(
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("\n".join(labels) + "\n", encoding="utf-8")
 
-    result = run_edgefx(
-        "classify",
-        red_image,
-        "--model",
-        model,
-        "--preset",
-        "unit",
-        "--labels",
-        labels_file,
-        "--device",
-        "cpu",
-    )
+    result = classify_with_labels(red_image, model, labels_file)
 
     assert_load_error(result, counts)
 
@@ -241,20 +237,7 @@ def test_labels_byte_order_mark_dropped(red_image: Path, tmp_path: Path) -> None
     labels.write_bytes(b"\xef\xbb\xbf" + "\n".join(LABELS).encode("utf-8"))
 
     assert read_labels_file(labels) == LABELS
-    result = run_edgefx(
-        "classify",
-        red_image,
-        "--model",
-        model,
-        "--preset",
-        "unit",
-        "--labels",
-        labels,
-        "--format",
-        "jsonl",
-        "--device",
-        "cpu",
-    )
+    result = classify_with_labels(red_image, model, labels, "--format", "jsonl")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["label"] == "red"
 
@@ -294,20 +277,7 @@ def test_cli_csv_top_k_escapes_labels(red_image: Path, tmp_path: Path) -> None:
     labels.write_text("a:1;x\ngreen\nblue\n", encoding="utf-8")
     model = write_classifier(tmp_path / "model.onnx")
 
-    result = run_edgefx(
-        "classify",
-        red_image,
-        "--model",
-        model,
-        "--preset",
-        "unit",
-        "--labels",
-        labels,
-        "--format",
-        "csv",
-        "--device",
-        "cpu",
-    )
+    result = classify_with_labels(red_image, model, labels, "--format", "csv")
 
     assert result.returncode == 0, result.stderr
     (row,) = list(csv.DictReader(io.StringIO(result.stdout)))
