@@ -99,14 +99,14 @@ def split_folder(folder: Path, work: Path) -> tuple[Path, Path]:
     from edgefx.train.denoise import list_images, split_files
 
     parts = split_files(list_images(folder))
-    made = []
+    folders = []
     for part, files in zip(("train", "validation"), parts, strict=True):
         linked = work / f"{folder.name}-{part}"
         linked.mkdir()
         for file in files:
             (linked / file.name).symlink_to(file.resolve())
-        made.append(linked)
-    return made[0], made[1]
+        folders.append(linked)
+    return folders[0], folders[1]
 
 
 def score_held_out(fp32: Path, int8: Path, folder: Path) -> None:
@@ -116,26 +116,24 @@ def score_held_out(fp32: Path, int8: Path, folder: Path) -> None:
     from edgefx.runtime import RuntimeOptions
 
     photos = list(read_images(folder, None))
-    models = [Denoiser(str(m), RuntimeOptions(device="cpu")) for m in (fp32, int8)]
+    models = [
+        Denoiser(str(path), RuntimeOptions(device="cpu")) for path in (fp32, int8)
+    ]
+
+    def mean_psnr(model: Denoiser, sigma: float) -> float:
+        scores = []
+        for name, _, clean in photos:
+            noisy = add_noise(clean, sigma, name)
+            denoised, _ = model.denoise(noisy, DenoiseOptions(sigma=sigma))
+            scores.append(psnr(clean, denoised))
+        return float(np.mean(scores))
+
     print(f"  held out: {len(photos)} photos of {folder.name}, sigma given")
     for sigma in HOLD_OUT_SIGMAS:
-        scores = [
-            np.mean(
-                [
-                    psnr(
-                        clean,
-                        model.denoise(
-                            add_noise(clean, sigma, name), DenoiseOptions(sigma=sigma)
-                        )[0],
-                    )
-                    for name, _, clean in photos
-                ]
-            )
-            for model in models
-        ]
+        float32_psnr, int8_psnr = (mean_psnr(model, sigma) for model in models)
         print(
-            f"    sigma {sigma:g}: fp32 {scores[0]:.3f} dB, int8 {scores[1]:.3f} dB "
-            f"({scores[1] - scores[0]:+.3f})"
+            f"    sigma {sigma:g}: fp32 {float32_psnr:.3f} dB, int8 {int8_psnr:.3f} dB "
+            f"({int8_psnr - float32_psnr:+.3f})"
         )
 
 
@@ -147,13 +145,13 @@ def main() -> int:
     parser.add_argument("--test-limit", type=int, help="test images or utterances")
     parser.add_argument("--samples", type=int, default=64, help="calibration inputs")
     parser.add_argument(
-        "--threads", type=int, default=0, help="CPU threads; 0: the libraries' default"
+        "--threads", type=int, default=0, help="CPU threads (0: the libraries' default)"
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="measure only; leave models/ as it is"
     )
     args = parser.parse_args()
-    # Calibration and fine-tuning take minutes to hours; their progress is logged.
+    # Calibration and fine-tuning take minutes to hours, so their progress is logged.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     entries = {e.name: e for e in load_manifest(MODELS)}
