@@ -585,7 +585,7 @@ def train_run(
         "train", "enhance",
         "--speech", speech, "--noise", noise, "--work-dir", work_dir,
         "--steps", "2", "--batch-size", "2", "--seconds", "0.5", "--hidden", "8",
-        "--threads", "1", "--export", export,
+        "--threads", "1", "--random-eq", "0.5", "--export", export,
     )  # fmt: skip
     return result, work_dir, export
 
@@ -605,6 +605,14 @@ def test_train_cli_uses_every_file(train_run) -> None:
     assert "2 training and 1 validation speech files" in result.stderr
     # With two noise files, one is held out to score the model on unheard noise.
     assert "1 training and 1 validation noise files" in result.stderr
+
+
+def test_train_cli_passes_random_eq(train_run) -> None:
+    _, work_dir, _ = train_run
+
+    options = json.loads((work_dir / "options.json").read_text())
+
+    assert options["equalize"] == 0.5
 
 
 def test_train_cli_export_metadata(train_run) -> None:

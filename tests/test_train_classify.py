@@ -385,3 +385,48 @@ def test_onnx_teacher_exit_2(trained, tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "an ONNX file; give the best.pt training checkpoint" in result.stderr
+
+
+def test_convnet_trains_exports_and_teaches(trained, tmp_path: Path) -> None:
+    data, _, _ = trained
+    teacher = tmp_path / "teacher"
+    common = ("--data", data, "--batch-size", "8", "--size", "16", "--threads", "1")
+
+    trained_teacher = run_edgefx(
+        "train", "classify", *common, "--work-dir", teacher, "--epochs", "2",
+        "--arch", "convnet", "--width", "4", "--export", teacher / "conv.onnx",
+    )  # fmt: skip
+    assert trained_teacher.returncode == 0, trained_teacher.stderr
+    classified = run_edgefx(
+        "classify", data / "blue" / "03.png", "--model", teacher / "conv.onnx",
+        "--format", "jsonl",
+    )  # fmt: skip
+    assert classified.returncode == 0, classified.stderr
+    assert json.loads(classified.stdout)["label"] in ("red", "blue")
+    state = torch.load(teacher / "best.pt", weights_only=True)
+    assert state["config"]["arch"] == "convnet"
+    # A 3x3 stem of 24 channels, then widths 4, 16 and 16, and the linear head.
+    convolutions = 3 * 24 + 24 * 4 + 4 * 4 + 4 * 16 + 16 * 16 + 16 * 16 + 16 * 16
+    metadata = read_metadata(teacher / "conv.onnx")
+    batch_norm = 2 * (24 + 4 + 4 + 16 + 16 + 16 + 16)
+    assert int(metadata["parameters"]) == 9 * convolutions + batch_norm + 16 * 2 + 2
+
+    student = run_edgefx(
+        "train", "classify", *common, "--work-dir", tmp_path / "student",
+        "--epochs", "1", "--width", "4", "--blocks", "1",
+        "--teacher", teacher / "best.pt",
+    )  # fmt: skip
+    assert student.returncode == 0, student.stderr
+    assert "distilling from 1 teacher(s)" in student.stderr
+
+
+def test_unknown_arch_exit_2(trained, tmp_path: Path) -> None:
+    data, _, _ = trained
+
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--work-dir", tmp_path / "work",
+        "--epochs", "1", "--arch", "transformer",
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "unknown --arch 'transformer'; choose resnet or convnet" in result.stderr

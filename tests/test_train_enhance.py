@@ -34,6 +34,7 @@ from edgefx.train.enhance import (  # noqa: E402
     load_enhancer_weights,
     load_recordings,
     low_pass,
+    random_equalizer,
     si_sdr,
     si_sdr_loss,
     split_recordings,
@@ -463,6 +464,50 @@ def test_colored_noise_is_shaped() -> None:
         low_to_high.append(power[100:1000].mean() / power[5000:8000].mean())
     # White noise has a ratio near 1; random slopes and bumps spread it widely.
     assert max(low_to_high) / min(low_to_high) > 10
+
+
+def equalizer_response(decibels: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the frequencies and the gain in dB of one random equalizer draw."""
+    impulse = np.zeros(4096, np.float32)
+    impulse[0] = 1.0
+    out = random_equalizer(impulse, np.random.default_rng(seed), decibels)
+    gain = 20 * np.log10(np.abs(np.fft.rfft(out.astype(np.float64))) + 1e-12)
+    return np.fft.rfftfreq(len(impulse), 1 / SAMPLE_RATE), gain
+
+
+def test_random_equalizer_stays_in_its_bounds() -> None:
+    responses = [equalizer_response(12.0, seed)[1] for seed in range(40)]
+
+    for gain in responses:
+        # Three bands of at most 12 dB each, plus a low cut of at most 30 dB.
+        assert gain.max() <= 36.0 + 0.1
+        assert gain.min() >= -66.0 - 0.1
+    spread = np.ptp(np.stack(responses), axis=0)
+    assert np.median(spread) > 6.0  # the draws differ: no fixed response
+
+
+def test_random_equalizer_low_cut_only_cuts_lows() -> None:
+    cut = 0
+    for seed in range(20):
+        frequencies, gain = equalizer_response(0.0, seed)
+        # Without bands only the low cut is left: nothing above 400 Hz changes.
+        assert np.allclose(gain[frequencies > 400], 0.0, atol=1e-3)
+        assert gain.max() <= 1e-3
+        cut += bool(gain[frequencies < 50].max() < -10)
+    assert 4 <= cut <= 16  # about half of the draws
+
+
+def test_draw_mixtures_random_eq_changes_both_sources(loaded) -> None:
+    speech, noise = loaded
+
+    plain = draw_mixtures(speech, noise, 8, 8000, np.random.default_rng(3))
+    shaped = draw_mixtures(
+        speech, noise, 8, 8000, np.random.default_rng(3), equalize=1.0
+    )
+
+    assert not np.allclose(shaped[1], plain[1])  # the clean target is equalized too
+    assert not np.allclose(shaped[0], plain[0])
+    assert np.max(np.abs(shaped[0])) <= 0.99 + 1e-6
 
 
 def test_babble_mixes_several_talkers(loaded) -> None:

@@ -264,11 +264,27 @@ def train_classify(
     size: Annotated[
         int, typer.Option(help="Input side in pixels; images are resized to it.", min=8)
     ] = 32,
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="Network: resnet (CIFAR ResNet; the shipped model is ResNet-20) or "
+            "convnet (a wide, shallow plain network that learns fast; width 64 "
+            "makes a 2 M-parameter teacher for --teacher)."
+        ),
+    ] = "resnet",
     width: Annotated[
-        int, typer.Option(help="Channels of the first stage (ResNet-20: 16).", min=4)
+        int,
+        typer.Option(
+            help="Channels of the first stage (ResNet-20: 16); a convnet's later "
+            "stages have four times as many.",
+            min=4,
+        ),
     ] = 16,
     blocks: Annotated[
-        int, typer.Option(help="Residual blocks per stage (ResNet-20: 3).", min=1)
+        int,
+        typer.Option(
+            help="Residual blocks per stage (ResNet-20: 3); resnet only.", min=1
+        ),
     ] = 3,
     learning_rate: Annotated[
         float, typer.Option(help="Peak SGD learning rate.", parser=number())
@@ -339,7 +355,7 @@ def train_classify(
         ),
     ] = 4.0,
 ) -> None:
-    """Train the image classifier (a CIFAR-style ResNet) on labelled images."""
+    """Train the image classifier (a CIFAR ResNet or convnet) on labelled images."""
     with handle_errors(CHECKPOINT_HINT):
         _require_torch()
         from edgefx.errors import UsageError
@@ -359,6 +375,7 @@ def train_classify(
             epochs=epochs,
             batch_size=batch_size,
             size=size,
+            arch=arch,
             width=width,
             blocks=blocks,
             learning_rate=learning_rate,
@@ -491,6 +508,16 @@ def train_enhance(
             parser=number(0.0, 0.8),
         ),
     ] = 0.0,
+    random_eq: Annotated[
+        float,
+        typer.Option(
+            help="Share of the speech stretches, and apart from them of the "
+            "backgrounds, heard through a random equalizer: one to three bands of "
+            "up to 6 dB (speech) or 12 dB (noise) and, half of the time, a low cut, "
+            "so that a few recordings stand for many rooms and microphones.",
+            parser=number(0.0, 1.0),
+        ),
+    ] = 0.0,
     noise_validation_fraction: Annotated[
         float,
         typer.Option(
@@ -567,6 +594,7 @@ def train_enhance(
             variation=variation,
             band_limited=band_limited,
             synthetic=synthetic_share,
+            equalize=random_eq,
             noise_validation_fraction=noise_validation_fraction,
             si_sdr_weight=si_sdr_weight,
             stoi_weight=stoi_weight,

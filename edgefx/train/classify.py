@@ -1,4 +1,4 @@
-"""Training recipe for the image classifier: CIFAR-style ResNet, resumable.
+"""Training recipe for the image classifier: CIFAR-style ResNet or convnet, resumable.
 
 Run through ``edgefx train classify``. The data is a zip file or a folder laid out as
 ``[SPLIT/]CLASS/IMAGE``: the class is the name of each image's parent folder, so the
@@ -23,7 +23,7 @@ from torch import nn
 from edgefx.classify import FLIP_AVERAGE_METADATA, SHIFT_FLIP_AVERAGE_METADATA
 from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint
-from edgefx.train.nets import CifarResNet, average_views
+from edgefx.train.nets import CLASSIFIER_ARCHITECTURES, average_views, build_classifier
 from edgefx.train.precision import use_bfloat16
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class ClassifyTrainOptions:
     epochs: int = 30
     batch_size: int = 128
     size: int = 32
+    arch: str = "resnet"
     width: int = 16
     blocks: int = 3
     learning_rate: float = 0.1
@@ -211,7 +212,7 @@ def evaluate(
     return 100.0 * correct / max(1, len(data.labels))
 
 
-def load_teachers(paths: tuple[Path, ...], config: dict) -> list[CifarResNet]:
+def load_teachers(paths: tuple[Path, ...], config: dict) -> list[nn.Module]:
     """Load teacher checkpoints, which must share the student's classes and input."""
     teachers = []
     for path in paths:
@@ -224,7 +225,7 @@ def load_teachers(paths: tuple[Path, ...], config: dict) -> list[CifarResNet]:
         theirs = state.get("config")
         if (
             not isinstance(theirs, dict)
-            or not {"classes", "width", "blocks"} <= theirs.keys()
+            or not {"classes", "width"} <= theirs.keys()
             or "model" not in state
         ):
             raise ValueError(
@@ -285,7 +286,19 @@ def train(options: ClassifyTrainOptions) -> Path:
     checkpoint_path = options.work_dir / "checkpoint.pt"
     log_path = options.work_dir / "log.jsonl"
 
-    model = CifarResNet(len(data.classes), options.width, options.blocks)
+    if options.arch not in CLASSIFIER_ARCHITECTURES:
+        raise ValueError(
+            f"unknown --arch {options.arch!r}; choose "
+            + " or ".join(CLASSIFIER_ARCHITECTURES)
+        )
+    config: dict = {"classes": data.classes, "width": options.width}
+    if options.arch == "resnet":
+        # Kept without an arch key, so runs started before convnets still resume.
+        config["blocks"] = options.blocks
+    else:
+        config["arch"] = options.arch
+    config.update({"size": options.size, "mean": mean, "std": std})
+    model = build_classifier(config)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -302,14 +315,6 @@ def train(options: ClassifyTrainOptions) -> Path:
     total_steps = options.epochs * steps_per_epoch
     step = 0
     best_accuracy = -1.0
-    config = {
-        "classes": data.classes,
-        "width": options.width,
-        "blocks": options.blocks,
-        "size": options.size,
-        "mean": mean,
-        "std": std,
-    }
     # Not part of the config, which must match on resume: a run may change teachers.
     teacher_names = [str(path) for path in options.teachers]
     distillation = {
@@ -426,16 +431,15 @@ def train(options: ClassifyTrainOptions) -> Path:
     return options.work_dir / "best.pt"
 
 
-def load_classifier_checkpoint(path: Path) -> tuple[CifarResNet, dict]:
+def load_classifier_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     """Build the network from a checkpoint (loaded without pickle code)."""
     state = load_checkpoint(path)
     return classifier_from_checkpoint(state), state
 
 
-def classifier_from_checkpoint(state: dict) -> CifarResNet:
+def classifier_from_checkpoint(state: dict) -> nn.Module:
     """Build the network, in eval mode, from a loaded checkpoint."""
-    config = state["config"]
-    model = CifarResNet(len(config["classes"]), config["width"], config["blocks"])
+    model = build_classifier(state["config"])
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -127,6 +127,66 @@ class CifarResNet(nn.Module):
         return self.head(features.mean(dim=(2, 3)))  # (N, classes) logits
 
 
+class CifarConvNet(nn.Module):
+    """Wide, shallow plain network for small images, fast to train on a CPU.
+
+    A 3x3 stem with 24 channels, then three stages of two 3x3 convolutions with a
+    2x2 max pooling after the first, batch normalization and GELU, widths ``width``,
+    ``4 * width`` and ``4 * width``; the head is a global max pooling and a linear
+    layer. Its few wide layers suit the matrix units of current CPUs, so ``width`` 64
+    (2 M parameters) trains about as fast per image as ResNet-20 and learns more in
+    far fewer epochs, which makes it a teacher for distilling into ResNet-20.
+    """
+
+    def __init__(self, classes: int = 10, width: int = 64) -> None:
+        super().__init__()
+        self.classes = classes
+        self.width = width
+        stem = 24
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, stem, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.GELU(),
+        ]
+        in_channels = stem
+        for channels in (width, 4 * width, 4 * width):
+            layers += [
+                nn.Conv2d(in_channels, channels, 3, 1, 1, bias=False),
+                nn.MaxPool2d(2),
+                nn.BatchNorm2d(channels),
+                nn.GELU(),
+                nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.GELU(),
+            ]
+            in_channels = channels
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(in_channels, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # image: (N, 3, H, W) float32, normalized with the model's mean and std.
+        features = self.features(image).amax(dim=(2, 3))
+        return self.head(features)  # (N, classes) logits
+
+
+# Classifier families of edgefx train classify, by their --arch name.
+CLASSIFIER_ARCHITECTURES = ("resnet", "convnet")
+
+
+def build_classifier(config: dict) -> nn.Module:
+    """Return the untrained classifier that a checkpoint's network config describes.
+
+    Checkpoints from before the convnet family have no ``arch`` key: ResNets.
+    """
+    classes = len(config["classes"])
+    arch = config.get("arch", "resnet")
+    if arch == "resnet":
+        return CifarResNet(classes, config["width"], config["blocks"])
+    if arch == "convnet":
+        return CifarConvNet(classes, config["width"])
+    raise ValueError(f"unknown classifier architecture {arch!r}")
+
+
 class FlipAveraged(nn.Module):
     """Average a classifier's logits over the image and its left-right mirror image.
 
