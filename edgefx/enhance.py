@@ -512,14 +512,36 @@ class EnhanceTask:
             ) as writer,
             write_behind(partial(_write_ready, writer)) as write,
         ):
+            warned = False
             for block in read_ahead(blocks):
                 if not stream.frames_in:
                     # Blocks are longer than the priming lead, so the first one is
                     # enough to prime on.
                     stream.prime(block[:prime_frames])
+                if not warned:
+                    warned = _warn_above_full_scale(item.source, block)
                 write(stream.process(block))
             write(stream.flush())
         return info.duration
+
+
+def _warn_above_full_scale(source: Path, block: np.ndarray) -> bool:
+    """Warn, and return True, when float samples in ``block`` pass full scale.
+
+    Only float formats can store such samples. The output cannot keep them in every
+    format, so the peak limiter turns the loud parts down instead.
+    """
+    peak = float(np.max(np.abs(block))) if block.size else 0.0
+    if peak <= 1.0:
+        return False
+    logger.warning(
+        "%s: float samples reach %.2f times full scale (%+.1f dBFS); the output's "
+        "peaks are turned down to full scale",
+        source,
+        peak,
+        20 * np.log10(peak),
+    )
+    return True
 
 
 def enhance_files(

@@ -406,6 +406,25 @@ def test_flac_named_m4a_written_as_flac(
     assert "(.flac)" in warnings[0]
 
 
+def test_float_above_full_scale_warns_once(
+    run_cli, model: Path, noisy_speech: np.ndarray, tmp_path: Path
+) -> None:
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, noisy_speech / np.max(np.abs(noisy_speech)) * 4.0, 16000, "FLOAT")
+    sf.write(tmp_path / "fine.wav", noisy_speech, 16000, subtype="FLOAT")
+    out = tmp_path / "out"
+
+    result = enhance(run_cli, tmp_path, "--out", out, "--model", model)
+
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "full scale" in line]
+    assert warnings == [
+        f"warning: {loud}: float samples reach 4.00 times full scale (+12.0 dBFS); "
+        "the output's peaks are turned down to full scale"
+    ]
+    assert np.max(np.abs(sf.read(out / "loud.wav")[0])) <= 1.0
+
+
 def dbfs(samples: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(np.square(samples, dtype=np.float64))))
 
