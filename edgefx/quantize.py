@@ -141,11 +141,16 @@ class Comparison:
         return self.int8_failed == 0 and self.delta >= -self.tolerance
 
     @property
+    def scored(self) -> bool:
+        """False when the test data could not be scored (see ``verdict``)."""
+        return self.metric != "top1_percent" or self.fp32 > 0
+
+    @property
     def verdict(self) -> str:
         """Whether int8 is fit to be the CPU default, and the reason when it is not."""
         if self.ship_for_cpu:
             return "faster and within tolerance: fit to be the CPU default"
-        if self.metric == "top1_percent" and not self.fp32 > 0:
+        if not self.scored:
             # Each test image's label is the name of its folder, so images in folders
             # not named after the model's labels, as in a flat folder, score 0 %.
             return (
@@ -169,8 +174,7 @@ class Comparison:
         A top-1 accuracy of 0 % for fp32 is taken as test data that could not be
         scored, so it never makes int8 the default.
         """
-        scored = self.metric != "top1_percent" or self.fp32 > 0
-        return scored and self.within_tolerance and self.speedup >= MIN_SPEEDUP
+        return self.scored and self.within_tolerance and self.speedup >= MIN_SPEEDUP
 
 
 # Tasks whose models are equalized unless asked otherwise. On the denoiser it cut the
@@ -417,10 +421,12 @@ def describe(comparison: Comparison) -> str:
             f" (int8 on {comparison.int8_count}: its output could not be scored on "
             f"{comparison.int8_failed})"
         )
+    speed = f"{comparison.speedup:.2f}x fp32 speed on the CPU it was measured on"
+    if not comparison.scored:
+        return f"top-1 accuracy not measured on {items}, {speed}"
     return (
         f"int8 {comparison.int8:.2f} {label} ({comparison.delta:+.2f} vs fp32 "
-        f"{comparison.fp32:.2f}) on {items}, "
-        f"{comparison.speedup:.2f}x fp32 speed on the CPU it was measured on"
+        f"{comparison.fp32:.2f}) on {items}, {speed}"
     )
 
 

@@ -691,10 +691,15 @@ def accuracy_comparison(fp32: float, int8: float):
 
 @pytest.mark.parametrize("fp32", [0.0, float("nan")])
 def test_verdict_unscored_accuracy_not_measured(fp32):
+    from edgefx.quantize import describe
+
     comparison = accuracy_comparison(fp32, 0.0)
 
     assert comparison.verdict.startswith("not measured: the fp32 model scored 0 %")
     assert not comparison.ship_for_cpu
+    assert describe(comparison).startswith(
+        "top-1 accuracy not measured on 2 test items, 2.00x fp32 speed"
+    )
 
 
 def test_verdict_scored_accuracy_fit():
@@ -757,6 +762,7 @@ def test_quantize_flat_test_folder_not_fit(run_cli, samples_dir, tmp_path):
     )
 
     assert result.returncode == 0, result.stderr
-    assert "fp32 0.00" in result.stderr
+    assert "top-1 accuracy not measured on 2 test items, " in result.stderr
+    assert "0.00" not in result.stderr  # no score of a test it could not score
     assert "not measured: the fp32 model scored 0 % top-1" in result.stderr
     assert "fit to be the CPU default" not in result.stderr
