@@ -13,14 +13,13 @@ import contextlib
 import io
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgefx.errors import ModelError, OutputError, UsageError
 from edgefx.external_data import check_external_data
-from edgefx.fsutil import check_output_file
+from edgefx.fsutil import check_output_file, work_folder
 from edgefx.registry import ModelInfo, resolve_any_model
 
 logger = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ def export_ort(model: str, output: Path) -> ExportResult:
         raise UsageError(f"--out {output}: an ORT-format file must end in .ort")
     locations = _check_external_files(info)
     _check_output(info, output)
-    with tempfile.TemporaryDirectory(prefix="edgefx-export-") as work:
+    with work_folder("edgefx-export-") as work:
         Path(work, "in").mkdir()
         source = _copy_model(info, locations, Path(work, "in"))
         converted = Path(work, "out")
@@ -197,7 +196,7 @@ def export_fp16(model: str, output: Path) -> ExportResult:
     del converted.metadata_props[:]
     for key, value in sorted(values.items()):
         converted.metadata_props.add(key=key, value=value)
-    with tempfile.TemporaryDirectory(prefix="edgefx-export-") as work:
+    with work_folder("edgefx-export-") as work:
         written = Path(work, output.name)
         onnx.save(converted, str(written))
         _move_into_place(written, output)

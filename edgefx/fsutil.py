@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fnmatch
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -327,3 +328,55 @@ def _is_real_folder(entry: os.DirEntry[str]) -> bool:
         return entry.is_dir(follow_symlinks=False)
     except OSError:
         return False
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or a platform without signal 0
+        return True
+    return True
+
+
+def remove_dead_work_folders(prefix: str) -> int:
+    """Delete the ``prefix``PID-* work folders of processes that no longer run.
+
+    A killed process (SIGKILL, a power cut) cannot remove its temporary folder, and
+    a quantization's copies of a model can take hundreds of megabytes. Only this
+    user's folders whose process is gone are removed; the count is returned.
+    """
+    removed = 0
+    root = Path(tempfile.gettempdir())
+    try:
+        candidates = list(root.glob(f"{prefix}*-*"))
+    except OSError:
+        return 0
+    for folder in candidates:
+        pid_text = folder.name[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            if folder.stat().st_uid != os.getuid() or _process_exists(int(pid_text)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += not folder.exists()
+    return removed
+
+
+@contextlib.contextmanager
+def work_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder named after this process, removed on the way out.
+
+    Folders that earlier, killed processes left under the same prefix are removed
+    first, which a plain TemporaryDirectory cannot do: its name says nothing about
+    whether its owner still runs.
+    """
+    remove_dead_work_folders(prefix)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as work:
+        yield Path(work)

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgefx.errors import ModelError, OutputError, UsageError
-from edgefx.fsutil import check_output_file
+from edgefx.fsutil import check_output_file, work_folder
 from edgefx.quality import (
     ENHANCE_TEST_SNRS,
     MAX_CALIBRATION_SIGMA,
@@ -582,7 +581,7 @@ def quantize_model(
         bias_correction = (
             info.task in BIAS_CORRECTION_BY_DEFAULT and not options.fine_tune_steps
         )
-    with tempfile.TemporaryDirectory(prefix="edgefx-quantize-") as work:
+    with work_folder("edgefx-quantize-") as work:
         source = info.path
         equalized = None
         if equalize:

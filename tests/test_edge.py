@@ -4,6 +4,7 @@ the lean install: what a plain ``pip install edgefx`` imports and requires."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -766,3 +767,36 @@ def test_quantize_flat_test_folder_not_fit(run_cli, samples_dir, tmp_path):
     assert "0.00" not in result.stderr  # no score of a test it could not score
     assert "not measured: the fp32 model scored 0 % top-1" in result.stderr
     assert "fit to be the CPU default" not in result.stderr
+
+
+def test_quantize_removes_work_folders_of_killed_runs(run_cli, samples_dir, tmp_path):
+    # A quantize killed with SIGKILL cannot remove its work folder; the next one does.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(finished.stdout)
+    dead = temp / f"edgefx-quantize-{dead_pid}-x1"
+    (dead / "nested").mkdir(parents=True)
+    (dead / "nested" / "prepared.onnx").write_bytes(b"left behind")
+    alive = temp / f"edgefx-quantize-{os.getpid()}-x2"  # this test process runs
+    alive.mkdir()
+    other = temp / f"edgefx-export-{dead_pid}-x3"  # another command's prefix
+    other.mkdir()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copyfile(samples_dir / "clean" / "astronaut.png", photos / "a.png")
+    model = build_classifier(tmp_path / "small-classifier.onnx")
+
+    result = run_cli(
+        "quantize", model, "--calibrate", photos, "--samples", "1",
+        "-o", tmp_path / "small-classifier-int8.onnx",
+        env={"TMPDIR": str(temp)},
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert not dead.exists()
+    assert alive.is_dir()
+    assert other.is_dir()
+    # The run's own work folder is gone too.
+    assert sorted(p.name for p in temp.glob("edgefx-*")) == [other.name, alive.name]
