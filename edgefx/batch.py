@@ -392,8 +392,9 @@ def check_out_dir_writable(out_dir: Path) -> None:
     """Raise UsageError when files cannot be created in ``out_dir``.
 
     While ``out_dir`` does not exist, its nearest existing parent is checked, because
-    the batch creates ``out_dir`` there. A read-only file system and missing write
-    permission are found this way; a full disk is not, because it may fill only later.
+    the batch creates ``out_dir`` there. A read-only file system, missing write
+    permission, a pseudo file system such as /sys and a disk already full are found
+    this way; a disk that fills during the batch fails the files from then on.
     """
     problem = find_unwritable_folder(out_dir)
     if problem is None:

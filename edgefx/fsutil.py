@@ -157,15 +157,26 @@ def find_unwritable_folder(out_dir: Path) -> tuple[Path, str] | None:
     While ``out_dir`` does not exist, its nearest existing parent is checked.
     """
     folder = nearest_existing_folder(out_dir)
-    # NOTE: os.access can be wrong where the server maps user ids (NFS root squash) or
-    # applies ACLs. A folder that passes it but rejects writes still fails file by file.
-    if os.access(folder, os.W_OK | os.X_OK):
-        return None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        try:
+            read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        except (OSError, AttributeError):  # statvfs is missing on Windows
+            read_only = False
+        return folder, "read-only file system" if read_only else "permission denied"
+    # os.access can say yes where writes still fail: a server that maps user ids
+    # (NFS root squash), ACLs, or pseudo file systems such as /sys and /proc, even
+    # for root. So the folder is tried: a file where it is ``out_dir`` itself, else a
+    # folder, because the batch then creates ``out_dir`` there first.
     try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):  # statvfs is missing on Windows
-        read_only = False
-    return folder, "read-only file system" if read_only else "permission denied"
+        if folder == out_dir.absolute():
+            handle, probe = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}probe-")
+            os.close(handle)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=folder, prefix=f"{TEMP_PREFIX}probe-"))
+    except OSError as err:
+        return folder, describe_os_error(err)
+    return None
 
 
 def check_output_file(path: Path, temporary_names: tuple[str, ...] = ()) -> None:

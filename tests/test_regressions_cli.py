@@ -85,6 +85,41 @@ def test_classify_out_unwritable_folder(tmp_path: Path, classifier: Path) -> Non
     assert failure_lines(result.stderr) == []
 
 
+def pseudo_file_system_folder() -> Path:
+    """/sys, where even root may not create files although os.access says yes."""
+    folder = Path("/sys")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        pytest.skip("needs a /sys that os.access reports as writable (Linux, as root)")
+    probe = folder / "edgefx-probe"
+    try:
+        probe.mkdir()
+    except OSError:
+        return folder
+    probe.rmdir()
+    pytest.skip("this /sys accepts new folders")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_out_on_pseudo_file_system_fails_before_work(
+    tmp_path: Path, nested: bool
+) -> None:
+    # os.access passes for root in /sys, so each file used to fail on its own.
+    folder = pseudo_file_system_folder()
+    out = folder / "edgefx-out" if nested else folder
+    photo = write_solid(tmp_path / "red.png", "red")
+
+    result = run_edgefx("denoise", photo, "--out", out, "--threads", "1")
+
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    where = " (in /sys)" if nested else ""
+    assert lines == [
+        f"error: --out {out}: cannot write output files there{where}: permission "
+        "denied; choose another --out directory"
+    ]
+    assert not (folder / "edgefx-out").exists()
+
+
 # --------------------------------------------------------------------------------------
 # Names that look like markup or contain control characters
 
