@@ -11,16 +11,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import logging
 import os
 import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgefx.errors import OutputError, UsageError
 from edgefx.objectstore import ObjectPath, write_object
+from edgefx.text import count_noun
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
 
 # Temporary files start with this prefix so that a resumed batch can tell them apart
 # from finished outputs and never mistakes a half-written file for a done one.
@@ -341,53 +351,80 @@ def _is_real_folder(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _process_exists(pid: int) -> bool:
+# Lock file inside each work folder: its owner holds an exclusive lock on it for the
+# folder's lifetime, and the kernel drops the lock when the owner dies in any way.
+WORK_FOLDER_LOCK = ".lock"
+# A work folder without a lock file is removed only when older than this, because its
+# owner may be between creating the folder and the lock file.
+UNLOCKED_WORK_FOLDER_SECONDS = 3600.0
+
+
+def _owner_is_gone(folder: Path) -> bool:
+    """Return True when no process holds the lock of the work folder ``folder``."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        handle = os.open(folder / WORK_FOLDER_LOCK, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        age = time.time() - folder.stat().st_mtime
+        return age > UNLOCKED_WORK_FOLDER_SECONDS
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
-    except OSError:  # another user's process, or a platform without signal 0
-        return True
+    finally:
+        os.close(handle)  # closing releases the trial lock
     return True
 
 
 def remove_dead_work_folders(prefix: str) -> int:
-    """Delete the ``prefix``PID-* work folders of processes that no longer run.
+    """Delete the ``prefix``* work folders whose process no longer runs; count them.
 
     A killed process (SIGKILL, a power cut) cannot remove its temporary folder, and
-    a quantization's copies of a model can take hundreds of megabytes. Only this
-    user's folders whose process is gone are removed; the count is returned.
+    a quantization's copies of a model can take hundreds of megabytes. A folder is
+    taken as dead when nothing holds the lock on its lock file, which also holds
+    across PID namespaces that share the temporary directory. Only this user's real
+    folders are removed, never links; without fcntl (Windows) nothing is removed.
     """
+    if fcntl is None:
+        return 0
     removed = 0
-    root = Path(tempfile.gettempdir())
     try:
-        candidates = list(root.glob(f"{prefix}*-*"))
+        candidates = list(Path(tempfile.gettempdir()).glob(f"{prefix}*"))
     except OSError:
         return 0
     for folder in candidates:
-        pid_text = folder.name[len(prefix) :].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
-            continue
         try:
             if folder.is_symlink() or not folder.is_dir():
                 continue
-            if folder.stat().st_uid != os.getuid() or _process_exists(int(pid_text)):
+            if folder.stat().st_uid != os.getuid() or not _owner_is_gone(folder):
                 continue
         except OSError:
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed += not folder.exists()
+    if removed:
+        logger.info(
+            "removed %s that killed runs left in %s",
+            count_noun(removed, "work folder"),
+            tempfile.gettempdir(),
+        )
     return removed
 
 
 @contextlib.contextmanager
 def work_folder(prefix: str) -> Iterator[Path]:
-    """A temporary folder named after this process, removed on the way out.
+    """A temporary folder, locked while it exists and removed on the way out.
 
     Folders that earlier, killed processes left under the same prefix are removed
-    first, which a plain TemporaryDirectory cannot do: its name says nothing about
-    whether its owner still runs.
+    first, which a plain TemporaryDirectory cannot do: nothing in it tells whether
+    its owner still runs.
     """
     remove_dead_work_folders(prefix)
-    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as work:
-        yield Path(work)
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as work:
+        folder = Path(work)
+        handle = os.open(folder / WORK_FOLDER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield folder
+        finally:
+            os.close(handle)

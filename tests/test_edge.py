@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from importlib.metadata import requires
 from pathlib import Path
 
@@ -771,32 +772,53 @@ def test_quantize_flat_test_folder_not_fit(run_cli, samples_dir, tmp_path):
 
 def test_quantize_removes_work_folders_of_killed_runs(run_cli, samples_dir, tmp_path):
     # A quantize killed with SIGKILL cannot remove its work folder; the next one does.
+    fcntl = pytest.importorskip("fcntl")
     temp = tmp_path / "tmp"
     temp.mkdir()
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)  # fmt: skip
-    dead_pid = int(finished.stdout)
-    dead = temp / f"edgefx-quantize-{dead_pid}-x1"
+    dead = temp / "edgefx-quantize-dead"
     (dead / "nested").mkdir(parents=True)
     (dead / "nested" / "prepared.onnx").write_bytes(b"left behind")
-    alive = temp / f"edgefx-quantize-{os.getpid()}-x2"  # this test process runs
+    (dead / ".lock").touch()  # nobody holds its lock
+    alive = temp / "edgefx-quantize-alive"
     alive.mkdir()
-    other = temp / f"edgefx-export-{dead_pid}-x3"  # another command's prefix
+    (alive / ".lock").touch()
+    held = os.open(alive / ".lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as a running quantize holds it
+    starting = temp / "edgefx-quantize-starting"  # no lock file yet, and young
+    starting.mkdir()
+    old = temp / "edgefx-quantize-old"  # no lock file, untouched for two hours
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("not a work folder")
+    (temp / "edgefx-quantize-link").symlink_to(target)
+    other = temp / "edgefx-export-dead"  # another command's prefix
     other.mkdir()
+    (other / ".lock").touch()
     photos = tmp_path / "photos"
     photos.mkdir()
     shutil.copyfile(samples_dir / "clean" / "astronaut.png", photos / "a.png")
     model = build_classifier(tmp_path / "small-classifier.onnx")
 
-    result = run_cli(
-        "quantize", model, "--calibrate", photos, "--samples", "1",
-        "-o", tmp_path / "small-classifier-int8.onnx",
-        env={"TMPDIR": str(temp)},
-    )  # fmt: skip
+    try:
+        result = run_cli(
+            "quantize", model, "--calibrate", photos, "--samples", "1",
+            "-o", tmp_path / "small-classifier-int8.onnx", "-v",
+            env={"TMPDIR": str(temp)},
+        )  # fmt: skip
+    finally:
+        os.close(held)
 
     assert result.returncode == 0, result.stderr
     assert not dead.exists()
-    assert alive.is_dir()
-    assert other.is_dir()
+    assert not old.exists()
+    assert "removed 2 work folders that killed runs left in" in result.stderr
+    assert (target / "keep.txt").is_file()
     # The run's own work folder is gone too.
-    assert sorted(p.name for p in temp.glob("edgefx-*")) == [other.name, alive.name]
+    assert sorted(p.name for p in temp.glob("edgefx-*")) == [
+        other.name,
+        alive.name,
+        "edgefx-quantize-link",
+        starting.name,
+    ]
