@@ -430,3 +430,63 @@ def test_unknown_arch_exit_2(trained, tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "unknown --arch 'transformer'; choose resnet or convnet" in result.stderr
+    assert not (tmp_path / "work").exists()  # rejected before any work
+
+
+def test_blocks_with_convnet_exit_2(trained, tmp_path: Path) -> None:
+    data, _, _ = trained
+
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--work-dir", tmp_path / "work",
+        "--epochs", "1", "--arch", "convnet", "--blocks", "7",
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "--blocks applies to --arch resnet, not convnet" in result.stderr
+
+
+def test_resume_with_other_arch_names_it(trained, tmp_path: Path) -> None:
+    import shutil
+
+    data, work, _ = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--work-dir", copy, "--epochs", "9",
+        "--batch-size", "8", "--size", "16", "--width", "4", "--arch", "convnet",
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "was trained with other --arch, --blocks; use another" in result.stderr
+
+
+def test_teacher_config_without_blocks_exit_2(trained, tmp_path: Path) -> None:
+    data, work, _ = trained
+    state = torch.load(work / "best.pt", weights_only=True)
+    del state["config"]["blocks"]  # a ResNet config must say how deep it is
+    torch.save(state, tmp_path / "odd.pt")
+
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--work-dir", tmp_path / "student",
+        "--epochs", "1", "--batch-size", "8", "--size", "16", "--width", "4",
+        "--teacher", tmp_path / "odd.pt",
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "odd.pt: not an edgefx classify training checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_of_diverged_network_rejected(tmp_path: Path) -> None:
+    from edgefx.errors import ModelError
+    from edgefx.train.export import export_classifier
+    from edgefx.train.nets import CifarResNet
+
+    network = CifarResNet(2, 4, 1)
+    with torch.no_grad():
+        network.head.weight.fill_(float("inf"))
+
+    with pytest.raises(ModelError, match="logits are not finite: training diverged"):
+        export_classifier(network, tmp_path / "bad.onnx", {"task": "classify"}, 16)
+    assert list(tmp_path.iterdir()) == []

@@ -281,11 +281,12 @@ def train_classify(
         ),
     ] = 16,
     blocks: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="Residual blocks per stage (ResNet-20: 3); resnet only.", min=1
+            help="Residual blocks per stage (ResNet-20: 3, the default); resnet only.",
+            min=1,
         ),
-    ] = 3,
+    ] = None,
     learning_rate: Annotated[
         float, typer.Option(help="Peak SGD learning rate.", parser=number())
     ] = 0.1,
@@ -360,6 +361,7 @@ def train_classify(
         _require_torch()
         from edgefx.errors import UsageError
         from edgefx.train.classify import (
+            CLASSIFIER_ARCHITECTURES,
             ClassifyTrainOptions,
             evaluate_checkpoint,
             export_best,
@@ -368,6 +370,13 @@ def train_classify(
 
         if shift_average and not flip_average:
             raise UsageError("--shift-average needs --flip-average")
+        if arch not in CLASSIFIER_ARCHITECTURES:
+            raise UsageError(
+                f"unknown --arch {arch!r}; choose "
+                + " or ".join(CLASSIFIER_ARCHITECTURES)
+            )
+        if blocks is not None and arch != "resnet":
+            raise UsageError(f"--blocks applies to --arch resnet, not {arch}")
         options = ClassifyTrainOptions(
             data=data,
             work_dir=work_dir,
@@ -377,7 +386,7 @@ def train_classify(
             size=size,
             arch=arch,
             width=width,
-            blocks=blocks,
+            blocks=3 if blocks is None else blocks,
             learning_rate=learning_rate,
             cutout=cutout,
             threads=threads,

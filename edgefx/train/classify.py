@@ -223,16 +223,29 @@ def load_teachers(paths: tuple[Path, ...], config: dict) -> list[nn.Module]:
             )
         state = load_checkpoint(path)
         theirs = state.get("config")
+        arch = theirs.get("arch", "resnet") if isinstance(theirs, dict) else None
+        needed = {"classes", "width"} | ({"blocks"} if arch == "resnet" else set())
         if (
             not isinstance(theirs, dict)
-            or not {"classes", "width"} <= theirs.keys()
+            or not needed <= theirs.keys()
             or "model" not in state
         ):
             raise ValueError(
                 f"teacher {path}: not an edgefx classify training checkpoint. Give "
                 "the best.pt of an edgefx train classify run."
             )
-        teacher = classifier_from_checkpoint(state)
+        if arch not in CLASSIFIER_ARCHITECTURES:
+            raise ValueError(
+                f"teacher {path}: unknown network architecture {arch!r}; this edgefx "
+                "trains " + " and ".join(CLASSIFIER_ARCHITECTURES)
+            )
+        try:
+            teacher = classifier_from_checkpoint(state)
+        except RuntimeError as err:  # load_state_dict: the weights fit no such network
+            raise ValueError(
+                f"teacher {path}: its weights do not match the network its config "
+                f"describes ({str(err).splitlines()[0]})"
+            ) from err
         # The channel statistics come from the training split, which --seed picks.
         split = "(another --data or --seed, which picks the validation split)"
         descriptions = {
@@ -254,6 +267,28 @@ def load_teachers(paths: tuple[Path, ...], config: dict) -> list[nn.Module]:
     return teachers
 
 
+# Option names of the network config keys, for messages.
+CONFIG_OPTIONS = {
+    "classes": "classes (--data)",
+    "width": "--width",
+    "blocks": "--blocks",
+    "arch": "--arch",
+    "size": "--size",
+    "mean": "channel statistics (--data or --seed)",
+    "std": "channel statistics (--data or --seed)",
+}
+
+
+def _config_difference(saved: object, config: dict) -> str:
+    """Name the options in which a saved network config differs from ``config``."""
+    if not isinstance(saved, dict):
+        return "data or network options"
+    keys = sorted(set(saved) | set(config))
+    changed = [key for key in keys if saved.get(key) != config.get(key)]
+    names = dict.fromkeys(CONFIG_OPTIONS.get(key, key) for key in changed)
+    return ", ".join(names) or "data or network options"
+
+
 def distillation_loss(
     student: torch.Tensor, teacher: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -268,6 +303,11 @@ def distillation_loss(
 
 def train(options: ClassifyTrainOptions) -> Path:
     """Train (or resume) a classifier and return the path of its best checkpoint."""
+    if options.arch not in CLASSIFIER_ARCHITECTURES:
+        raise ValueError(
+            f"unknown --arch {options.arch!r}; choose "
+            + " or ".join(CLASSIFIER_ARCHITECTURES)
+        )
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
@@ -286,11 +326,6 @@ def train(options: ClassifyTrainOptions) -> Path:
     checkpoint_path = options.work_dir / "checkpoint.pt"
     log_path = options.work_dir / "log.jsonl"
 
-    if options.arch not in CLASSIFIER_ARCHITECTURES:
-        raise ValueError(
-            f"unknown --arch {options.arch!r}; choose "
-            + " or ".join(CLASSIFIER_ARCHITECTURES)
-        )
     config: dict = {"classes": data.classes, "width": options.width}
     if options.arch == "resnet":
         # Kept without an arch key, so runs started before convnets still resume.
@@ -326,8 +361,9 @@ def train(options: ClassifyTrainOptions) -> Path:
         state = load_checkpoint(checkpoint_path)
         if state.get("config") != config:
             raise ValueError(
-                f"{checkpoint_path} was trained with other data or network options; "
-                "use another --work-dir or the same options"
+                f"{checkpoint_path} was trained with other "
+                f"{_config_difference(state.get('config'), config)}; use another "
+                "--work-dir or the same options"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
