@@ -419,6 +419,7 @@ class PeakLimiter:
         # Frames not yet released, and the required gains before them.
         self.held = np.zeros((0, channels), np.float32)
         self.history = np.ones(self.context)
+        self.limited_frames = 0  # frames released with a gain below 1
 
     def process(self, block: np.ndarray, last: bool) -> np.ndarray:
         frames = np.concatenate([self.held, block], axis=0)
@@ -436,6 +437,7 @@ class PeakLimiter:
             smooth = _limiter_gain(extended[: 2 * self.context + release], self.half)
             gain = np.minimum(smooth, needs)
             released = (released * gain[:, None]).astype(np.float32)
+            self.limited_frames += int(np.count_nonzero(gain < 1.0))
         self.history = np.concatenate([self.history, needs])[-self.context :]
         return released
 
@@ -512,36 +514,48 @@ class EnhanceTask:
             ) as writer,
             write_behind(partial(_write_ready, writer)) as write,
         ):
-            warned = False
-            for block in read_ahead(blocks):
-                if not stream.frames_in:
-                    # Blocks are longer than the priming lead, so the first one is
-                    # enough to prime on.
-                    stream.prime(block[:prime_frames])
-                if not warned:
-                    warned = _warn_above_full_scale(item.source, block)
-                write(stream.process(block))
-            write(stream.flush())
+            peak = 0.0
+            failed = True
+            try:
+                for block in read_ahead(blocks):
+                    if info.subtype in FLOAT_SUBTYPES and block.size:
+                        peak = max(peak, float(np.max(np.abs(block))))
+                    if not stream.frames_in:
+                        # Blocks are longer than the priming lead, so the first one
+                        # is enough to prime on.
+                        stream.prime(block[:prime_frames])
+                    write(stream.process(block))
+                write(stream.flush())
+                failed = False
+            finally:
+                if peak > 1.0 and (failed or stream.limiter.limited_frames):
+                    _warn_above_full_scale(item.source, peak, failed)
         return info.duration
 
 
-def _warn_above_full_scale(source: Path, block: np.ndarray) -> bool:
-    """Warn, and return True, when float samples in ``block`` pass full scale.
+# Float sample formats, the only ones that can store samples beyond full scale. Lossy
+# decoders (MP3, Vorbis, Opus) overshoot a little too, which the limiter takes quietly.
+FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
-    Only float formats can store such samples. The output cannot keep them in every
-    format, so the peak limiter turns the loud parts down instead.
+
+def _warn_above_full_scale(source: Path, peak: float, failed: bool) -> None:
+    """Warn that the float file ``source`` passes full scale, with its ``peak``.
+
+    Called when the limiter had to turn the output down because of it, or when the
+    file failed, where such a level is a likely cause.
     """
-    peak = float(np.max(np.abs(block))) if block.size else 0.0
-    if peak <= 1.0:
-        return False
+    consequence = (
+        "which may be why it failed"
+        if failed
+        else "so the limiter turned the loudest parts of the output down"
+    )
     logger.warning(
-        "%s: float samples reach %.2f times full scale (%+.1f dBFS); the output's "
-        "peaks are turned down to full scale",
+        "%s: float samples reach %.5g times full scale (%+.2f dBFS), %s",
         source,
         peak,
         20 * np.log10(peak),
+        consequence,
     )
-    return True
 
 
 def enhance_files(

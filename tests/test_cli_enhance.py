@@ -409,9 +409,15 @@ def test_flac_named_m4a_written_as_flac(
 def test_float_above_full_scale_warns_once(
     run_cli, model: Path, noisy_speech: np.ndarray, tmp_path: Path
 ) -> None:
-    loud = tmp_path / "loud.wav"
-    sf.write(loud, noisy_speech / np.max(np.abs(noisy_speech)) * 4.0, 16000, "FLOAT")
-    sf.write(tmp_path / "fine.wav", noisy_speech, 16000, subtype="FLOAT")
+    normalized = noisy_speech / np.max(np.abs(noisy_speech))
+    # 25 s: a peak of 2 in the first 10-second block and of 4 in the second one.
+    long = np.concatenate([normalized * 0.5] * (25 * 16000 // len(normalized) + 1))
+    long = long[: 25 * 16000]
+    long[5 * 16000 : 5 * 16000 + len(normalized)] = normalized * 2.0
+    long[15 * 16000 : 15 * 16000 + len(normalized)] = normalized * 4.0
+    sf.write(tmp_path / "loud.wav", long, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "fine.wav", normalized, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "integer.wav", normalized, 16000, subtype="PCM_16")
     out = tmp_path / "out"
 
     result = enhance(run_cli, tmp_path, "--out", out, "--model", model)
@@ -419,10 +425,27 @@ def test_float_above_full_scale_warns_once(
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "full scale" in line]
     assert warnings == [
-        f"warning: {loud}: float samples reach 4.00 times full scale (+12.0 dBFS); "
-        "the output's peaks are turned down to full scale"
+        f"warning: {tmp_path / 'loud.wav'}: float samples reach 4 times full scale "
+        "(+12.04 dBFS), so the limiter turned the loudest parts of the output down"
     ]
     assert np.max(np.abs(sf.read(out / "loud.wav")[0])) <= 1.0
+
+
+def test_float_click_above_full_scale_no_warning(
+    run_cli, model: Path, noisy_speech: np.ndarray, tmp_path: Path
+) -> None:
+    # One sample at 3 in quiet audio: the enhancer removes the click, so the
+    # limiter has nothing to turn down and there is nothing to warn about.
+    quiet = noisy_speech / np.max(np.abs(noisy_speech)) * 0.05
+    quiet[len(quiet) // 2] = 3.0
+    sf.write(tmp_path / "click.wav", quiet, 16000, subtype="FLOAT")
+    out = tmp_path / "out"
+
+    result = enhance(run_cli, tmp_path / "click.wav", "--out", out, "--model", model)
+
+    assert result.returncode == 0, result.stderr
+    assert np.max(np.abs(sf.read(out / "click.wav")[0])) < 0.999
+    assert "full scale" not in result.stderr
 
 
 def dbfs(samples: np.ndarray) -> float:
