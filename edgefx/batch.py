@@ -393,8 +393,10 @@ def check_out_dir_writable(out_dir: Path) -> None:
 
     While ``out_dir`` does not exist, its nearest existing parent is checked, because
     the batch creates ``out_dir`` there. A read-only file system, missing write
-    permission, a pseudo file system such as /sys and a disk already full are found
-    this way; a disk that fills during the batch fails the files from then on.
+    permission and a pseudo file system such as /sys are found this way, and so is a
+    disk that is already full where the file system reports it on the first write
+    (tmpfs does, but ext4 may wait until the data is flushed). A disk that fills
+    during the batch fails the files from then on.
     """
     problem = find_unwritable_folder(out_dir)
     if problem is None:

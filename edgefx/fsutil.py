@@ -175,18 +175,28 @@ def find_unwritable_folder(out_dir: Path) -> tuple[Path, str] | None:
         return folder, "read-only file system" if read_only else "permission denied"
     # os.access can say yes where writes still fail: a server that maps user ids
     # (NFS root squash), ACLs, or pseudo file systems such as /sys and /proc, even
-    # for root. So the folder is tried: a file where it is ``out_dir`` itself, else a
-    # folder, because the batch then creates ``out_dir`` there first.
-    try:
-        if folder == out_dir.absolute():
-            handle, probe = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}probe-")
-            os.close(handle)
-            os.unlink(probe)
-        else:
-            os.rmdir(tempfile.mkdtemp(dir=folder, prefix=f"{TEMP_PREFIX}probe-"))
-    except OSError as err:
-        return folder, describe_os_error(err)
+    # for root. So the folder is tried: a file of one byte where it is ``out_dir``
+    # itself, else a folder, because the batch then creates ``out_dir`` there first.
+    # Interrupts wait until the probe is gone.
+    with interrupts_deferred():
+        try:
+            if folder == out_dir.absolute():
+                _probe_file(folder)
+            else:
+                os.rmdir(tempfile.mkdtemp(dir=folder, prefix=f"{TEMP_PREFIX}probe-"))
+        except OSError as err:
+            return folder, describe_os_error(err)
     return None
+
+
+def _probe_file(folder: Path) -> None:
+    """Create, write one byte to and delete a file in ``folder``; raise OSError."""
+    handle, probe = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}probe-")
+    try:
+        os.write(handle, b"\0")
+    finally:
+        os.close(handle)
+        os.unlink(probe)
 
 
 def check_output_file(path: Path, temporary_names: tuple[str, ...] = ()) -> None:
