@@ -1,5 +1,5 @@
 """Allow ``python -m edgefx``."""
 
-from edgefx.cli import main
+from edgefx.launch import main
 
 main()

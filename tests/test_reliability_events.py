@@ -180,6 +180,26 @@ def test_enhance_interrupt_then_resume(signum: int, status: int, tmp_path: Path)
     assert expected in rerun.stderr, rerun.stderr
 
 
+def test_interrupt_during_startup_prints_no_traceback(tmp_path: Path) -> None:
+    """Ctrl-C while the command line is still importing exits 130 without a traceback.
+
+    The signal is sent at several moments of the first half second, so that some land
+    in the imports and some in the command. Only where one lands before Python has set
+    its own handler does the process die of the signal itself.
+    """
+    command = [sys.executable, "-m", "edgefx", "denoise", str(PHOTO)]
+    for delay in (0.03, 0.06, 0.1, 0.15, 0.25, 0.4):
+        out = tmp_path / f"out-{delay}"
+        process = subprocess.Popen(
+            [*command, "--out", str(out), *SLOW_RUN], stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+        assert "Traceback" not in stderr, (delay, stderr)
+        assert process.returncode in (130, -signal.SIGINT, 0), (delay, stderr)
+
+
 def test_classify_interrupt_writes_no_rows(tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
