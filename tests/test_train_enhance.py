@@ -179,11 +179,28 @@ def test_resume_continues_from_step(trained, tmp_path: Path, caplog) -> None:
         train(options)
 
     assert f"resumed from {checkpoint} at step 4" in caplog.text
+    # The longer schedule is the one change, and the log names it; the work folder
+    # moved too, which is not worth a word.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith("options than it ran with before: --steps 4 -> 6")
     assert log_steps(options.work_dir) == [4, 6]
     state = load_checkpoint(checkpoint)
     assert state["step"] == 6
     # AdamW counts its own steps, so 6 shows that its state was restored too.
     assert int(state["optimizer"]["state"][0]["step"]) == 6
+
+
+def test_resume_with_other_mixing_names_it(trained, tmp_path: Path, caplog) -> None:
+    options, _ = trained
+    changed = copied_options(trained, tmp_path, equalize=0.5)
+
+    with caplog.at_level(logging.WARNING, logger="edgefx.train"):
+        train(changed)
+
+    assert f"--random-eq {options.equalize!r} -> 0.5" in caplog.text
+    saved = json.loads((changed.work_dir / "options.json").read_text())
+    assert saved["equalize"] == 0.5
 
 
 @pytest.mark.parametrize("changes", [{"hidden": 12}, {"embedding": 16}])

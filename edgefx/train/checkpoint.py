@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,9 @@ from typing import Any
 import torch
 
 from edgefx.errors import ModelError
+from edgefx.fsutil import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -36,3 +41,48 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "not a dictionary"
         )
     return state
+
+
+# Options that may change between a run and its resumption without a warning: they do
+# not change what is trained (threads, the work folder), or the checkpoint overrides
+# them (the start weights).
+_QUIET_OPTIONS = frozenset({"threads", "work_dir", "init"})
+
+
+def record_options(
+    work_dir: Path,
+    options: dict[str, Any],
+    *,
+    resumed: bool,
+    flags: dict[str, str] | None = None,
+    also_quiet: tuple[str, ...] = (),
+) -> None:
+    """Write ``options.json`` in ``work_dir``, first warning about changes on resume.
+
+    A run resumed with other data or schedule options goes on with the new ones, which
+    is sometimes what the user wants (a longer schedule) and sometimes a typo. Either
+    way the log says which options changed, from what to what. ``flags`` maps option
+    names to the command-line flags that set them, where the two differ.
+    """
+    path = work_dir / "options.json"
+    current = json.loads(json.dumps(options, default=str))
+    if resumed and path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict):
+            quiet = _QUIET_OPTIONS | set(also_quiet)
+            changes = [
+                f"{(flags or {}).get(key, '--' + key.replace('_', '-'))} "
+                f"{saved.get(key)!r} -> {current.get(key)!r}"
+                for key in sorted(set(saved) | set(current))
+                if key not in quiet and saved.get(key) != current.get(key)
+            ]
+            if changes:
+                logger.warning(
+                    "%s continues with other options than it ran with before: %s",
+                    work_dir,
+                    "; ".join(changes),
+                )
+    atomic_write_bytes(path, (json.dumps(current, indent=2) + "\n").encode())

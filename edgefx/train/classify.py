@@ -22,7 +22,7 @@ from torch import nn
 
 from edgefx.classify import FLIP_AVERAGE_METADATA, SHIFT_FLIP_AVERAGE_METADATA
 from edgefx.text import key_values
-from edgefx.train.checkpoint import load_checkpoint
+from edgefx.train.checkpoint import load_checkpoint, record_options
 from edgefx.train.nets import CLASSIFIER_ARCHITECTURES, average_views, build_classifier
 from edgefx.train.precision import use_bfloat16
 
@@ -357,7 +357,8 @@ def train(options: ClassifyTrainOptions) -> Path:
         "weight": options.distill_weight,
         "temperature": options.temperature,
     }
-    if checkpoint_path.exists():
+    resumed = checkpoint_path.exists()
+    if resumed:
         state = load_checkpoint(checkpoint_path)
         if state.get("config") != config:
             raise ValueError(
@@ -386,8 +387,12 @@ def train(options: ClassifyTrainOptions) -> Path:
             options.distill_weight,
             options.temperature,
         )
-    (options.work_dir / "options.json").write_text(
-        json.dumps(asdict(options), default=str, indent=2)
+    record_options(
+        options.work_dir,
+        asdict(options),
+        resumed=resumed,
+        flags={"teachers": "--teacher"},
+        also_quiet=("teachers",),  # a changed teacher is warned about above
     )
 
     def save(path: Path) -> None:

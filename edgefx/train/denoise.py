@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edgefx.text import key_values
-from edgefx.train.checkpoint import load_checkpoint
+from edgefx.train.checkpoint import load_checkpoint, record_options
 from edgefx.train.nets import DenoiseNet
 from edgefx.train.precision import use_bfloat16
 
@@ -208,7 +208,8 @@ def train(options: DenoiseTrainOptions) -> Path:
         "features": options.features,
         "blocks": options.blocks,
     }
-    if checkpoint_path.exists():
+    resumed = checkpoint_path.exists()
+    if resumed:
         state = load_checkpoint(checkpoint_path)
         if state.get("config") != config:
             raise ValueError(
@@ -241,9 +242,7 @@ def train(options: DenoiseTrainOptions) -> Path:
     # A different seed per resume point keeps resumed runs from replaying the same
     # patches.
     sampler = PatchSampler(train_images, options, seed=options.seed * 100003 + step)
-    (options.work_dir / "options.json").write_text(
-        json.dumps(asdict(options), default=str, indent=2)
-    )
+    record_options(options.work_dir, asdict(options), resumed=resumed)
 
     def save(path: Path) -> None:
         state = {

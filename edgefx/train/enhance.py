@@ -25,7 +25,7 @@ import soxr
 import torch
 
 from edgefx.text import key_values
-from edgefx.train.checkpoint import load_checkpoint
+from edgefx.train.checkpoint import load_checkpoint, record_options
 from edgefx.train.nets import SpeechEnhancerNet
 from edgefx.train.stoi import minimum_samples, stoi, stoi_loss
 
@@ -555,7 +555,8 @@ def train(options: EnhanceTrainOptions) -> Path:
     step = 0
     best_score = -math.inf
     best_record: dict[str, float] = {}  # validation scores of the best checkpoint
-    if checkpoint_path.exists():
+    resumed = checkpoint_path.exists()
+    if resumed:
         state = load_checkpoint(checkpoint_path)
         if state.get("config") != config:
             raise ValueError(
@@ -594,8 +595,16 @@ def train(options: EnhanceTrainOptions) -> Path:
             speech, noise, 64, length, np.random.default_rng(options.seed + 1)
         )
         set_feature_statistics(model, sample_noisy)
-    (options.work_dir / "options.json").write_text(
-        json.dumps(asdict(options), default=str, indent=2)
+    record_options(
+        options.work_dir,
+        asdict(options),
+        resumed=resumed,
+        flags={
+            "speech": "--speech/--data",
+            "noise": "--noise/--data",
+            "synthetic": "--synthetic-share",
+            "equalize": "--random-eq",
+        },
     )
 
     def save(path: Path) -> None:
