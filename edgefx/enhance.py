@@ -106,6 +106,18 @@ class Enhancer:
         self.rate = _metadata_int(self.info, "sample_rate")
         self.hop = _metadata_int(self.info, "hop")
         self.state_size = _metadata_int(self.info, "state_size")
+        # Floats at the start of the state that hold past audio (overlap tails and
+        # the deep filter's past frame); models from before the key hold two hops.
+        self.buffer_size = (
+            _metadata_int(self.info, "buffer_size")
+            if "buffer_size" in self.info.metadata
+            else 2 * self.hop
+        )
+        if self.buffer_size > self.state_size:
+            raise ModelError(
+                f"{self.info.path}: metadata buffer_size ({self.buffer_size}) is "
+                f"larger than state_size ({self.state_size})"
+            )
         self.delay = _metadata_int(self.info, "delay")
         if self.delay % self.hop:
             raise ModelError(
@@ -250,8 +262,9 @@ class EnhanceStream:
         trial.process(lead)
         state = trial.state.copy()
         # The state starts with the analysis and synthesis overlap of the last frame,
-        # one hop each, which belong to the trial's audio and not to the first frame.
-        state[:, : 2 * self.enhancer.hop] = 0.0
+        # one hop each, and the deep filter's past frame, if the model has one: they
+        # belong to the trial's audio and not to the first frame.
+        state[:, : self.enhancer.buffer_size] = 0.0
         self.state = state
 
     def process(self, block: np.ndarray) -> np.ndarray:

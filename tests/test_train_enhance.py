@@ -831,6 +831,142 @@ def test_init_with_other_refine_raises(trained, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Deep filter (--deep-filter)
+
+
+def _random_filtered(bins: int = 6) -> SpeechEnhancerNet:
+    """A tiny network with a deep filter over ``bins`` bins and non-zero weights."""
+    torch.manual_seed(0)
+    net = SpeechEnhancerNet(hidden=8, embedding=8, deep_filter=bins).eval()
+    with torch.no_grad():
+        net.decoder.weight.normal_(0.0, 0.3)
+        net.filter_head.weight.normal_(0.0, 0.5)
+        net.filter_head.bias.normal_(0.0, 0.5)
+    return net
+
+
+def _run(net: SpeechEnhancerNet, audio: torch.Tensor, floor: float = 0.0):
+    state = torch.zeros(audio.shape[0], net.state_size)
+    with torch.no_grad():
+        return net(audio, state, torch.tensor([floor]))[0]
+
+
+def test_deep_filter_starts_as_the_network_it_extends() -> None:
+    torch.manual_seed(0)
+    plain = SpeechEnhancerNet(hidden=8, embedding=8).eval()
+    with torch.no_grad():
+        plain.decoder.weight.normal_(0.0, 0.3)  # gains that vary by bin and frame
+    filtered = SpeechEnhancerNet(hidden=8, embedding=8, deep_filter=6).eval()
+    filtered.load_state_dict(plain.state_dict(), strict=False)
+    audio = 0.1 * torch.randn(2, 30 * 160)
+
+    assert torch.equal(_run(filtered, audio), _run(plain, audio))
+
+
+def test_deep_filter_changes_only_its_bins() -> None:
+    net = _random_filtered(bins=6)
+    plain = SpeechEnhancerNet(hidden=8, embedding=8).eval()
+    plain.load_state_dict(net.state_dict(), strict=False)
+    audio = 0.1 * torch.randn(1, 40 * 160)
+
+    difference = _run(net, audio) - _run(plain, audio)
+    spectrum = torch.fft.rfft(difference[0, 320:-320] * torch.hann_window(5760))
+    power = spectrum.abs() ** 2
+    # 6 bins of 50 Hz: up to 300 Hz, plus the leakage of the 20 ms window.
+    below = power[: int(500 / 16000 * 5760)].sum()
+
+    assert float(difference.abs().max()) > 1e-3
+    assert below > 0.99 * power.sum()
+
+
+def test_deep_filter_hop_by_hop_matches_one_block() -> None:
+    net = _random_filtered()
+    audio = 0.1 * torch.randn(2, 25 * 160)
+    floor = torch.tensor([0.2])
+
+    with torch.no_grad():
+        block = net(audio, torch.zeros(2, net.state_size), floor)[0]
+        state = torch.zeros(2, net.state_size)
+        pieces = []
+        for start in range(0, audio.shape[1], 160):
+            piece, state, _ = net(audio[:, start : start + 160], state, floor)
+            pieces.append(piece)
+
+    assert float((torch.cat(pieces, dim=1) - block).abs().max()) < 1e-5
+
+
+def test_deep_filter_state_holds_one_past_frame() -> None:
+    net = SpeechEnhancerNet(hidden=8, embedding=8, deep_filter=20)
+
+    # Real and imaginary parts of the 20 bins, kept with the overlap tails.
+    assert net.buffer_size == 2 * 160 + 2 * 20
+    assert net.state_size == net.buffer_size + 2 * 8
+
+
+def test_deep_filter_attenuation_limit_keeps_the_input() -> None:
+    net = _random_filtered(bins=161)  # every bin filtered
+    with torch.no_grad():
+        net.decoder.bias.fill_(-30.0)  # gains of 0: only the limit lets sound through
+    audio = 0.1 * torch.randn(1, 40 * 160)
+
+    output = _run(net, audio, floor=0.1)
+    # The output lags one hop; a tenth of the input comes through, whatever the filter.
+    expected = 0.1 * audio[0, :-160]
+
+    assert torch.allclose(output[0, 160:], expected, atol=1e-4)
+
+
+def test_deep_filter_export_runs_and_loads_back(tmp_path: Path) -> None:
+    net = _random_filtered(bins=6)
+    path = tmp_path / "filtered.onnx"
+    metadata = {
+        "task": "enhance",
+        "name": "filtered",
+        "sample_rate": str(SAMPLE_RATE),
+        "hop": "160",
+        "state_size": str(net.state_size),
+        "buffer_size": str(net.buffer_size),
+        "deep_filter": "6",
+        "delay": "160",
+    }
+
+    # The export checks ONNX Runtime against torch, block and hop by hop.
+    error = export_enhancer(net, path, metadata)
+    enhancer = Enhancer(str(path), RuntimeOptions(device="cpu", threads=1))
+    sample = (
+        Path(__file__).parents[1] / "samples/audio/noisy/arctic_a0007_room_5db.flac"
+    )
+    audio, rate = sf.read(sample, dtype="float32")
+    out = enhancer.enhance(audio, rate)
+
+    assert error <= ENHANCE_PARITY_TOLERANCE
+    assert enhancer.buffer_size == net.buffer_size
+    assert out.shape == audio.shape
+    assert np.isfinite(out).all()
+    loaded = load_enhancer_weights(path)
+    assert loaded.deep_filter == 6
+    for name, value in net.state_dict().items():
+        assert torch.allclose(loaded.state_dict()[name], value, atol=1e-6), name
+
+
+def test_train_with_deep_filter_from_a_plain_start(
+    trained, exported: Path, tmp_path: Path
+) -> None:
+    options, _ = trained
+    run = replace(
+        options, work_dir=tmp_path / "W", init=exported, deep_filter=4, steps=2
+    )
+
+    best = train(run)
+    model, state = load_enhancer_checkpoint(best)
+
+    assert state["config"]["deep_filter"] == 4
+    assert model.deep_filter == 4
+    # The filter was trained: its weights left the identity it started from.
+    assert float(model.filter_head.weight.detach().abs().max()) > 0
+
+
+# --------------------------------------------------------------------------------------
 # Synthetic backgrounds (--synthetic-share)
 
 

@@ -26,7 +26,7 @@ import torch
 
 from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint, record_options
-from edgefx.train.nets import SpeechEnhancerNet
+from edgefx.train.nets import DEEP_FILTER_ORDER, SpeechEnhancerNet
 from edgefx.train.stoi import minimum_samples, stoi, stoi_loss
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class EnhanceTrainOptions:
     hidden: int = 72
     embedding: int = 64
     refine: int = 0
+    deep_filter: int = 0
     validation_fraction: float = 0.05
     noise_validation_fraction: float = 0.1
     checkpoint_every: int = 100
@@ -539,7 +540,10 @@ def train(options: EnhanceTrainOptions) -> Path:
     checkpoint_path = options.work_dir / "checkpoint.pt"
     log_path = options.work_dir / "log.jsonl"
     model = SpeechEnhancerNet(
-        hidden=options.hidden, embedding=options.embedding, refine=options.refine
+        hidden=options.hidden,
+        embedding=options.embedding,
+        refine=options.refine,
+        deep_filter=options.deep_filter,
     )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=options.learning_rate, weight_decay=1e-4
@@ -552,6 +556,8 @@ def train(options: EnhanceTrainOptions) -> Path:
     if options.refine:
         # Only set when used, so that checkpoints from before the option still resume.
         config["refine"] = options.refine
+    if options.deep_filter:
+        config["deep_filter"] = options.deep_filter
     step = 0
     best_score = -math.inf
     best_record: dict[str, float] = {}  # validation scores of the best checkpoint
@@ -586,9 +592,18 @@ def train(options: EnhanceTrainOptions) -> Path:
                 f"{options.init} has a refinement of {start.refine} channels; train "
                 "with the same --refine"
             )
-        # A start without the refinement leaves it at its zero initialization, which
-        # keeps the start's gains.
-        model.load_state_dict(start.state_dict(), strict=start.refine == options.refine)
+        if start.deep_filter not in (0, options.deep_filter):
+            raise ValueError(
+                f"{options.init} has a deep filter over {start.deep_filter} bins; "
+                "train with the same --deep-filter"
+            )
+        # A start without the refinement or the deep filter leaves them at their
+        # initialization, which keeps the start's output.
+        model.load_state_dict(
+            start.state_dict(),
+            strict=(start.refine, start.deep_filter)
+            == (options.refine, options.deep_filter),
+        )
         logger.info("starting from the weights of %s", options.init)
     else:
         sample_noisy, _ = draw_mixtures(
@@ -724,7 +739,11 @@ def load_enhancer_checkpoint(path: Path) -> tuple[SpeechEnhancerNet, dict]:
     state = load_checkpoint(path)
     config = state["config"]
     model = SpeechEnhancerNet(
-        config["hop"], config["hidden"], config["embedding"], config.get("refine", 0)
+        config["hop"],
+        config["hidden"],
+        config["embedding"],
+        config.get("refine", 0),
+        config.get("deep_filter", 0),
     )
     model.load_state_dict(state["model"])
     return model.eval(), state
@@ -782,8 +801,20 @@ def load_enhancer_weights(path: Path) -> SpeechEnhancerNet:
     encoder, decoder = encoders[0], decoders[0]
     hidden = int(values[grus[0].input[2]].shape[2])
     refine = int(values["refine1.weight"].shape[0]) if "refine1.weight" in values else 0
-    model = SpeechEnhancerNet(int(metadata["hop"]), hidden, encoder.shape[1], refine)
+    deep_filter = int(metadata.get("deep_filter", "0"))
+    model = SpeechEnhancerNet(
+        int(metadata["hop"]), hidden, encoder.shape[1], refine, deep_filter
+    )
     with torch.no_grad():
+        if deep_filter:
+            outputs = DEEP_FILTER_ORDER * 2 * deep_filter
+            heads = [w for w in weights if w.shape == (hidden, outputs)]
+            if len(heads) != 1 or "filter_head.bias" not in values:
+                raise ValueError(f"{path}: its deep filter weights are not found")
+            model.filter_head.weight.copy_(torch.from_numpy(heads[0].T.copy()))
+            model.filter_head.bias.copy_(
+                torch.from_numpy(values["filter_head.bias"].copy())
+            )
         for name in ("refine1", "refine2", "refine_out") if refine else ():
             layer = model.get_submodule(name)
             for kind in ("weight", "bias"):
@@ -820,6 +851,7 @@ def export_best(
         "sample_rate": str(SAMPLE_RATE),
         "hop": str(model.hop),
         "state_size": str(model.state_size),
+        "buffer_size": str(model.buffer_size),
         "delay": str(model.hop),
         "parameters": str(parameters),
         "training": json.dumps(
@@ -836,6 +868,8 @@ def export_best(
             sort_keys=True,
         ),
     }
+    if model.deep_filter:
+        metadata["deep_filter"] = str(model.deep_filter)
     metadata.update(extra_metadata or {})
     export_enhancer(model, out_path, metadata)
     return out_path

@@ -256,6 +256,8 @@ def average_views(classifier: nn.Module, augmentation: str | None) -> nn.Module:
 # Kernel (frames, bins) and frequency dilation of the refinement convolutions.
 REFINE_KERNEL = (3, 5)
 REFINE_DILATION = 2
+# Frames that the deep filter combines: the current one and the one before.
+DEEP_FILTER_ORDER = 2
 
 
 class SpeechEnhancerNet(nn.Module):
@@ -275,6 +277,17 @@ class SpeechEnhancerNet(nn.Module):
     shared by all bins, and the second is dilated in frequency to span harmonic
     spacings. They are causal in time, and the state carries the frames they need.
 
+    With ``deep_filter`` > 0, the lowest ``deep_filter`` bins also go through a deep
+    filter (Schroeter et al., DeepFilterNet, 2022): each such bin of the output is a
+    complex-weighted sum of that bin in the current frame and the one before, with
+    weights that the second GRU predicts per frame and bin. A real gain can only scale
+    a bin; the filter can also follow the phase of a voice's harmonic as it turns from
+    frame to frame, which a noise does not, and so pick the harmonic out of noise that
+    shares its bin. It starts as the identity (weight 1 on the current frame), so a
+    network initialized from one without it starts with exactly that network's output.
+    Under an attenuation limit (``min_gain`` > 0), those bins get ``min_gain`` of the
+    input mixed back in, as DeepFilterNet does, instead of a floor on their gain.
+
     ``forward`` takes a block of whole hops and the state left by the previous block,
     and returns the enhanced block and the new state. Feeding a signal hop by hop or
     in one block gives the same output, which is what lets the exported ONNX graph
@@ -293,13 +306,19 @@ class SpeechEnhancerNet(nn.Module):
     feature_scale: torch.Tensor
 
     def __init__(
-        self, hop: int = 160, hidden: int = 72, embedding: int = 64, refine: int = 0
+        self,
+        hop: int = 160,
+        hidden: int = 72,
+        embedding: int = 64,
+        refine: int = 0,
+        deep_filter: int = 0,
     ) -> None:
         super().__init__()
         self.hop = hop
         self.hidden = hidden
         self.embedding = embedding
         self.refine = refine
+        self.deep_filter = deep_filter
         window_length = 2 * hop
         self.bins = hop + 1
         samples = torch.arange(window_length, dtype=torch.float64)
@@ -345,6 +364,18 @@ class SpeechEnhancerNet(nn.Module):
             # refinement starts with exactly its gains.
             for parameter in self.refine_out.parameters():
                 nn.init.zeros_(parameter)
+        if deep_filter:
+            if not 0 < deep_filter <= self.bins:
+                raise ValueError(
+                    f"deep_filter must be 1 to {self.bins} bins, got {deep_filter}"
+                )
+            # Per frame: (order, real and imaginary, bins) filter weights.
+            self.filter_head = nn.Linear(hidden, DEEP_FILTER_ORDER * 2 * deep_filter)
+            nn.init.zeros_(self.filter_head.weight)
+            identity = torch.zeros(DEEP_FILTER_ORDER, 2, deep_filter)
+            identity[0, 0] = 1.0  # weight 1 + 0i on the current frame
+            with torch.no_grad():
+                self.filter_head.bias.copy_(identity.flatten())
 
     @property
     def history_frames(self) -> int:
@@ -352,10 +383,24 @@ class SpeechEnhancerNet(nn.Module):
         return REFINE_KERNEL[0] - 1
 
     @property
+    def buffer_size(self) -> int:
+        """Floats at the start of the state that hold past audio rather than what the
+        network has learned of the recording: the analysis and synthesis tails and
+        the deep filter's past frame. A caller that primes the state on other audio
+        clears these."""
+        return 2 * self.hop + self.filter_history_size
+
+    @property
+    def filter_history_size(self) -> int:
+        """Floats of the deep filter's past frames (real and imaginary parts)."""
+        return (DEEP_FILTER_ORDER - 1) * 2 * self.deep_filter
+
+    @property
     def state_size(self) -> int:
-        """Floats of state per channel: analysis and synthesis tails, two GRU states,
-        and with the refinement the past frames of both convolutions' inputs."""
-        size = 2 * self.hop + 2 * self.hidden
+        """Floats of state per channel: analysis and synthesis tails, the deep filter's
+        past frame, two GRU states, and with the refinement the past frames of both
+        convolutions' inputs."""
+        size = self.buffer_size + 2 * self.hidden
         if self.refine:
             size += self.history_frames * self.bins * (2 + self.refine)
         return size
@@ -371,9 +416,10 @@ class SpeechEnhancerNet(nn.Module):
         h1: torch.Tensor | None = None,
         h2: torch.Tensor | None = None,
         history: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return per-bin gains (B, T, bins), the final GRU states (1, B, hidden) and
-        the refinement history (B, refinement state floats; empty without it)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return per-bin gains (B, T, bins), the final GRU states (1, B, hidden), the
+        refinement history (B, refinement state floats; empty without it) and the
+        second GRU's output (B, T, hidden)."""
         power = real * real + imag * imag
         features = (torch.log(power + 1e-10) - self.feature_mean) * self.feature_scale
         embedded = torch.relu(self.encoder(features))
@@ -381,7 +427,7 @@ class SpeechEnhancerNet(nn.Module):
         out2, h2 = self.gru2(out1, h2)
         logits = self.decoder(torch.cat([out2, embedded], dim=-1))
         if not self.refine:
-            return torch.sigmoid(logits), h1, h2, features.new_zeros(0)
+            return torch.sigmoid(logits), h1, h2, features.new_zeros(0), out2
         batch = features.shape[0]
         if history is None:
             history = features.new_zeros(
@@ -421,7 +467,42 @@ class SpeechEnhancerNet(nn.Module):
             ],
             dim=1,
         )
-        return torch.sigmoid(logits), h1, h2, new_history
+        return torch.sigmoid(logits), h1, h2, new_history, out2
+
+    def filtered(
+        self,
+        real: torch.Tensor,
+        imag: torch.Tensor,
+        out2: torch.Tensor,
+        past: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the deep filter over the lowest bins of the spectrum.
+
+        ``real`` and ``imag`` are (B, T, bins), ``out2`` the second GRU's output and
+        ``past`` (B, filter_history_size) the lowest input bins of the frames before the
+        block. Returns the filtered real and imaginary parts of those bins, (B, T,
+        deep_filter) each, and the new ``past``.
+        """
+        batch, frames = real.shape[0], real.shape[1]
+        count, order = self.deep_filter, DEEP_FILTER_ORDER
+        weights = self.filter_head(out2).reshape(batch, frames, order, 2, count)
+        earlier = past.reshape(batch, order - 1, 2, count)
+        # (B, order - 1 + T, bins) real and imaginary parts, oldest frame first.
+        low_real = torch.cat([earlier[:, :, 0], real[:, :, :count]], dim=1)
+        low_imag = torch.cat([earlier[:, :, 1], imag[:, :, :count]], dim=1)
+        out_real = torch.zeros_like(real[:, :, :count])
+        out_imag = torch.zeros_like(out_real)
+        for lag in range(order):
+            start = order - 1 - lag
+            x_real = low_real[:, start : start + frames]
+            x_imag = low_imag[:, start : start + frames]
+            w_real, w_imag = weights[:, :, lag, 0], weights[:, :, lag, 1]
+            out_real = out_real + w_real * x_real - w_imag * x_imag
+            out_imag = out_imag + w_real * x_imag + w_imag * x_real
+        kept = torch.stack(
+            [low_real[:, -(order - 1) :], low_imag[:, -(order - 1) :]], 2
+        )
+        return out_real, out_imag, kept.reshape(batch, -1)
 
     def synthesize(self, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
         # (B, T, bins) twice -> windowed time frames (B, T, 2 hop)
@@ -439,25 +520,47 @@ class SpeechEnhancerNet(nn.Module):
         batch = audio.shape[0]
         analysis_tail = state[:, :hop]
         synthesis_tail = state[:, hop : 2 * hop]
-        h1 = state[:, 2 * hop : 2 * hop + hidden].unsqueeze(0).contiguous()
-        h2 = state[:, 2 * hop + hidden : 2 * hop + 2 * hidden].unsqueeze(0).contiguous()
-        history = state[:, 2 * hop + 2 * hidden :]
+        filter_past = state[:, 2 * hop : self.buffer_size]
+        recurrent = self.buffer_size
+        h1 = state[:, recurrent : recurrent + hidden].unsqueeze(0).contiguous()
+        h2 = state[:, recurrent + hidden : recurrent + 2 * hidden]
+        h2 = h2.unsqueeze(0).contiguous()
+        history = state[:, recurrent + 2 * hidden :]
 
         chunks = torch.cat([analysis_tail, audio], dim=1).reshape(batch, -1, hop)
         frames = torch.cat([chunks[:, :-1], chunks[:, 1:]], dim=2)  # (B, T, 2 hop)
         real, imag = self.spectrum(frames)
-        gains, h1, h2, history = self.gains(
+        gains, h1, h2, history, out2 = self.gains(
             real, imag, h1, h2, history if self.refine else None
         )
+        raw_gains = gains
         gains = torch.maximum(gains, min_gain)
-        output_frames = self.synthesize(real * gains, imag * gains)
+        out_real, out_imag = real * gains, imag * gains
+        if self.deep_filter:
+            count = self.deep_filter
+            low_real, low_imag, filter_past = self.filtered(
+                real, imag, out2, filter_past
+            )
+            # The attenuation limit mixes min_gain of the input back into the
+            # filtered bins, which for the identity filter gives a gain between
+            # min_gain and 1, as in the other bins.
+            kept = 1.0 - min_gain
+            low_gains = raw_gains[:, :, :count] * kept
+            low_real = low_real * low_gains + min_gain * real[:, :, :count]
+            low_imag = low_imag * low_gains + min_gain * imag[:, :, :count]
+            out_real = torch.cat([low_real, out_real[:, :, count:]], dim=2)
+            out_imag = torch.cat([low_imag, out_imag[:, :, count:]], dim=2)
+        output_frames = self.synthesize(out_real, out_imag)
         first_halves = output_frames[:, :, :hop]
         second_halves = output_frames[:, :, hop:]
         previous = torch.cat(
             [synthesis_tail.unsqueeze(1), second_halves[:, :-1]], dim=1
         )
         enhanced = (first_halves + previous).reshape(batch, -1)
-        parts = [chunks[:, -1], second_halves[:, -1], h1.squeeze(0), h2.squeeze(0)]
+        parts = [chunks[:, -1], second_halves[:, -1]]
+        if self.deep_filter:
+            parts.append(filter_past)
+        parts += [h1.squeeze(0), h2.squeeze(0)]
         if self.refine:
             parts.append(history)
         new_state = torch.cat(parts, dim=1)
