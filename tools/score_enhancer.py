@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from pesq import pesq
     from pystoi import stoi
 
-    # As edgefx train enhance splits them (its default validation fractions).
+    # The same split as edgefx train enhance with its default validation fractions.
     _, speech = split_recordings(
         load_recordings(sorted(audio_split.train_speech(args.data))), 0.05, args.seed
     )

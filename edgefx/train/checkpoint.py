@@ -43,9 +43,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-# Options that may change between a run and its resumption without a warning: they do
-# not change what is trained (threads, the work folder), or the checkpoint overrides
-# them (the start weights).
+# Options that may change on resume without a warning. Threads and the work folder do
+# not change what is trained, and the checkpoint overrides the start weights.
 _QUIET_OPTIONS = frozenset({"threads", "work_dir", "init"})
 
 

@@ -476,7 +476,7 @@ class SpeechEnhancerNet(nn.Module):
         out2: torch.Tensor,
         past: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the deep filter over the lowest bins of the spectrum.
+        """Apply the deep filter to the lowest bins of the spectrum.
 
         ``real`` and ``imag`` are (B, T, bins), ``out2`` the second GRU's output and
         ``past`` (B, filter_history_size) the lowest input bins of the frames before the
@@ -542,7 +542,7 @@ class SpeechEnhancerNet(nn.Module):
                 real, imag, out2, filter_past
             )
             # The attenuation limit mixes min_gain of the input back into the
-            # filtered bins, which for the identity filter gives a gain between
+            # filtered bins. With the identity filter, their gain is then between
             # min_gain and 1, as in the other bins.
             kept = 1.0 - min_gain
             low_gains = raw_gains[:, :, :count] * kept
