@@ -179,8 +179,8 @@ def test_resume_continues_from_step(trained, tmp_path: Path, caplog) -> None:
         train(options)
 
     assert f"resumed from {checkpoint} at step 4" in caplog.text
-    # The longer schedule is the one change, and the log names it; the work folder
-    # moved too, which is not worth a word.
+    # Only the longer schedule is named. The work folder moved too, which needs no
+    # warning.
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert warnings[0].endswith("options than it ran with before: --steps 4 -> 6")
@@ -191,7 +191,7 @@ def test_resume_continues_from_step(trained, tmp_path: Path, caplog) -> None:
     assert int(state["optimizer"]["state"][0]["step"]) == 6
 
 
-def test_resume_with_other_mixing_names_it(trained, tmp_path: Path, caplog) -> None:
+def test_resume_names_changed_mixing(trained, tmp_path: Path, caplog) -> None:
     options, _ = trained
     changed = copied_options(trained, tmp_path, equalize=0.5)
 
@@ -785,34 +785,48 @@ def test_refine_state_holds_both_histories() -> None:
     assert net.state_size == 2 * 160 + 2 * 8 + 2 * 161 * (2 + 4)
 
 
-def test_refine_export_runs_in_the_runtime(tmp_path: Path) -> None:
-    net = _random_refined()
-    path = tmp_path / "refined.onnx"
-    metadata = {
+def _export_and_enhance(
+    net: SpeechEnhancerNet, path: Path, **metadata: str
+) -> tuple[float, Enhancer, np.ndarray, np.ndarray]:
+    """Export ``net`` and enhance a noisy sample with it in ONNX Runtime.
+
+    Returns the export's parity error, the runtime's enhancer, the input and output.
+    """
+    base = {
         "task": "enhance",
-        "name": "refined",
+        "name": path.stem,
         "sample_rate": str(SAMPLE_RATE),
         "hop": "160",
         "state_size": str(net.state_size),
         "delay": "160",
     }
-
     # The export checks ONNX Runtime against torch, block and hop by hop.
-    error = export_enhancer(net, path, metadata)
+    error = export_enhancer(net, path, {**base, **metadata})
     enhancer = Enhancer(str(path), RuntimeOptions(device="cpu", threads=1))
     sample = (
         Path(__file__).parents[1] / "samples/audio/noisy/arctic_a0007_room_5db.flac"
     )
     audio, rate = sf.read(sample, dtype="float32")
-    out = enhancer.enhance(audio, rate)
+    return error, enhancer, audio, enhancer.enhance(audio, rate)
+
+
+def _assert_same_weights(loaded: SpeechEnhancerNet, net: SpeechEnhancerNet) -> None:
+    for name, value in net.state_dict().items():
+        assert torch.allclose(loaded.state_dict()[name], value, atol=1e-6), name
+
+
+def test_refine_export_runs_in_the_runtime(tmp_path: Path) -> None:
+    net = _random_refined()
+    path = tmp_path / "refined.onnx"
+
+    error, _, audio, out = _export_and_enhance(net, path)
 
     assert error <= ENHANCE_PARITY_TOLERANCE
     assert out.shape == audio.shape
     assert np.isfinite(out).all()
     loaded = load_enhancer_weights(path)
     assert loaded.refine == 4
-    for name, value in net.state_dict().items():
-        assert torch.allclose(loaded.state_dict()[name], value, atol=1e-6), name
+    _assert_same_weights(loaded, net)
 
 
 def test_init_with_other_refine_raises(trained, tmp_path: Path) -> None:
@@ -851,7 +865,7 @@ def _run(net: SpeechEnhancerNet, audio: torch.Tensor, floor: float = 0.0):
         return net(audio, state, torch.tensor([floor]))[0]
 
 
-def test_deep_filter_starts_as_the_network_it_extends() -> None:
+def test_deep_filter_starts_as_identity() -> None:
     torch.manual_seed(0)
     plain = SpeechEnhancerNet(hidden=8, embedding=8).eval()
     with torch.no_grad():
@@ -863,7 +877,7 @@ def test_deep_filter_starts_as_the_network_it_extends() -> None:
     assert torch.equal(_run(filtered, audio), _run(plain, audio))
 
 
-def test_deep_filter_changes_only_its_bins() -> None:
+def test_deep_filter_changes_only_low_bins() -> None:
     net = _random_filtered(bins=6)
     plain = SpeechEnhancerNet(hidden=8, embedding=8).eval()
     plain.load_state_dict(net.state_dict(), strict=False)
@@ -879,7 +893,7 @@ def test_deep_filter_changes_only_its_bins() -> None:
     assert below > 0.99 * power.sum()
 
 
-def test_deep_filter_hop_by_hop_matches_one_block() -> None:
+def test_deep_filter_streams_like_block() -> None:
     net = _random_filtered()
     audio = 0.1 * torch.randn(2, 25 * 160)
     floor = torch.tensor([0.2])
@@ -895,7 +909,7 @@ def test_deep_filter_hop_by_hop_matches_one_block() -> None:
     assert float((torch.cat(pieces, dim=1) - block).abs().max()) < 1e-5
 
 
-def test_deep_filter_state_holds_one_past_frame() -> None:
+def test_deep_filter_state_size() -> None:
     net = SpeechEnhancerNet(hidden=8, embedding=8, deep_filter=20)
 
     # Real and imaginary parts of the 20 bins, kept with the overlap tails.
@@ -903,7 +917,7 @@ def test_deep_filter_state_holds_one_past_frame() -> None:
     assert net.state_size == net.buffer_size + 2 * 8
 
 
-def test_deep_filter_attenuation_limit_keeps_the_input() -> None:
+def test_deep_filter_attenuation_limit() -> None:
     net = _random_filtered(bins=161)  # every bin filtered
     with torch.no_grad():
         net.decoder.bias.fill_(-30.0)  # gains of 0: only the limit lets sound through
@@ -916,28 +930,13 @@ def test_deep_filter_attenuation_limit_keeps_the_input() -> None:
     assert torch.allclose(output[0, 160:], expected, atol=1e-4)
 
 
-def test_deep_filter_export_runs_and_loads_back(tmp_path: Path) -> None:
+def test_deep_filter_export_round_trip(tmp_path: Path) -> None:
     net = _random_filtered(bins=6)
     path = tmp_path / "filtered.onnx"
-    metadata = {
-        "task": "enhance",
-        "name": "filtered",
-        "sample_rate": str(SAMPLE_RATE),
-        "hop": "160",
-        "state_size": str(net.state_size),
-        "buffer_size": str(net.buffer_size),
-        "deep_filter": "6",
-        "delay": "160",
-    }
 
-    # The export checks ONNX Runtime against torch, block and hop by hop.
-    error = export_enhancer(net, path, metadata)
-    enhancer = Enhancer(str(path), RuntimeOptions(device="cpu", threads=1))
-    sample = (
-        Path(__file__).parents[1] / "samples/audio/noisy/arctic_a0007_room_5db.flac"
+    error, enhancer, audio, out = _export_and_enhance(
+        net, path, buffer_size=str(net.buffer_size), deep_filter="6"
     )
-    audio, rate = sf.read(sample, dtype="float32")
-    out = enhancer.enhance(audio, rate)
 
     assert error <= ENHANCE_PARITY_TOLERANCE
     assert enhancer.buffer_size == net.buffer_size
@@ -945,13 +944,10 @@ def test_deep_filter_export_runs_and_loads_back(tmp_path: Path) -> None:
     assert np.isfinite(out).all()
     loaded = load_enhancer_weights(path)
     assert loaded.deep_filter == 6
-    for name, value in net.state_dict().items():
-        assert torch.allclose(loaded.state_dict()[name], value, atol=1e-6), name
+    _assert_same_weights(loaded, net)
 
 
-def test_train_with_deep_filter_from_a_plain_start(
-    trained, exported: Path, tmp_path: Path
-) -> None:
+def test_train_deep_filter_from_plain(trained, exported: Path, tmp_path: Path) -> None:
     options, _ = trained
     run = replace(
         options, work_dir=tmp_path / "W", init=exported, deep_filter=4, steps=2
