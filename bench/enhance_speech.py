@@ -875,6 +875,45 @@ def format_notes(
     return notes
 
 
+def mean_or_nan(values: Sequence[float]) -> float:
+    """Return the mean of the values that are not NaN, or NaN where there are none."""
+    finite = [value for value in values if not math.isnan(value)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def format_by_noise(results: Sequence[MixtureResult], tools: Sequence[Tool]) -> str:
+    """Format each tool's means per noise file: over every SNR, and over the SNRs of
+    0 dB and below, where the tools differ most."""
+    lines = [
+        "By noise file, over every SNR and over those of 0 dB and below:",
+        "",
+        "| noise file | tool | mixtures | PESQ WB | STOI | SI-SDR (dB) "
+        "| STOI, <= 0 dB | SI-SDR, <= 0 dB |",
+        "| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for noise_file in sorted({row.noise_file for row in results}):
+        for tool in tools:
+            rows = [
+                row
+                for row in results
+                if row.tool == tool.name and row.noise_file == noise_file
+            ]
+            if not rows:
+                continue
+            low = [row for row in rows if row.snr_db <= 0]
+            columns = [
+                format_value(mean_or_nan([row.pesq_wb for row in rows]), 2),
+                format_value(mean_or_nan([row.stoi for row in rows]), 3),
+                format_value(mean_or_nan([row.si_sdr_db for row in rows]), 2),
+                format_value(mean_or_nan([row.stoi for row in low]), 3),
+                format_value(mean_or_nan([row.si_sdr_db for row in low]), 2),
+            ]
+            lines.append(
+                f"| {noise_file} | {tool.name} | {len(rows)} | {' | '.join(columns)} |"
+            )
+    return "\n".join(lines)
+
+
 def irregular_output_notes(
     summaries: Sequence[Summary],
     results: Sequence[MixtureResult],
@@ -1057,6 +1096,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "soxr_quality": SOXR_QUALITY,
     }
     print(format_report(machine, summaries, results, tools, settings))
+    print()
+    print(format_by_noise(results, tools))
 
     if args.json is not None:
         payload = {
