@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from cli_helpers import run_edgefx  # noqa: E402
 
 from edgefx.registry import read_metadata  # noqa: E402
+from edgefx.train.checkpoint import load_checkpoint  # noqa: E402
 from edgefx.train.classify import (  # noqa: E402
     augment,
     load_image_set,
@@ -110,6 +111,59 @@ def test_train_classify_resumes(trained, tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert len((copy / "log.jsonl").read_text().splitlines()) == 9
+
+
+TINY_NETWORK = (
+    "--batch-size", "8", "--size", "16", "--width", "4", "--blocks", "1",
+    "--threads", "1",
+)  # fmt: skip
+
+
+def test_init_starts_from_checkpoint(trained, tmp_path: Path) -> None:
+    data, work, _ = trained
+    fresh = tmp_path / "fresh"
+
+    # A learning rate of 0 leaves the weights where --init put them.
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--work-dir", fresh, "--epochs", "1",
+        "--learning-rate", "0", "--init", work / "best.pt", *TINY_NETWORK,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert f"starting from the weights of {work / 'best.pt'}" in result.stderr
+    start = load_checkpoint(work / "best.pt")["model"]
+    now = load_checkpoint(fresh / "checkpoint.pt")["model"]
+    weights = [name for name, value in start.items() if value.is_floating_point()]
+    weights = [name for name in weights if "running" not in name]
+    assert weights
+    for name in weights:
+        assert torch.equal(now[name], start[name]), name
+
+
+def test_init_other_width_exit_2(trained, tmp_path: Path) -> None:
+    data, work, _ = trained
+
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--work-dir", tmp_path / "w",
+        "--epochs", "1", "--init", work / "best.pt", "--batch-size", "8",
+        "--size", "16", "--width", "8", "--blocks", "1", "--threads", "1",
+    )  # fmt: skip
+
+    assert result.returncode == 2, result.stderr
+    assert "was trained with other --width" in result.stderr
+    assert not (tmp_path / "w" / "checkpoint.pt").exists()
+
+
+def test_init_onnx_exit_2(trained, tmp_path: Path) -> None:
+    data, work, _ = trained
+
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--work-dir", tmp_path / "w",
+        "--epochs", "1", "--init", work / "tiny.onnx", *TINY_NETWORK,
+    )  # fmt: skip
+
+    assert result.returncode == 2, result.stderr
+    assert "an ONNX file; give the best.pt training checkpoint" in result.stderr
 
 
 def test_train_classify_one_class_exit_2(tmp_path: Path) -> None:

@@ -355,6 +355,18 @@ def train_classify(
             parser=number(0.1),
         ),
     ] = 4.0,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="BEST.PT",
+            help="Start from the weights of this training checkpoint, which must "
+            "come from the same network options, --data and --seed; the schedule "
+            "starts anew. Ignored when --work-dir already holds a checkpoint to "
+            "resume.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Train the image classifier (a CIFAR ResNet or convnet) on labelled images."""
     with handle_errors(CHECKPOINT_HINT):
@@ -395,6 +407,7 @@ def train_classify(
             teachers=tuple(teacher or ()),
             distill_weight=distill_weight,
             temperature=temperature,
+            init=init,
         )
         try:
             best = train(options)

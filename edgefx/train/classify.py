@@ -54,6 +54,7 @@ class ClassifyTrainOptions:
     teachers: tuple[Path, ...] = ()
     distill_weight: float = 0.9
     temperature: float = 4.0
+    init: Path | None = None
 
 
 @dataclass
@@ -379,6 +380,21 @@ def train(options: ClassifyTrainOptions) -> Path:
                 ", ".join(saved["teachers"]) or "none",
                 ", ".join(teacher_names) or "none",
             )
+    elif options.init is not None:
+        if options.init.suffix.lower() == ".onnx":
+            raise ValueError(
+                f"--init {options.init}: an ONNX file; give the best.pt training "
+                "checkpoint of an edgefx train classify run"
+            )
+        start = load_checkpoint(options.init)
+        if start.get("config") != config:
+            raise ValueError(
+                f"--init {options.init} was trained with other "
+                f"{_config_difference(start.get('config'), config)}; start from a "
+                "checkpoint of the same network, data and --seed"
+            )
+        model.load_state_dict(start["model"])
+        logger.info("starting from the weights of %s", options.init)
     teachers = load_teachers(options.teachers, config)
     if teachers:
         logger.info(
