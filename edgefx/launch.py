@@ -1,14 +1,17 @@
 """Entry point of the ``edgefx`` console script.
 
 The command line imports typer and rich before any command runs. Ctrl-C in that first
-fraction of a second would otherwise end in a KeyboardInterrupt traceback, so this
-module, which imports nothing heavy itself, turns it into the one-line message and the
-exit status 130 that an interrupted command gives.
+fraction of a second would otherwise end in a KeyboardInterrupt traceback, and Ctrl-C
+while typer parses the command line in a silent exit. This module, which imports
+nothing heavy itself, turns both into the one-line message and the exit status 130
+that an interrupted command gives.
 """
 
 from __future__ import annotations
 
 import sys
+
+INTERRUPTED = 130
 
 
 def main() -> None:
@@ -19,4 +22,10 @@ def main() -> None:
         cli_main()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
+    except SystemExit as exit_:
+        common = sys.modules.get("edgefx.cli._common")
+        reported = common is not None and common.stop_reported()
+        if exit_.code == INTERRUPTED and not reported:
+            sys.stderr.write("interrupted\n")
+        raise

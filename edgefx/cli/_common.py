@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -327,18 +328,52 @@ CHECKPOINT_HINT = (
 )
 
 
+# Set once a command has printed why it stopped, so that edgefx.launch does not print
+# a second line for the same interrupt.
+_stop_reported = threading.Event()
+
+
+def stop_reported() -> bool:
+    """Return whether a command has printed an "interrupted" or "terminated" line."""
+    return _stop_reported.is_set()
+
+
+def _import_holding_interrupts(modules: tuple[str, ...]) -> None:
+    """Import ``modules`` with Ctrl-C and SIGTERM held back until they are loaded.
+
+    A KeyboardInterrupt raised inside the import of torch or of numpy from C++ can be
+    lost, so that the command runs on, or leave numpy half imported, so that it fails
+    later with an AttributeError. Held back, the signal arrives once the imports are
+    done, as an ordinary interrupt. A module that is not installed is skipped here and
+    reported by the code that needs it.
+    """
+    import importlib
+
+    from edgefx.fsutil import interrupts_deferred
+
+    with interrupts_deferred():
+        for name in modules:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+
+
 @contextlib.contextmanager
-def handle_errors(stop_hint: str = RESUME_HINT) -> Iterator[None]:
+def handle_errors(
+    stop_hint: str = RESUME_HINT, imports: tuple[str, ...] = ("numpy", "onnxruntime")
+) -> Iterator[None]:
     """Turn edgefx errors into one line on stderr and the exit status they carry.
 
     SIGTERM (from kill, timeout, a service manager) is turned into an exception like
     Ctrl-C, so that an output being written is removed instead of left half-written.
     ``stop_hint`` follows "interrupted: " or "terminated: " and says what was kept.
+    ``imports`` are the heavy modules that the command needs, imported first with
+    interrupts held back (see _import_holding_interrupts).
     """
     from edgefx.errors import EdgefxError
 
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        _import_holding_interrupts(imports)
         yield
     except EdgefxError as err:
         stderr_console().print(
@@ -349,9 +384,11 @@ def handle_errors(stop_hint: str = RESUME_HINT) -> Iterator[None]:
         stderr_console().print(
             f"interrupted: {stop_hint}", markup=False, soft_wrap=True
         )
+        _stop_reported.set()
         raise typer.Exit(130) from err
     except Terminated as err:
         stderr_console().print(f"terminated: {stop_hint}", markup=False, soft_wrap=True)
+        _stop_reported.set()
         raise typer.Exit(143) from err
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -201,7 +201,7 @@ def train_denoise(
     The network takes the noise level as an input; `edgefx denoise` estimates it per
     image unless --sigma is given.
     """
-    with handle_errors(CHECKPOINT_HINT):
+    with handle_errors(CHECKPOINT_HINT, imports=("numpy", "torch")):
         _require_torch()
         from edgefx.errors import UsageError
         from edgefx.train.denoise import DenoiseTrainOptions, export_best, train
@@ -369,7 +369,7 @@ def train_classify(
     ] = None,
 ) -> None:
     """Train the image classifier (a CIFAR ResNet or convnet) on labelled images."""
-    with handle_errors(CHECKPOINT_HINT):
+    with handle_errors(CHECKPOINT_HINT, imports=("numpy", "torch")):
         _require_torch()
         from edgefx.errors import UsageError
         from edgefx.train.classify import (
@@ -594,7 +594,7 @@ def train_enhance(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train the speech enhancer on clean speech mixed with noise on the fly."""
-    with handle_errors(CHECKPOINT_HINT):
+    with handle_errors(CHECKPOINT_HINT, imports=("numpy", "torch")):
         _require_torch()
         from edgefx.errors import UsageError
         from edgefx.train import audio_split
