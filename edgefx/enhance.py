@@ -108,16 +108,15 @@ class Enhancer:
         self.state_size = _metadata_int(self.info, "state_size")
         # Floats at the start of the state that hold past audio (overlap tails and
         # the deep filter's past frame); models from before the key hold two hops.
-        self.buffer_size = (
-            _metadata_int(self.info, "buffer_size")
-            if "buffer_size" in self.info.metadata
-            else 2 * self.hop
-        )
-        if self.buffer_size > self.state_size:
-            raise ModelError(
-                f"{self.info.path}: metadata buffer_size ({self.buffer_size}) is "
-                f"larger than state_size ({self.state_size})"
-            )
+        if "buffer_size" in self.info.metadata:
+            self.buffer_size = _metadata_int(self.info, "buffer_size")
+            if self.buffer_size > self.state_size:
+                raise ModelError(
+                    f"{self.info.path}: metadata buffer_size ({self.buffer_size}) "
+                    f"is larger than state_size ({self.state_size})"
+                )
+        else:
+            self.buffer_size = min(2 * self.hop, self.state_size)
         self.delay = _metadata_int(self.info, "delay")
         if self.delay % self.hop:
             raise ModelError(

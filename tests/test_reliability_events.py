@@ -374,9 +374,14 @@ def test_classify_results_full_disk(tmp_path: Path) -> None:
 
         result = run_edgefx("classify", small, "--format", "csv", "--out", rows)
 
+        # The --out check writes a byte before any image is classified, so a full
+        # disk stops the run at once with a usage error.
         lines = result.stderr.strip().splitlines()
-        assert result.returncode == 1, result.stderr
-        assert lines[-1] == f"error: {rows}: no space left on the device", lines
+        assert result.returncode == 2, result.stderr
+        assert lines == [
+            f"error: --out {rows}: cannot write the file in {mount}: no space left "
+            "on the device; choose another --out file"
+        ], lines
         assert "Traceback" not in result.stderr
         assert not rows.exists()
         assert temporaries(mount) == []
