@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,25 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 _QUIET_OPTIONS = frozenset({"threads", "work_dir", "init"})
 
 
+def _plain(value: object) -> object:
+    """Return a JSON value for ``value``: a path as an absolute path, else its text."""
+    if isinstance(value, os.PathLike):
+        return os.path.abspath(value)
+    return str(value)
+
+
+def _describe_change(flag: str, old: object, new: object) -> str:
+    """Name one changed option: its flag and both values, or for lists what moved."""
+    if isinstance(old, list) and isinstance(new, list):
+        added = len(set(map(str, new)) - set(map(str, old)))
+        removed = len(set(map(str, old)) - set(map(str, new)))
+        return (
+            f"{flag} {len(old)} -> {len(new)} entries ({added} added, {removed} "
+            "removed)"
+        )
+    return f"{flag} {old!r} -> {new!r}"
+
+
 def record_options(
     work_dir: Path,
     options: dict[str, Any],
@@ -60,21 +80,32 @@ def record_options(
 
     A run resumed with other data or schedule options goes on with the new ones, which
     is sometimes what the user wants (a longer schedule) and sometimes a typo. Either
-    way the log says which options changed, from what to what. ``flags`` maps option
-    names to the command-line flags that set them, where the two differ.
+    way, the log names each changed option with its old and new value. Paths are
+    stored as absolute paths, so that the same folder given another way is no change.
+    ``flags`` maps option names to the command-line flags that set them, where the
+    two differ.
     """
     path = work_dir / "options.json"
-    current = json.loads(json.dumps(options, default=str))
+    current = json.loads(json.dumps(options, default=_plain))
     if resumed and path.exists():
         try:
             saved = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as err:
+            logger.warning(
+                "%s is unreadable (%s), so options changed since the run began cannot "
+                "be named; it is rewritten with the current ones",
+                path,
+                err,
+            )
             saved = None
         if isinstance(saved, dict):
             quiet = _QUIET_OPTIONS | set(also_quiet)
             changes = [
-                f"{(flags or {}).get(key, '--' + key.replace('_', '-'))} "
-                f"{saved.get(key)!r} -> {current.get(key)!r}"
+                _describe_change(
+                    (flags or {}).get(key, "--" + key.replace("_", "-")),
+                    saved.get(key),
+                    current.get(key),
+                )
                 for key in sorted(set(saved) | set(current))
                 if key not in quiet and saved.get(key) != current.get(key)
             ]

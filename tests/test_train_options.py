@@ -1,0 +1,61 @@
+"""The options.json of a training run, and the warning when a resumed run changes it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from edgefx.train.checkpoint import record_options  # noqa: E402
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_same_folder_spelled_otherwise_is_no_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    record_options(tmp_path, {"speech": [Path("speech")]}, resumed=False)
+
+    with caplog.at_level(logging.WARNING):
+        record_options(tmp_path, {"speech": [tmp_path / "speech"]}, resumed=True)
+
+    assert warnings_of(caplog) == []
+    saved = json.loads((tmp_path / "options.json").read_text())
+    assert saved["speech"] == [str(tmp_path / "speech")]
+
+
+def test_changed_file_list_is_summarized(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = [tmp_path / name for name in ("a.wav", "b.wav")]
+    after = [tmp_path / name for name in ("a.wav", "c.wav", "d.wav")]
+    record_options(tmp_path, {"noise": before}, resumed=False)
+
+    with caplog.at_level(logging.WARNING):
+        record_options(
+            tmp_path, {"noise": after}, resumed=True, flags={"noise": "--noise"}
+        )
+
+    (warning,) = warnings_of(caplog)
+    assert warning.endswith("--noise 2 -> 3 entries (2 added, 1 removed)")
+    assert "a.wav" not in warning
+
+
+def test_unreadable_options_file_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "options.json").write_text("{not json")
+
+    with caplog.at_level(logging.WARNING):
+        record_options(tmp_path, {"steps": 6}, resumed=True)
+
+    (warning,) = warnings_of(caplog)
+    assert warning.startswith(f"{tmp_path / 'options.json'} is unreadable")
+    assert json.loads((tmp_path / "options.json").read_text()) == {"steps": 6}
