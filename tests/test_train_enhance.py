@@ -203,8 +203,17 @@ def test_resume_names_changed_mixing(trained, tmp_path: Path, caplog) -> None:
     assert saved["equalize"] == 0.5
 
 
-@pytest.mark.parametrize("changes", [{"hidden": 12}, {"embedding": 16}])
-def test_resume_other_options_raises(trained, tmp_path: Path, changes: dict) -> None:
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"hidden": 12}, "--hidden 8 (now 12)"),
+        ({"embedding": 16}, "embedding 8 (now 16)"),
+        ({"deep_filter": 20}, "--deep-filter 0 (now 20)"),
+    ],
+)
+def test_resume_other_options_raises(
+    trained, tmp_path: Path, changes: dict, named: str
+) -> None:
     options = copied_options(trained, tmp_path, steps=6, **changes)
     checkpoint = options.work_dir / "checkpoint.pt"
 
@@ -212,6 +221,7 @@ def test_resume_other_options_raises(trained, tmp_path: Path, changes: dict) -> 
         train(options)
 
     assert str(checkpoint) in str(caught.value)
+    assert named in str(caught.value)
     assert load_checkpoint(checkpoint)["step"] == 4
     assert log_steps(options.work_dir) == [4]
 
@@ -843,6 +853,8 @@ def test_init_with_other_refine_raises(trained, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="same --refine"):
         train(run)
 
+    assert not run.work_dir.exists()
+
 
 # --------------------------------------------------------------------------------------
 # Deep filter (--deep-filter)
@@ -945,6 +957,32 @@ def test_deep_filter_export_round_trip(tmp_path: Path) -> None:
     loaded = load_enhancer_weights(path)
     assert loaded.deep_filter == 6
     _assert_same_weights(loaded, net)
+
+
+def test_deep_filter_found_without_metadata(tmp_path: Path) -> None:
+    net = _random_filtered(bins=6)
+    path = tmp_path / "filtered.onnx"
+    # No deep_filter entry: the size comes from the graph's weights.
+    export_enhancer(
+        net, path, {"task": "enhance", "hop": "160", "state_size": str(net.state_size)}
+    )
+
+    loaded = load_enhancer_weights(path)
+
+    assert loaded.deep_filter == 6
+    _assert_same_weights(loaded, net)
+
+
+def test_deep_filter_metadata_mismatch_raises(tmp_path: Path) -> None:
+    net = _random_filtered(bins=6)
+    path = tmp_path / "filtered.onnx"
+    metadata = {"task": "enhance", "hop": "160", "state_size": str(net.state_size)}
+    export_enhancer(net, path, {**metadata, "deep_filter": "abc"})
+
+    with pytest.raises(ValueError, match="metadata deep_filter is 'abc'") as caught:
+        load_enhancer_weights(path)
+
+    assert str(path) in str(caught.value)
 
 
 def test_train_deep_filter_from_plain(trained, exported: Path, tmp_path: Path) -> None:

@@ -475,6 +475,28 @@ def split_recordings(
     return train, validation or train
 
 
+# Flags of the network options in a checkpoint's config; the others are fixed.
+NETWORK_FLAGS = {
+    "hidden": "--hidden",
+    "refine": "--refine",
+    "deep_filter": "--deep-filter",
+}
+
+
+def _network_difference(saved: object, config: dict[str, int]) -> str:
+    """Name the network options in which a checkpoint's config differs from
+    ``config``, with the checkpoint's value and the requested one."""
+    if not isinstance(saved, dict):
+        return "the checkpoint has no network configuration"
+    changes = []
+    for key in sorted(set(saved) | set(config)):
+        # refine and deep_filter are left out of the config when 0.
+        old, new = saved.get(key, 0), config.get(key, 0)
+        if old != new:
+            changes.append(f"{NETWORK_FLAGS.get(key, key)} {old} (now {new})")
+    return ", ".join(changes)
+
+
 def learning_rate_at(step: int, total: int, peak: float) -> float:
     """Linear warm-up over 5 % of the steps, then cosine decay to 5 % of the peak."""
     warmup = max(1, int(total * 0.05))
@@ -497,6 +519,79 @@ def train(options: EnhanceTrainOptions) -> Path:
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
+    checkpoint_path = options.work_dir / "checkpoint.pt"
+    log_path = options.work_dir / "log.jsonl"
+    model = SpeechEnhancerNet(
+        hidden=options.hidden,
+        embedding=options.embedding,
+        refine=options.refine,
+        deep_filter=options.deep_filter,
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=options.learning_rate, weight_decay=1e-4
+    )
+    config: dict[str, int] = {
+        "hidden": options.hidden,
+        "embedding": options.embedding,
+        "hop": model.hop,
+    }
+    if options.refine:
+        # Only set when used, so that checkpoints from before the option still resume.
+        config["refine"] = options.refine
+    if options.deep_filter:
+        config["deep_filter"] = options.deep_filter
+    step = 0
+    best_score = -math.inf
+    best_record: dict[str, float] = {}  # validation scores of the best checkpoint
+    resumed = checkpoint_path.exists()
+    if resumed:
+        state = load_checkpoint(checkpoint_path)
+        if state.get("config") != config:
+            raise ValueError(
+                f"{checkpoint_path} was trained with other network options: "
+                f"{_network_difference(state.get('config'), config)}; use another "
+                "--work-dir or the same options"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        best_score = float(state["best_score"])
+        best_record = dict(state.get("best_record", {}))
+        logger.info("resumed from %s at step %d", checkpoint_path, step)
+    elif options.init is not None:
+        start = load_enhancer_weights(options.init)
+        if (start.hidden, start.embedding, start.hop) != (
+            options.hidden,
+            options.embedding,
+            model.hop,
+        ):
+            raise ValueError(
+                f"{options.init} has {start.hidden} GRU units and an embedding of "
+                f"{start.embedding} (this recipe: {options.hidden} and "
+                f"{options.embedding}); train with --hidden {start.hidden}"
+            )
+        if start.refine not in (0, options.refine):
+            raise ValueError(
+                f"{options.init} has a refinement of {start.refine} channels; train "
+                "with the same --refine"
+            )
+        if start.deep_filter not in (0, options.deep_filter):
+            bins = "bin" if start.deep_filter == 1 else "bins"
+            raise ValueError(
+                f"{options.init} has a deep filter over {start.deep_filter} {bins}; "
+                "train with the same --deep-filter"
+            )
+        # A start without the refinement or the deep filter leaves them at their
+        # initialization, which keeps the start's output.
+        model.load_state_dict(
+            start.state_dict(),
+            strict=(start.refine, start.deep_filter)
+            == (options.refine, options.deep_filter),
+        )
+        logger.info("starting from the weights of %s", options.init)
+    # The network options are checked above, before the recordings are loaded and
+    # before the work folder exists, so that a mistake costs no time and leaves
+    # nothing behind.
     # Unreadable files are dropped before the split, so that a bad file cannot leave
     # the validation set empty.
     speech, validation_speech = split_recordings(
@@ -536,80 +631,12 @@ def train(options: EnhanceTrainOptions) -> Path:
     limited_noisy = low_pass(validation_noisy, VALIDATION_BAND_LIMIT_HZ)
     limited_clean = low_pass(validation_clean, VALIDATION_BAND_LIMIT_HZ)
 
-    options.work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = options.work_dir / "checkpoint.pt"
-    log_path = options.work_dir / "log.jsonl"
-    model = SpeechEnhancerNet(
-        hidden=options.hidden,
-        embedding=options.embedding,
-        refine=options.refine,
-        deep_filter=options.deep_filter,
-    )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=options.learning_rate, weight_decay=1e-4
-    )
-    config: dict[str, int] = {
-        "hidden": options.hidden,
-        "embedding": options.embedding,
-        "hop": model.hop,
-    }
-    if options.refine:
-        # Only set when used, so that checkpoints from before the option still resume.
-        config["refine"] = options.refine
-    if options.deep_filter:
-        config["deep_filter"] = options.deep_filter
-    step = 0
-    best_score = -math.inf
-    best_record: dict[str, float] = {}  # validation scores of the best checkpoint
-    resumed = checkpoint_path.exists()
-    if resumed:
-        state = load_checkpoint(checkpoint_path)
-        if state.get("config") != config:
-            raise ValueError(
-                f"{checkpoint_path} was trained with other network options; "
-                "use another --work-dir or the same options"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        best_score = float(state["best_score"])
-        best_record = dict(state.get("best_record", {}))
-        logger.info("resumed from %s at step %d", checkpoint_path, step)
-    elif options.init is not None:
-        start = load_enhancer_weights(options.init)
-        if (start.hidden, start.embedding, start.hop) != (
-            options.hidden,
-            options.embedding,
-            model.hop,
-        ):
-            raise ValueError(
-                f"{options.init} has {start.hidden} GRU units and an embedding of "
-                f"{start.embedding} (this recipe: {options.hidden} and "
-                f"{options.embedding}); train with --hidden {start.hidden}"
-            )
-        if start.refine not in (0, options.refine):
-            raise ValueError(
-                f"{options.init} has a refinement of {start.refine} channels; train "
-                "with the same --refine"
-            )
-        if start.deep_filter not in (0, options.deep_filter):
-            raise ValueError(
-                f"{options.init} has a deep filter over {start.deep_filter} bins; "
-                "train with the same --deep-filter"
-            )
-        # A start without the refinement or the deep filter leaves them at their
-        # initialization, which keeps the start's output.
-        model.load_state_dict(
-            start.state_dict(),
-            strict=(start.refine, start.deep_filter)
-            == (options.refine, options.deep_filter),
-        )
-        logger.info("starting from the weights of %s", options.init)
-    else:
+    if not resumed and options.init is None:
         sample_noisy, _ = draw_mixtures(
             speech, noise, 64, length, np.random.default_rng(options.seed + 1)
         )
         set_feature_statistics(model, sample_noisy)
+    options.work_dir.mkdir(parents=True, exist_ok=True)
     record_options(
         options.work_dir,
         asdict(options),
@@ -801,20 +828,28 @@ def load_enhancer_weights(path: Path) -> SpeechEnhancerNet:
     encoder, decoder = encoders[0], decoders[0]
     hidden = int(values[grus[0].input[2]].shape[2])
     refine = int(values["refine1.weight"].shape[0]) if "refine1.weight" in values else 0
-    deep_filter = int(metadata.get("deep_filter", "0"))
+    # The filter's size comes from its weights, which cannot disagree with the graph
+    # as a metadata entry can.
+    filter_bias = values.get("filter_head.bias")
+    deep_filter = (
+        0 if filter_bias is None else filter_bias.size // (2 * DEEP_FILTER_ORDER)
+    )
+    if metadata.get("deep_filter", str(deep_filter)) != str(deep_filter):
+        raise ValueError(
+            f"{path}: metadata deep_filter is {metadata['deep_filter']!r}, but the "
+            f"graph's deep filter covers {deep_filter} bins"
+        )
     model = SpeechEnhancerNet(
         int(metadata["hop"]), hidden, encoder.shape[1], refine, deep_filter
     )
     with torch.no_grad():
-        if deep_filter:
+        if filter_bias is not None:
             outputs = DEEP_FILTER_ORDER * 2 * deep_filter
             heads = [w for w in weights if w.shape == (hidden, outputs)]
-            if len(heads) != 1 or "filter_head.bias" not in values:
+            if len(heads) != 1:
                 raise ValueError(f"{path}: its deep filter weights are not found")
             model.filter_head.weight.copy_(torch.from_numpy(heads[0].T.copy()))
-            model.filter_head.bias.copy_(
-                torch.from_numpy(values["filter_head.bias"].copy())
-            )
+            model.filter_head.bias.copy_(torch.from_numpy(filter_bias.copy()))
         for name in ("refine1", "refine2", "refine_out") if refine else ():
             layer = model.get_submodule(name)
             for kind in ("weight", "bias"):
