@@ -517,7 +517,11 @@ class Classifier:
         file_labels = read_labels_file(labels_path) if labels_path else None
         runtime = runtime or RuntimeOptions()
         self.info = resolve_model(model, "classify", runtime.device)
-        self.session = create_session(self.info.path, runtime or RuntimeOptions())
+        self.session = create_session(
+            self.info.path,
+            runtime or RuntimeOptions(),
+            self.info.metadata.get("precision"),
+        )
         self.signature = read_signature(
             self.info, self.session.get_inputs(), self.session.get_outputs()
         )

@@ -155,7 +155,11 @@ class Denoiser:
     ) -> None:
         runtime = runtime or RuntimeOptions()
         self.info = resolve_model(model, "denoise", runtime.device)
-        self.session = create_session(self.info.path, runtime or RuntimeOptions())
+        self.session = create_session(
+            self.info.path,
+            runtime or RuntimeOptions(),
+            self.info.metadata.get("precision"),
+        )
         self.signature = read_signature(self.info, self.session.get_inputs())
 
     def denoise(

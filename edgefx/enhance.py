@@ -123,7 +123,11 @@ class Enhancer:
                 f"{self.info.path}: the delay ({self.delay}) must be whole hops "
                 f"({self.hop})"
             )
-        self.session = create_session(self.info.path, runtime or RuntimeOptions())
+        self.session = create_session(
+            self.info.path,
+            runtime or RuntimeOptions(),
+            self.info.metadata.get("precision"),
+        )
         names = tuple(i.name for i in self.session.get_inputs())
         if sorted(names) != sorted(INPUT_NAMES) or len(self.session.get_outputs()) != 3:
             raise ModelError(

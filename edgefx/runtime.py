@@ -155,13 +155,15 @@ def cuda_usable() -> bool:
 
 
 def create_session(
-    model_path: Path, options: RuntimeOptions
+    model_path: Path, options: RuntimeOptions, precision: str | None = None
 ) -> onnxruntime.InferenceSession:
     """Create an inference session for ``model_path`` on the device that options select.
 
     ``auto`` tries CUDA (when the installed onnxruntime has it) and falls back to the
     CPU, logging which one runs. An explicit ``cuda`` or ``tensorrt`` that cannot start
     raises DeviceError with the reason instead of silently running on the CPU.
+    ``precision`` is the model's precision metadata ("fp16" for ``edgefx export
+    --fp16`` files).
     """
     # A model's external-data entries may name any file; those outside its folder are
     # rejected before ONNX Runtime opens anything.
@@ -191,11 +193,18 @@ def create_session(
 
     # When a provider fails, onnxruntime's Python wrapper prints an "EP Error" banner
     # to stdout and retries with the other providers. The banner goes to the debug log.
+    # ONNX Runtime 1.31.1 crashes with a segmentation fault while it optimizes some
+    # float16 graphs for the CPU, such as an enhancer with a deep filter. Without its
+    # fusion of transposes into MatMul they load and run.
+    disabled = ["MatmulTransposeFusion"] if precision == "fp16" else None
     banner = io.StringIO()
     try:
         with contextlib.redirect_stdout(banner):
             session = ort.InferenceSession(
-                str(model_path), sess_options=session_options, providers=wanted
+                str(model_path),
+                sess_options=session_options,
+                providers=wanted,
+                disabled_optimizers=disabled,
             )
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)

@@ -20,6 +20,8 @@ import soundfile as sf
 
 torch = pytest.importorskip("torch")
 
+from cli_helpers import run_edgefx  # noqa: E402
+
 from edgefx.enhance import Enhancer  # noqa: E402
 from edgefx.registry import read_metadata  # noqa: E402
 from edgefx.runtime import RuntimeOptions  # noqa: E402
@@ -957,6 +959,37 @@ def test_deep_filter_export_round_trip(tmp_path: Path) -> None:
     loaded = load_enhancer_weights(path)
     assert loaded.deep_filter == 6
     _assert_same_weights(loaded, net)
+
+
+def test_deep_filter_fp16_export_runs(tmp_path: Path) -> None:
+    net = _random_filtered(bins=6)
+    path = tmp_path / "filtered.onnx"
+    export_enhancer(
+        net,
+        path,
+        {
+            "task": "enhance",
+            "name": "filtered",
+            "sample_rate": str(SAMPLE_RATE),
+            "hop": "160",
+            "state_size": str(net.state_size),
+            "buffer_size": str(net.buffer_size),
+            "delay": "160",
+        },
+    )
+    half = tmp_path / "filtered-fp16.onnx"
+    sample = Path(__file__).parents[1] / "samples/audio/noisy"
+
+    exported = run_edgefx("export", path, "--format", "onnx", "--fp16", "-o", half)
+    # Separate processes: ONNX Runtime 1.31.1 crashed while loading this file.
+    result = run_edgefx(
+        "enhance", sample, "--model", half, "--out", tmp_path / "out", "--device",
+        "cpu",
+    )  # fmt: skip
+
+    assert exported.returncode == 0, exported.stderr
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").iterdir())) == 2
 
 
 def test_deep_filter_found_without_metadata(tmp_path: Path) -> None:
