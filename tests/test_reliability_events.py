@@ -180,7 +180,7 @@ def test_enhance_interrupt_then_resume(signum: int, status: int, tmp_path: Path)
     assert expected in rerun.stderr, rerun.stderr
 
 
-def test_interrupt_during_startup_prints_no_traceback(tmp_path: Path) -> None:
+def test_startup_interrupt_no_traceback(tmp_path: Path) -> None:
     """Ctrl-C while the command line is still importing exits 130 without a traceback.
 
     The signal is sent at several moments of the first half second, so that some land
@@ -210,7 +210,7 @@ def test_interrupt_during_startup_prints_no_traceback(tmp_path: Path) -> None:
             assert "interrupted" in stderr, (delay, stderr)
 
 
-def test_interrupt_during_import_arrives_after(tmp_path: Path, monkeypatch) -> None:
+def test_import_interrupt_arrives_after(tmp_path: Path, monkeypatch) -> None:
     from edgefx.cli._common import _import_holding_interrupts
 
     # A module that is interrupted half way through its own import, as torch can be.

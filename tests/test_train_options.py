@@ -17,7 +17,7 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
-def test_same_folder_spelled_otherwise_is_no_change(
+def test_same_folder_other_spelling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -31,7 +31,7 @@ def test_same_folder_spelled_otherwise_is_no_change(
     assert saved["speech"] == [str(tmp_path / "speech")]
 
 
-def test_changed_file_list_is_summarized(
+def test_changed_file_list_summarized(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = [tmp_path / name for name in ("a.wav", "b.wav")]
@@ -48,7 +48,7 @@ def test_changed_file_list_is_summarized(
     assert "a.wav" not in warning
 
 
-def test_unreadable_options_file_is_named(
+def test_unreadable_options_file_named(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "options.json").write_text("{not json")
