@@ -797,6 +797,19 @@ def test_refine_state_holds_both_histories() -> None:
     assert net.state_size == 2 * 160 + 2 * 8 + 2 * 161 * (2 + 4)
 
 
+def _metadata(net: SpeechEnhancerNet, path: Path, **extra: str) -> dict[str, str]:
+    """Return the metadata that an enhancer needs to run in edgefx enhance."""
+    return {
+        "task": "enhance",
+        "name": path.stem,
+        "sample_rate": str(SAMPLE_RATE),
+        "hop": "160",
+        "state_size": str(net.state_size),
+        "delay": "160",
+        **extra,
+    }
+
+
 def _export_and_enhance(
     net: SpeechEnhancerNet, path: Path, **metadata: str
 ) -> tuple[float, Enhancer, np.ndarray, np.ndarray]:
@@ -804,16 +817,8 @@ def _export_and_enhance(
 
     Returns the export's parity error, the runtime's enhancer, the input and output.
     """
-    base = {
-        "task": "enhance",
-        "name": path.stem,
-        "sample_rate": str(SAMPLE_RATE),
-        "hop": "160",
-        "state_size": str(net.state_size),
-        "delay": "160",
-    }
     # The export checks ONNX Runtime against torch, block and hop by hop.
-    error = export_enhancer(net, path, {**base, **metadata})
+    error = export_enhancer(net, path, _metadata(net, path, **metadata))
     enhancer = Enhancer(str(path), RuntimeOptions(device="cpu", threads=1))
     sample = (
         Path(__file__).parents[1] / "samples/audio/noisy/arctic_a0007_room_5db.flac"
@@ -964,19 +969,7 @@ def test_deep_filter_export_round_trip(tmp_path: Path) -> None:
 def test_deep_filter_fp16_export_runs(tmp_path: Path) -> None:
     net = _random_filtered(bins=6)
     path = tmp_path / "filtered.onnx"
-    export_enhancer(
-        net,
-        path,
-        {
-            "task": "enhance",
-            "name": "filtered",
-            "sample_rate": str(SAMPLE_RATE),
-            "hop": "160",
-            "state_size": str(net.state_size),
-            "buffer_size": str(net.buffer_size),
-            "delay": "160",
-        },
-    )
+    export_enhancer(net, path, _metadata(net, path, buffer_size=str(net.buffer_size)))
     half = tmp_path / "filtered-fp16.onnx"
     sample = Path(__file__).parents[1] / "samples/audio/noisy"
 
