@@ -115,6 +115,13 @@ class Enhancer:
                     f"{self.info.path}: metadata buffer_size ({self.buffer_size}) "
                     f"is larger than state_size ({self.state_size})"
                 )
+        elif "deep_filter" in self.info.metadata:
+            # The filter's past frame sits in the buffer part too, and a buffer of
+            # two hops would leave it to leak from the priming pass into the output.
+            raise ModelError(
+                f"{self.info.path}: metadata has deep_filter but no buffer_size; "
+                "export the model again with edgefx train enhance --export"
+            )
         else:
             self.buffer_size = min(2 * self.hop, self.state_size)
         self.delay = _metadata_int(self.info, "delay")

@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 from cli_helpers import run_edgefx  # noqa: E402
 
 from edgefx.enhance import Enhancer  # noqa: E402
+from edgefx.errors import ModelError  # noqa: E402
 from edgefx.registry import read_metadata  # noqa: E402
 from edgefx.runtime import RuntimeOptions  # noqa: E402
 from edgefx.train.enhance import (  # noqa: E402
@@ -983,6 +984,17 @@ def test_deep_filter_fp16_export_runs(tmp_path: Path) -> None:
     assert exported.returncode == 0, exported.stderr
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "out").iterdir())) == 2
+
+
+def test_deep_filter_without_buffer_size_rejected(tmp_path: Path) -> None:
+    net = _random_filtered(bins=6)
+    path = tmp_path / "filtered.onnx"
+    export_enhancer(net, path, _metadata(net, path, deep_filter="6"))
+
+    with pytest.raises(ModelError, match="deep_filter but no buffer_size") as caught:
+        Enhancer(str(path), RuntimeOptions(device="cpu", threads=1))
+
+    assert str(path) in str(caught.value)
 
 
 def test_deep_filter_found_without_metadata(tmp_path: Path) -> None:
