@@ -239,20 +239,31 @@ def interrupts_deferred() -> Iterator[None]:
 
     Python runs signal handlers between bytecodes, so a Ctrl-C or SIGTERM could land
     between creating a temporary file and recording its name, and no cleanup would know
-    the file. Blocking the signals for those few statements closes that gap. Only the
-    main thread of a POSIX process can do this; elsewhere the block runs as it is.
+    the file. While the block runs, both signals only get recorded; once it is done,
+    the previous handlers are back and each recorded signal is raised again. Blocking
+    the signals with a thread mask would not do: the kernel then delivers them to
+    another thread, and Python still raises in the main thread. Only the main thread
+    can set handlers; elsewhere the block runs as it is.
     """
-    if not hasattr(signal, "pthread_sigmask") or (
-        threading.current_thread() is not threading.main_thread()
-    ):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    interrupts = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts)
+    received: list[int] = []
+
+    def record(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    previous = {
+        number: signal.signal(number, record)
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
 
 
 # A folder that could not be listed, and the reason from describe_read_error.
