@@ -106,8 +106,9 @@ class Enhancer:
         self.rate = _metadata_int(self.info, "sample_rate")
         self.hop = _metadata_int(self.info, "hop")
         self.state_size = _metadata_int(self.info, "state_size")
-        # Floats at the start of the state that hold past audio (overlap tails and
-        # the deep filter's past frame); models from before the key hold two hops.
+        # Floats at the start of the state that contain past audio: the overlap
+        # tails and the deep filter's past frame. Models from before the key have
+        # two hops of it.
         if "buffer_size" in self.info.metadata:
             self.buffer_size = _metadata_int(self.info, "buffer_size")
             if self.buffer_size > self.state_size:

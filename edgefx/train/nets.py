@@ -281,10 +281,11 @@ class SpeechEnhancerNet(nn.Module):
     filter (Schroeter et al., DeepFilterNet, 2022): each such bin of the output is a
     complex-weighted sum of that bin in the current frame and the one before, with
     weights that the second GRU predicts per frame and bin. A real gain can only scale
-    a bin; the filter can also follow the phase of a voice's harmonic as it turns from
-    frame to frame, which a noise does not, and so pick the harmonic out of noise that
-    shares its bin. It starts as the identity (weight 1 on the current frame), so a
-    network initialized from one without it starts with exactly that network's output.
+    a bin. The filter can also follow the phase of a voice's harmonic as it turns from
+    frame to frame. A noise does not turn that way, so the filter can pick the harmonic
+    out of noise in the same bin. It starts as the identity (weight 1 on the current
+    frame), so a network initialized from one without it starts with exactly that
+    network's output.
     Under an attenuation limit (``min_gain`` > 0), those bins get ``min_gain`` of the
     input mixed back in, as DeepFilterNet does, instead of a floor on their gain.
 
@@ -418,8 +419,11 @@ class SpeechEnhancerNet(nn.Module):
         history: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return per-bin gains (B, T, bins), the final GRU states (1, B, hidden), the
-        refinement history (B, refinement state floats; empty without it) and the
-        second GRU's output (B, T, hidden)."""
+        refinement history and the second GRU's output (B, T, hidden).
+
+        The refinement history is (B, refinement state floats), empty without the
+        refinement.
+        """
         power = real * real + imag * imag
         features = (torch.log(power + 1e-10) - self.feature_mean) * self.feature_scale
         embedded = torch.relu(self.encoder(features))
