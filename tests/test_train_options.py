@@ -31,6 +31,30 @@ def test_same_folder_other_spelling(
     assert saved["speech"] == [str(tmp_path / "speech")]
 
 
+def test_relative_paths_of_an_older_run_read_from_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before paths were stored as absolute paths, options.json kept them as typed.
+    monkeypatch.chdir(tmp_path)
+    older = {"data": "train.zip", "speech": ["s/a.flac", "s/b.flac"], "steps": 5}
+    (tmp_path / "options.json").write_text(json.dumps(older))
+
+    with caplog.at_level(logging.WARNING):
+        record_options(
+            tmp_path,
+            {
+                "data": Path("train.zip"),
+                "speech": [Path("s/a.flac"), Path("s/c.flac")],
+                "steps": 5,
+            },
+            resumed=True,
+        )
+
+    (warning,) = warnings_of(caplog)
+    assert warning.endswith("--speech 2 -> 2 entries (1 added, 1 removed)")
+    assert "--data" not in warning
+
+
 def test_changed_file_list_summarized(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -56,6 +56,27 @@ def _plain(value: object) -> object:
     return str(value)
 
 
+def _as_current(old: object, new: object) -> object:
+    """Return a saved value in the form the current one has.
+
+    Runs started before paths were stored as absolute paths saved them as typed; such
+    a relative path is read from the current folder when the current value is an
+    absolute path, so that resuming the same command there is no change.
+    """
+    if isinstance(old, str) and isinstance(new, str):
+        if os.path.isabs(new) and not os.path.isabs(old):
+            return os.path.abspath(old)
+        return old
+    if isinstance(old, list) and isinstance(new, list):
+        paths = [n for n in new if isinstance(n, str) and os.path.isabs(n)]
+        if paths:
+            return [
+                os.path.abspath(o) if isinstance(o, str) and not os.path.isabs(o) else o
+                for o in old
+            ]
+    return old
+
+
 def _describe_change(flag: str, old: object, new: object) -> str:
     """Name one changed option: its flag and both values, or for lists what moved."""
     if isinstance(old, list) and isinstance(new, list):
@@ -100,14 +121,18 @@ def record_options(
             saved = None
         if isinstance(saved, dict):
             quiet = _QUIET_OPTIONS | set(also_quiet)
+            before = {
+                key: _as_current(value, current.get(key))
+                for key, value in saved.items()
+            }
             changes = [
                 _describe_change(
                     (flags or {}).get(key, "--" + key.replace("_", "-")),
-                    saved.get(key),
+                    before.get(key),
                     current.get(key),
                 )
-                for key in sorted(set(saved) | set(current))
-                if key not in quiet and saved.get(key) != current.get(key)
+                for key in sorted(set(before) | set(current))
+                if key not in quiet and before.get(key) != current.get(key)
             ]
             if changes:
                 logger.warning(
