@@ -17,6 +17,7 @@ from cli_helpers import run_edgefx  # noqa: E402
 from edgefx.registry import read_metadata  # noqa: E402
 from edgefx.train.checkpoint import load_checkpoint  # noqa: E402
 from edgefx.train.classify import (  # noqa: E402
+    apply_views,
     augment,
     load_image_set,
     split_validation,
@@ -395,6 +396,82 @@ def test_teacher_with_other_input_size_exit_2(trained, tmp_path: Path) -> None:
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1
     assert "has other input size: 16, the student's are 12" in errors[0]
+
+
+def test_apply_views_crops_mirrors_and_paints() -> None:
+    image = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(1, 8, 8, 3)
+    # A crop at (4, 4) of the 4-pixel padded image is the image itself.
+    same, mirrored, shifted, painted = (
+        apply_views(image, np.asarray([view], np.int16), cutout=2, fill=FILL)[0]
+        for view in ([4, 4, 0, -1, -1], [4, 4, 1, -1, -1], [5, 4, 0, -1, -1],
+                     [4, 4, 0, 0, 3])
+    )  # fmt: skip
+
+    assert np.array_equal(same, image[0])
+    assert np.array_equal(mirrored, image[0, :, ::-1])
+    assert np.array_equal(shifted[:7], image[0, 1:])
+    assert np.all(painted[0, 2:4] == FILL)  # a 2x2 square at (0, 3), cut at the top
+    assert np.count_nonzero(np.all(painted == FILL, axis=2)) == 2
+
+
+def test_teacher_views_bank_made_reused_and_extended(trained, tmp_path: Path) -> None:
+    from edgefx.train.classify import load_classifier_checkpoint, to_tensor
+
+    data, work, _ = trained
+    student = tmp_path / "student"
+    common = (
+        "--data", data, "--work-dir", student, "--batch-size", "8", "--size", "16",
+        "--width", "4", "--blocks", "1", "--threads", "1", "--cutout", "4",
+        "--precision", "fp32", "--teacher", work / "best.pt",
+    )  # fmt: skip
+
+    first = run_edgefx("train", "classify", *common, "--epochs", "1",
+                       "--teacher-views", "2")  # fmt: skip
+
+    assert first.returncode == 0, first.stderr
+    assert "teacher logits: view 2 of 2 done" in first.stderr
+    with np.load(student / "teacher-bank.npz") as bank:
+        views, logits = bank["views"], bank["logits"]
+    train_count = len(views)
+    assert views.shape == (train_count, 2, 5) and logits.shape == (train_count, 2, 2)
+    assert not np.array_equal(views[:, 0], views[:, 1])
+    # The stored logits are the teacher's on the stored views.
+    dataset = load_image_set(data, 16)
+    train_set, _ = split_validation(dataset, 0.1, 0)
+    teacher, state = load_classifier_checkpoint(work / "best.pt")
+    config = state["config"]
+    fill = np.asarray([round(255 * m) for m in config["mean"]], np.uint8)
+    images = apply_views(train_set.images, views[:, 1], 4, fill)
+    with torch.no_grad():
+        expected = teacher(to_tensor(images, config["mean"], config["std"])).numpy()
+    np.testing.assert_allclose(logits[:, 1], expected, atol=0.02, rtol=0.01)
+
+    resumed = run_edgefx("train", "classify", *common, "--epochs", "2",
+                         "--teacher-views", "2")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "teacher logits of 2 views per image from" in resumed.stderr
+    assert "view 1 of" not in resumed.stderr
+
+    extended = run_edgefx("train", "classify", *common, "--epochs", "3",
+                          "--teacher-views", "3")  # fmt: skip
+    assert extended.returncode == 0, extended.stderr
+    assert "view 3 of 3 done" in extended.stderr
+    assert "view 2 of 3" not in extended.stderr
+    with np.load(student / "teacher-bank.npz") as bank:
+        assert np.array_equal(bank["views"][:, :2], views)
+
+
+def test_teacher_views_without_teacher_exit_2(trained, tmp_path: Path) -> None:
+    data, _, _ = trained
+
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--work-dir", tmp_path / "student",
+        "--epochs", "1", "--size", "16", "--teacher-views", "2",
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "--teacher-views needs --teacher" in result.stderr
+    assert not (tmp_path / "student").exists()
 
 
 def test_distillation_loss_is_zero_only_for_matching_logits() -> None:

@@ -355,6 +355,17 @@ def train_classify(
             parser=number(0.1),
         ),
     ] = 4.0,
+    teacher_views: Annotated[
+        int,
+        typer.Option(
+            help="With --teacher: run the teachers once, before training, on this "
+            "many augmented views of each training image, keep their logits in "
+            "teacher-bank.npz in --work-dir, and train on those views, taking each "
+            "image's views in turn. Costs that many teacher passes over the data "
+            "instead of one per epoch; 0 runs the teachers on every batch.",
+            min=0,
+        ),
+    ] = 0,
     init: Annotated[
         Path | None,
         typer.Option(
@@ -387,6 +398,8 @@ def train_classify(
                 f"unknown --arch {arch!r}; choose "
                 + " or ".join(CLASSIFIER_ARCHITECTURES)
             )
+        if teacher_views and not teacher:
+            raise UsageError("--teacher-views needs --teacher")
         if blocks is not None and arch != "resnet":
             raise UsageError(f"--blocks applies to --arch resnet, not {arch}")
         options = ClassifyTrainOptions(
@@ -407,6 +420,7 @@ def train_classify(
             teachers=tuple(teacher or ()),
             distill_weight=distill_weight,
             temperature=temperature,
+            teacher_views=teacher_views,
             init=init,
         )
         try:

@@ -7,6 +7,7 @@ CIFAR-10 zips and a user's own folder of labelled images both work.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -54,6 +55,7 @@ class ClassifyTrainOptions:
     teachers: tuple[Path, ...] = ()
     distill_weight: float = 0.9
     temperature: float = 4.0
+    teacher_views: int = 0
     init: Path | None = None
 
 
@@ -155,6 +157,54 @@ def to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> torch.
     return torch.from_numpy(array.transpose(0, 3, 1, 2).copy())
 
 
+# Columns of a view array: crop offset (y, x) in the padded image, mirrored or not,
+# and the cutout centre (y, x), -1 without cutout.
+VIEW_FIELDS = ("crop_y", "crop_x", "flip", "cutout_y", "cutout_x")
+
+
+def draw_views(
+    rng: np.random.Generator, count: int, height: int, width: int, cutout: int = 0
+) -> np.ndarray:
+    """Draw the random crop, flip and cutout of ``count`` images: (count, 5) int16.
+
+    The draws come in the order ``augment`` has always made them, so runs resumed
+    across versions see the same images.
+    """
+    ys = rng.integers(0, 9, size=(count,))
+    xs = rng.integers(0, 9, size=(count,))
+    flips = np.asarray([rng.random() < 0.5 for _ in range(count)], np.int64)
+    if cutout > 0:
+        centres_y = rng.integers(0, height, size=(count,))
+        centres_x = rng.integers(0, width, size=(count,))
+    else:
+        centres_y = centres_x = np.full(count, -1)
+    return np.stack([ys, xs, flips, centres_y, centres_x], axis=1).astype(np.int16)
+
+
+def apply_views(
+    images: np.ndarray,
+    views: np.ndarray,
+    cutout: int = 0,
+    fill: np.ndarray | None = None,
+) -> np.ndarray:
+    """Crop, mirror and paint each image as its row of ``views`` (see draw_views)."""
+    count, height, width, _ = images.shape
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+    out = np.empty_like(images)
+    color = np.zeros(3, np.uint8) if fill is None else fill
+    for i in range(count):
+        y, x, flip, centre_y, centre_x = (int(v) for v in views[i])
+        crop = padded[i, y : y + height, x : x + width]
+        out[i] = crop[:, ::-1] if flip else crop
+        if cutout > 0 and centre_y >= 0:
+            top = centre_y - cutout // 2
+            left = centre_x - cutout // 2
+            rows = slice(max(0, top), max(0, top + cutout))
+            columns = slice(max(0, left), max(0, left + cutout))
+            out[i, rows, columns] = color
+    return out
+
+
 def augment(
     images: np.ndarray,
     rng: np.random.Generator,
@@ -168,25 +218,100 @@ def augment(
     network cannot rely on any one part of the object.
     """
     count, height, width, _ = images.shape
-    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
-    ys = rng.integers(0, 9, size=(count,))
-    xs = rng.integers(0, 9, size=(count,))
-    out = np.empty_like(images)
-    for i in range(count):
-        y, x = int(ys[i]), int(xs[i])
-        crop = padded[i, y : y + height, x : x + width]
-        out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
-    if cutout > 0:
-        color = np.zeros(3, np.uint8) if fill is None else fill
-        centres_y = rng.integers(0, height, size=(count,))
-        centres_x = rng.integers(0, width, size=(count,))
-        for i in range(count):
-            top = int(centres_y[i]) - cutout // 2
-            left = int(centres_x[i]) - cutout // 2
-            rows = slice(max(0, top), max(0, top + cutout))
-            columns = slice(max(0, left), max(0, left + cutout))
-            out[i, rows, columns] = color
-    return out
+    views = draw_views(rng, count, height, width, cutout)
+    return apply_views(images, views, cutout, fill)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_bank(
+    teachers: list[nn.Module],
+    options: ClassifyTrainOptions,
+    train_set: ImageSet,
+    mean: list[float],
+    std: list[float],
+    fill: np.ndarray,
+    bfloat16: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return views (N, V, 5) and the teachers' mean logits on them (N, V, classes).
+
+    Running the teachers on every training batch costs as much as training a
+    student step when a teacher is large. With ``--teacher-views V`` they run once
+    on V augmented views of each training image instead, and the student trains on
+    those views. The bank is kept in ``teacher-bank.npz`` in the work folder, saved
+    after each view, so an interrupted run goes on where it stopped. It is rebuilt
+    when the teachers' files, the data, the seed or the cutout differ, and extended
+    when more views are asked for.
+    """
+    count = len(train_set.labels)
+    key = json.dumps(
+        {
+            "teachers": [_file_digest(path) for path in options.teachers],
+            "labels": hashlib.sha256(train_set.labels.tobytes()).hexdigest(),
+            "images": hashlib.sha256(train_set.images.tobytes()).hexdigest(),
+            "seed": options.seed,
+            "cutout": options.cutout,
+        },
+        sort_keys=True,
+    )
+    path = options.work_dir / "teacher-bank.npz"
+    views = np.zeros((count, 0, len(VIEW_FIELDS)), np.int16)
+    logits = np.zeros((count, 0, len(train_set.classes)), np.float16)
+    if path.exists():
+        try:
+            with np.load(path) as saved:
+                if str(saved["key"]) == key:
+                    views, logits = saved["views"], saved["logits"]
+                else:
+                    logger.warning(
+                        "%s was made with other teachers, data, --seed or --cutout; "
+                        "it is made again",
+                        path,
+                    )
+        except (OSError, ValueError, KeyError) as err:
+            logger.warning("%s is unreadable (%s); it is made again", path, err)
+    wanted = options.teacher_views
+    if views.shape[1] >= wanted:
+        logger.info("teacher logits of %d views per image from %s", wanted, path)
+        return views[:, :wanted], logits[:, :wanted]
+    height, width = train_set.images.shape[1:3]
+    started = time.monotonic()
+    for view in range(views.shape[1], wanted):
+        rng = np.random.default_rng([options.seed, 104729, view])
+        drawn = draw_views(rng, count, height, width, options.cutout)
+        result = np.empty((count, len(train_set.classes)), np.float16)
+        for first in range(0, count, 256):
+            chunk = slice(first, first + 256)
+            images = apply_views(
+                train_set.images[chunk], drawn[chunk], options.cutout, fill
+            )
+            batch = to_tensor(images, mean, std).contiguous(
+                memory_format=torch.channels_last
+            )
+            with (
+                torch.no_grad(),
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16),
+            ):
+                mean_logits = torch.stack([t(batch).float() for t in teachers]).mean(0)
+            result[chunk] = mean_logits.numpy()
+        views = np.concatenate([views, drawn[:, None]], axis=1)
+        logits = np.concatenate([logits, result[:, None]], axis=1)
+        temporary = path.with_name(path.name + ".tmp.npz")
+        np.savez(temporary, key=np.asarray(key), views=views, logits=logits)
+        temporary.replace(path)
+        logger.info(
+            "teacher logits: view %d of %d done (%.0f s)",
+            view + 1,
+            wanted,
+            time.monotonic() - started,
+        )
+    return views, logits
 
 
 def learning_rate_at(step: int, total: int, peak: float) -> float:
@@ -403,6 +528,15 @@ def train(options: ClassifyTrainOptions) -> Path:
             options.distill_weight,
             options.temperature,
         )
+    bfloat16 = use_bfloat16(options.precision)
+    loss_function = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
+    # Cutout paints the mean color, which the normalization maps to zero.
+    fill_color = np.asarray([round(255 * m) for m in mean], np.uint8)
+    bank: tuple[np.ndarray, np.ndarray] | None = None
+    if teachers and options.teacher_views > 0:
+        bank = teacher_bank(
+            teachers, options, train_set, mean, std, fill_color, bfloat16
+        )
     record_options(
         options.work_dir,
         asdict(options),
@@ -424,10 +558,6 @@ def train(options: ClassifyTrainOptions) -> Path:
         torch.save(state, temporary)
         temporary.replace(path)
 
-    loss_function = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
-    # Cutout paints the mean color, which the normalization maps to zero.
-    fill_color = np.asarray([round(255 * m) for m in mean], np.uint8)
-    bfloat16 = use_bfloat16(options.precision)
     logger.info("forward pass in %s", "bfloat16 autocast" if bfloat16 else "float32")
     started = time.monotonic()
     while step < total_steps:
@@ -443,7 +573,21 @@ def train(options: ClassifyTrainOptions) -> Path:
             indices = order[
                 position * options.batch_size : (position + 1) * options.batch_size
             ]
-            images = augment(train_set.images[indices], rng, options.cutout, fill_color)
+            stored: torch.Tensor | None = None
+            if bank is not None:
+                # Each image takes its stored views in turn, one per epoch.
+                choice = (epoch + indices) % bank[0].shape[1]
+                images = apply_views(
+                    train_set.images[indices],
+                    bank[0][indices, choice],
+                    options.cutout,
+                    fill_color,
+                )
+                stored = torch.from_numpy(bank[1][indices, choice].astype(np.float32))
+            else:
+                images = augment(
+                    train_set.images[indices], rng, options.cutout, fill_color
+                )
             batch = to_tensor(images, mean, std).contiguous(
                 memory_format=torch.channels_last
             )
@@ -454,11 +598,11 @@ def train(options: ClassifyTrainOptions) -> Path:
                 logits = model(batch)
                 loss = loss_function(logits, labels)
                 if teachers:
-                    with torch.no_grad():
-                        target = torch.stack([t(batch).float() for t in teachers])
-                    soft = distillation_loss(
-                        logits, target.mean(dim=0), options.temperature
-                    )
+                    if stored is None:
+                        with torch.no_grad():
+                            target = torch.stack([t(batch).float() for t in teachers])
+                        stored = target.mean(dim=0)
+                    soft = distillation_loss(logits, stored, options.temperature)
                     weight = options.distill_weight
                     loss = (1 - weight) * loss + weight * soft
             optimizer.zero_grad(set_to_none=True)
