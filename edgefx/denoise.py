@@ -19,7 +19,7 @@ from edgefx.batch import (
     plan_batch,
 )
 from edgefx.errors import InferenceError, InputError, ModelError, UsageError
-from edgefx.noise import estimate_sigma
+from edgefx.noise import chroma_subsampling_factor, estimate_sigma
 from edgefx.pipeline import EngineOptions, Stages, execute_task
 from edgefx.registry import ModelInfo, resolve_model
 from edgefx.runtime import RuntimeOptions, create_session, describe_run_error
@@ -163,19 +163,25 @@ class Denoiser:
         self.signature = read_signature(self.info, self.session.get_inputs())
 
     def denoise(
-        self, pixels: np.ndarray, options: DenoiseOptions | None = None
+        self,
+        pixels: np.ndarray,
+        options: DenoiseOptions | None = None,
+        chroma_subsampling: tuple[int, int] = (1, 1),
     ) -> tuple[np.ndarray, float]:
         """Denoise an image and return it with the noise level that was used.
 
         ``pixels``: (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, uint8, uint16 or
         float32 in [0, 1]; alpha is kept as it is. The result has the same shape and
         dtype. The noise level is on the 0-255 scale for every dtype; at 0 the image
-        comes back unchanged.
+        comes back unchanged. ``chroma_subsampling``: for pixels decoded from a JPEG
+        file, its ``ImageData.chroma_subsampling``; the blind estimate of a color
+        image is raised for a JPEG that stores chroma at reduced resolution (see
+        ``edgefx.noise.CHROMA_SUBSAMPLING_FACTORS``).
         """
         options = options or DenoiseOptions()
         if pixels.ndim == 3 and pixels.shape[2] == 4:
             # RGBA: the color is denoised and the alpha channel is kept as it is.
-            color, used = self.denoise(pixels[:, :, :3], options)
+            color, used = self.denoise(pixels[:, :, :3], options, chroma_subsampling)
             return np.concatenate([color, pixels[:, :, 3:]], axis=2), used
         if pixels.ndim == 3 and pixels.shape[2] == 1:
             gray, used = self.denoise(pixels[:, :, 0], options)
@@ -190,7 +196,10 @@ class Denoiser:
 
         sigma = options.sigma
         if sigma is None:
-            sigma = min(estimate_sigma(pixels), MAX_SIGMA)
+            sigma = estimate_sigma(pixels)
+            if pixels.ndim == 3:
+                sigma *= chroma_subsampling_factor(chroma_subsampling)
+            sigma = min(sigma, MAX_SIGMA)
         if sigma == 0:
             # The network still changes a photo at sigma 0: 0.6 % of the pixels of a
             # clean 256x256 crop by up to 5 levels, a 1-pixel photo by up to 27.
@@ -353,7 +362,9 @@ class DenoiseTask:
         ) -> list[ImageData | _Unchanged]:
             results: list[ImageData | _Unchanged] = []
             for source, image, target in loaded:
-                restored, sigma = denoiser.denoise(image.pixels, self.options)
+                restored, sigma = denoiser.denoise(
+                    image.pixels, self.options, image.chroma_subsampling
+                )
                 logger.debug("%s: noise sigma %.1f", source, sigma)
                 if sigma == 0 and image.format == target:
                     # Encoding the same pixels again would cost a JPEG or WebP file

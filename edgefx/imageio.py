@@ -166,6 +166,9 @@ class ImageData:
     # 2, 4 or 8 when read_image decoded a JPEG at that fraction of its stored width and
     # height (its min_size argument), else 1.
     reduction: int = 1
+    # Luma samples per chroma sample across and down in a color JPEG: (2, 2) for 4:2:0,
+    # (2, 1) for 4:2:2; (1, 1) for full-resolution chroma and for other formats.
+    chroma_subsampling: tuple[int, int] = (1, 1)
 
     def __post_init__(self) -> None:
         if self.pixels.dtype not in (np.uint8, np.uint16):
@@ -230,6 +233,8 @@ class _Header:
     decode_with_pillow: bool = False
     # Components of a JPEG frame: 1 gray, 3 color, 4 CMYK. 0 for other formats.
     components: int = 0
+    # How many luma samples a color JPEG stores per chroma sample, across and down.
+    chroma_subsampling: tuple[int, int] = (1, 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -319,6 +324,7 @@ def read_image(
         icc_profile=_matching_icc_profile(path, header.icc_profile, pixels.ndim == 2),
         exif=header.exif,
         reduction=reduction,
+        chroma_subsampling=header.chroma_subsampling,
     )
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
@@ -519,7 +525,25 @@ def _read_pillow_header(
         icc_profile=_bytes_or_none(parsed.info.get("icc_profile")),
         exif=exif,
         components=int(getattr(parsed, "layers", 0)) if file_format == "jpeg" else 0,
+        chroma_subsampling=_chroma_subsampling(
+            [(h, v) for _, h, v, _ in getattr(parsed, "layer", [])]
+        ),
     )
+
+
+def _chroma_subsampling(factors: list[tuple[int, int]]) -> tuple[int, int]:
+    """Luma samples per chroma sample, from a JPEG frame's sampling factors.
+
+    ``factors``: (horizontal, vertical) per component, luma first. Gives (1, 1) unless
+    there are three components and both chroma ones have equal factors that divide
+    the luma ones.
+    """
+    if len(factors) != 3 or factors[1] != factors[2]:
+        return (1, 1)
+    (luma_h, luma_v), (chroma_h, chroma_v) = factors[0], factors[1]
+    if not chroma_h or not chroma_v or luma_h % chroma_h or luma_v % chroma_v:
+        return (1, 1)
+    return (luma_h // chroma_h, luma_v // chroma_v)
 
 
 # JPEG marker codes (ITU-T T.81, table B.1) that _scan_jpeg_header reads or skips:
@@ -571,7 +595,16 @@ def _scan_jpeg_header(data: bytes) -> _Header | None:
     components = frame[5]
     if height == 0 or width == 0 or components not in (1, 3, 4):
         return None
-    return _Header(format="jpeg", width=width, height=height, components=components)
+    # Each component: an identifier, its sampling factors (4 bits each) and its
+    # quantization table (T.81, B.2.2).
+    factors = [(byte >> 4, byte & 0x0F) for byte in frame[7 : 6 + 3 * components : 3]]
+    return _Header(
+        format="jpeg",
+        width=width,
+        height=height,
+        components=components,
+        chroma_subsampling=_chroma_subsampling(factors),
+    )
 
 
 def _read_exif(path: Path, parsed: ImageFile.ImageFile) -> tuple[int, bytes | None]:

@@ -330,6 +330,71 @@ def test_estimate_sigma_tiny_image_is_zero() -> None:
     assert estimate_sigma(np.full((PATCH - 1, 40, 3), 128, np.uint8)) == 0.0
 
 
+def noisy_jpeg(path: Path, sampling: int, sigma: float = 25) -> np.ndarray:
+    """Write the astronaut sample with noise as a JPEG; return the clean RGB pixels."""
+    clean = read_pixels(SAMPLES / "clean" / "astronaut.png")
+    noise = np.random.default_rng(11).standard_normal(clean.shape) * sigma
+    noisy = np.clip(np.round(clean + noise), 0, 255).astype(np.uint8)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling]
+    assert cv2.imwrite(str(path), noisy[:, :, ::-1], params)
+    return clean
+
+
+@pytest.mark.parametrize(
+    ("sampling", "expected"),
+    [(0x221111, (2, 2)), (0x211111, (2, 1)), (0x111111, (1, 1))],
+)
+def test_read_image_reports_chroma_subsampling(
+    tmp_path: Path, sampling: int, expected: tuple[int, int]
+) -> None:
+    from PIL import Image
+
+    plain = tmp_path / "plain.jpg"
+    noisy_jpeg(plain, sampling)
+    # A JPEG with EXIF takes the other header path, through Pillow.
+    with_exif = tmp_path / "exif.jpg"
+    exif = Image.Exif()
+    exif[0x010F] = "edgefx test"  # Make
+    pillow_sampling = {(2, 2): 2, (2, 1): 1, (1, 1): 0}[expected]
+    Image.open(plain).save(with_exif, exif=exif, subsampling=pillow_sampling)
+
+    assert imageio.read_image(plain).chroma_subsampling == expected
+    assert imageio.read_image(with_exif).chroma_subsampling == expected
+    assert imageio.read_image(with_exif).exif is not None
+
+
+def test_read_image_gray_jpeg_and_png_have_no_subsampling(tmp_path: Path) -> None:
+    gray = tmp_path / "gray.jpg"
+    assert cv2.imwrite(str(gray), read_pixels(SAMPLES / "clean" / "camera.png"))
+
+    assert imageio.read_image(gray).chroma_subsampling == (1, 1)
+    assert imageio.read_image(SAMPLES / "noisy" / "coffee.png").chroma_subsampling == (
+        1,
+        1,
+    )
+
+
+def test_blind_estimate_raised_for_subsampled_jpeg(tmp_path: Path) -> None:
+    # Noise saved with 4:2:0 chroma reads about a third low; the CLI raises the
+    # estimate, and the result is closer to the clean photo than at the raw estimate.
+    source = tmp_path / "in" / "astronaut.jpg"
+    source.parent.mkdir()
+    clean = noisy_jpeg(source, 0x221111)
+    decoded = imageio.read_image(source).pixels
+    raw = estimate_sigma(decoded)
+
+    result = run_edgefx(
+        "-v", "denoise", source, "--out", tmp_path / "out", "--format", "png"
+    )
+
+    assert result.returncode == 0, result.stderr
+    logged = float(result.stderr.split("noise sigma ")[1].split()[0])
+    assert logged == pytest.approx(raw * 1.3, abs=0.06)
+    restored = read_pixels(tmp_path / "out" / "astronaut.png")
+    at_raw, _ = Denoiser().denoise(decoded, DenoiseOptions(sigma=raw))
+    assert psnr(restored, clean) > psnr(at_raw, clean) + 0.5
+
+
 # Foreign models
 
 
