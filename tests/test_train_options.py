@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,32 @@ def test_relative_paths_of_an_older_run_read_from_here(
     (warning,) = warnings_of(caplog)
     assert warning.endswith("--speech 2 -> 2 entries (1 added, 1 removed)")
     assert "--data" not in warning
+
+
+@dataclass
+class Recipe:
+    steps: int
+    layers: int = 2
+    added_later: int = 0
+
+
+def test_option_added_later_counts_as_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A run begun before an option existed saved no value for it.
+    (tmp_path / "options.json").write_text(json.dumps({"steps": 5, "layers": 2}))
+
+    with caplog.at_level(logging.WARNING):
+        record_options(tmp_path, Recipe(steps=5), resumed=True)
+    assert warnings_of(caplog) == []
+
+    (tmp_path / "options.json").write_text(json.dumps({"steps": 5, "layers": 2}))
+    with caplog.at_level(logging.WARNING):
+        record_options(tmp_path, Recipe(steps=5, added_later=3), resumed=True)
+    (warning,) = warnings_of(caplog)
+    assert warning.endswith("--added-later 0 -> 3")
+    saved = json.loads((tmp_path / "options.json").read_text())
+    assert saved == {"steps": 5, "layers": 2, "added_later": 3}
 
 
 def test_changed_file_list_summarized(

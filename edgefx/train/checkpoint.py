@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -89,9 +90,20 @@ def _describe_change(flag: str, old: object, new: object) -> str:
     return f"{flag} {old!r} -> {new!r}"
 
 
+def _field_defaults(options: Any) -> dict[str, Any]:
+    """Return the default value of each field of a dataclass instance that has one."""
+    defaults = {}
+    for field in dataclasses.fields(options):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return defaults
+
+
 def record_options(
     work_dir: Path,
-    options: dict[str, Any],
+    options: Any,
     *,
     resumed: bool,
     flags: dict[str, str] | None = None,
@@ -104,9 +116,15 @@ def record_options(
     way, the log names each changed option with its old and new value. Paths are
     stored as absolute paths, so that the same folder given another way is no change.
     ``flags`` maps option names to the command-line flags that set them, where the
-    two differ.
+    two differ. ``options`` is a dataclass instance or a plain dictionary. For a
+    dataclass, an option missing from the saved file (added to edgefx after the run
+    began) counts as having had its default value.
     """
     path = work_dir / "options.json"
+    defaults: dict[str, Any] = {}
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        defaults = json.loads(json.dumps(_field_defaults(options), default=_plain))
+        options = dataclasses.asdict(options)
     current = json.loads(json.dumps(options, default=_plain))
     if resumed and path.exists():
         try:
@@ -125,6 +143,8 @@ def record_options(
                 key: _as_current(value, current.get(key))
                 for key, value in saved.items()
             }
+            for key, value in defaults.items():
+                before.setdefault(key, value)
             changes = [
                 _describe_change(
                     (flags or {}).get(key, "--" + key.replace("_", "-")),

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -539,7 +539,7 @@ def train(options: ClassifyTrainOptions) -> Path:
         )
     record_options(
         options.work_dir,
-        asdict(options),
+        options,
         resumed=resumed,
         flags={"teachers": "--teacher"},
         also_quiet=("teachers",),  # a changed teacher is warned about above

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -242,7 +242,7 @@ def train(options: DenoiseTrainOptions) -> Path:
     # A different seed per resume point keeps resumed runs from replaying the same
     # patches.
     sampler = PatchSampler(train_images, options, seed=options.seed * 100003 + step)
-    record_options(options.work_dir, asdict(options), resumed=resumed)
+    record_options(options.work_dir, options, resumed=resumed)
 
     def save(path: Path) -> None:
         state = {

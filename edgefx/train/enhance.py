@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -639,7 +639,7 @@ def train(options: EnhanceTrainOptions) -> Path:
     options.work_dir.mkdir(parents=True, exist_ok=True)
     record_options(
         options.work_dir,
-        asdict(options),
+        options,
         resumed=resumed,
         flags={
             "speech": "--speech/--data",
