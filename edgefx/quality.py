@@ -366,7 +366,8 @@ def _import_pesq() -> Any:
         import pesq
     except ImportError as err:
         raise UsageError(
-            "PESQ for the enhancer needs the pesq package: pip install 'edgefx[edge]'"
+            'PESQ for the enhancer needs the pesq package: pip install "pesq>=0.0.4", '
+            'or pip install ".[edge]" in the edgefx checkout'
         ) from err
     return pesq
 

@@ -545,8 +545,9 @@ def quantize_model(
             import torch  # noqa: F401
         except ImportError as err:
             raise UsageError(
-                "--fine-tune needs PyTorch: in the edgefx checkout, run pip install "
-                "-e '.[train]'"
+                '--fine-tune needs PyTorch: pip install "torch>=2.2" '
+                '"onnxscript>=0.1", or pip install -e ".[train]" in the edgefx '
+                "checkout"
             ) from err
     if output.resolve() == info.path.resolve():
         raise UsageError(f"{output}: the output would replace its input")

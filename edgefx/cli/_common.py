@@ -157,7 +157,7 @@ EngineOption = Annotated[
     Engine,
     typer.Option(
         help="Where the batch runs: local (this process) or ray (a Ray cluster; "
-        'needs pip install "edgefx[ray]").',
+        'needs pip install "ray[data]>=2.40").',
         parser=choice_parser(Engine),
         metavar=choice_metavar(Engine),
     ),

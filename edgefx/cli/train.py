@@ -10,7 +10,10 @@ import typer
 from edgefx.cli._common import CHECKPOINT_HINT, handle_errors, number
 
 train_app = typer.Typer(
-    help="Train the networks (needs: pip install 'edgefx[train]').",
+    help='Train the networks (needs PyTorch: pip install "torch>=2.2" '
+    '"onnxscript>=0.1").',
+    # Click cuts the help in `edgefx --help`'s command list after 45 characters.
+    short_help="Train the networks (needs PyTorch).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -23,9 +26,10 @@ def _require_torch() -> None:
         from edgefx.errors import UsageError
 
         raise UsageError(
-            "training needs PyTorch: in the edgefx checkout, run pip install -e "
-            "'.[train]'. On a machine without an NVIDIA GPU, install a CPU build of "
-            "torch first, which skips several gigabytes of CUDA packages."
+            'training needs PyTorch: pip install "torch>=2.2" "onnxscript>=0.1", or '
+            'pip install -e ".[train]" in the edgefx checkout. On a machine without '
+            "an NVIDIA GPU, install a CPU build of torch first, which skips several "
+            "gigabytes of CUDA packages."
         ) from err
 
 
