@@ -28,6 +28,7 @@ from edgefx.quality import (
     Quality,
     add_noise,
     calibration_audio,
+    check_metric_packages,
     compare_speed,
     measure_quality,
     read_images,
@@ -549,6 +550,8 @@ def quantize_model(
                 '"onnxscript>=0.1", or pip install -e ".[train]" in the edgefx '
                 "checkout"
             ) from err
+    if options.test_data is not None:
+        check_metric_packages(info.task)
     if output.resolve() == info.path.resolve():
         raise UsageError(f"{output}: the output would replace its input")
     if output.is_dir():

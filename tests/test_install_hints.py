@@ -96,8 +96,10 @@ def test_fine_tune_hint(repo_root: Path, samples_dir: Path, tmp_path: Path) -> N
 
 
 def test_pesq_hint(repo_root: Path, samples_dir: Path, tmp_path: Path) -> None:
+    # -v, so that a calibration that starts before the check shows in the log.
     result = run_without(
         ("pesq",),
+        "-v",
         "quantize",
         "enhance-speech",
         "--calibrate",
@@ -110,6 +112,8 @@ def test_pesq_hint(repo_root: Path, samples_dir: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert_hint(result.stderr, extra_requirements(repo_root, "edge"))
+    assert "calibrating" not in result.stderr
+    assert "scoring" not in result.stderr
     assert not (tmp_path / "q.onnx").exists()
 
 
