@@ -180,6 +180,45 @@ def test_export_fp16_keeps_float32_io(run_cli, small_model, sample_batch, tmp_pa
     )
 
 
+@pytest.mark.parametrize(
+    ("export_format", "name", "message"),
+    [
+        ("ort", "m.onnx", "an ORT-format file must end in .ort"),
+        ("onnx", "m.ort", "an ONNX file must end in .onnx"),
+    ],
+)
+def test_export_rejects_wrong_suffix(
+    run_cli, small_model, tmp_path, export_format, name, message
+):
+    output = tmp_path / name
+    fp16 = ["--fp16"] if export_format == "onnx" else []
+
+    result = run_cli(
+        "export", small_model, "--format", export_format, *fp16, "-o", output
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert f"--out {output}: {message}" in result.stderr
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("export_format", "name"), [("ort", "m.ort"), ("onnx", "m-fp16.onnx")]
+)
+def test_export_warns_on_replace(run_cli, small_model, tmp_path, export_format, name):
+    output = tmp_path / name
+    output.write_bytes(b"older export")
+    fp16 = ["--fp16"] if export_format == "onnx" else []
+
+    result = run_cli(
+        "export", small_model, "--format", export_format, *fp16, "-o", output
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {output} exists and will be replaced" in result.stderr
+    assert output.read_bytes() != b"older export"
+
+
 def test_export_rejects_fp16_ort(run_cli, small_model, tmp_path):
     result = run_cli(
         "export", small_model, "--format", "ort", "--fp16", "-o", tmp_path / "m.ort"
