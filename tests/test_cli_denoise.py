@@ -732,6 +732,6 @@ def test_cli_default_tile_is_the_library_default(run_cli) -> None:
     assert result.returncode == 0, result.stderr
     # The help text wraps, so compare without line breaks and table borders.
     flat = re.sub(r"[\s│]+", " ", result.stdout)
-    match = re.search(r"--tile <int range> Tile side.*?\[default: (\d+);", flat)
+    match = re.search(r"--tile <int> Tile side.*?\[default: (\d+);", flat)
     assert match is not None, flat
     assert int(match.group(1)) == DEFAULT_TILE
