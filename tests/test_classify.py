@@ -263,6 +263,18 @@ def test_cli_out_folder_rejected(
     assert list(out.iterdir()) == []
 
 
+def test_cli_all_failed_no_table(model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG file")
+
+    result = run_edgefx("classify", broken, "--model", model, "--device", "cpu")
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert f"failed: {broken}" in result.stderr
+    assert "0 done, 1 failed in" in result.stderr
+
+
 def test_cli_bad_file_fails_alone(
     model: Path, images: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -383,6 +383,10 @@ def _write_classify_rows(
     rows: list[ClassifyRow], result_format: ResultFormat, out: Path | ObjectPath | None
 ) -> None:
     if result_format is ResultFormat.table:
+        if not rows:
+            # Every file failed. The failed: lines and the summary report that, so
+            # an empty table would add only a frame.
+            return
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
