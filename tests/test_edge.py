@@ -809,6 +809,45 @@ def test_quantize_flat_test_folder_not_fit(run_cli, samples_dir, tmp_path):
     assert "fit to be the CPU default" not in result.stderr
 
 
+@pytest.mark.parametrize("samples", ["64", "4"])
+def test_quantize_classifier_few_images_warns(run_cli, samples_dir, tmp_path, samples):
+    model = build_classifier(tmp_path / "small-classifier.onnx")
+    output = tmp_path / "small-classifier-int8.onnx"
+
+    result = run_cli(
+        "quantize",
+        model,
+        "--calibrate",
+        samples_dir / "clean",
+        "--samples",
+        samples,
+        "-o",
+        output,
+    )
+
+    assert result.returncode == 0, result.stderr
+    warning = f"warning: calibrating on 4 images instead of --samples {samples}"
+    assert (warning in result.stderr.splitlines()) is (samples == "64")
+    assert output.is_file()
+
+
+def test_quantize_enhancer_few_recordings_warns(run_cli, samples_dir, tmp_path):
+    output = tmp_path / "enhance-speech-int8.onnx"
+
+    result = run_cli(
+        "quantize",
+        "enhance-speech",
+        "--calibrate",
+        samples_dir / "audio" / "noisy",
+        "-o",
+        output,
+    )
+
+    assert result.returncode == 0, result.stderr
+    warning = "warning: calibrating on 2 recordings instead of --samples 64"
+    assert warning in result.stderr.splitlines()
+
+
 def test_quantize_removes_work_folders_of_killed_runs(run_cli, samples_dir, tmp_path):
     # A quantize killed with SIGKILL cannot remove its work folder; the next one does.
     fcntl = pytest.importorskip("fcntl")
