@@ -447,7 +447,8 @@ def _check_header(path: Path, audio: sf.SoundFile) -> None:
     if audio.samplerate <= 0 or audio.channels <= 0:
         raise InputError(
             path,
-            f"invalid header: {audio.samplerate} Hz, {audio.channels} channels",
+            f"invalid header: {audio.samplerate} Hz, "
+            f"{count_noun(audio.channels, 'channel')}",
         )
 
 

@@ -57,6 +57,8 @@ def _check_output(info: ModelInfo, output: Path) -> None:
     config = operators_config_path(output).name
     partials = (f".{output.name}.partial", f".{config}.partial")
     check_output_file(output, temporary_names=(config, *partials))
+    if output.exists():
+        logger.warning("%s exists and will be replaced", output)
 
 
 def _move_into_place(source: Path, target: Path) -> None:
@@ -180,6 +182,11 @@ def export_fp16(model: str, output: Path) -> ExportResult:
             f"{info.path}: this model is {info.metadata['precision']}; convert the "
             "float32 model"
         )
+    # ONNX Runtime (1.31) loads a file named .ort as ORT format, which fails on an
+    # ONNX file, and edgefx reads a --model name without a slash as a shipped model
+    # unless it ends in .onnx.
+    if output.suffix != ".onnx":
+        raise UsageError(f"--out {output}: an ONNX file must end in .onnx")
     _check_external_files(info)
     _check_output(info, output)
     try:

@@ -366,11 +366,17 @@ class DenoiseTask:
                     image.pixels, self.options, image.chroma_subsampling
                 )
                 logger.debug("%s: noise sigma %.1f", source, sigma)
-                if sigma == 0 and image.format == target:
-                    # Encoding the same pixels again would cost a JPEG or WebP file
-                    # another round of lossy compression.
-                    results.append(_Unchanged(image.height, image.width))
-                    continue
+                if sigma == 0:
+                    reason = (
+                        "--sigma 0" if self.options.sigma == 0 else "no noise found"
+                    )
+                    if image.format == target:
+                        # Encoding the same pixels again would cost a JPEG or WebP
+                        # file another round of lossy compression.
+                        logger.info("%s: %s, copied unchanged", source, reason)
+                        results.append(_Unchanged(image.height, image.width))
+                        continue
+                    logger.info("%s: %s, converted without denoising", source, reason)
                 results.append(
                     imageio.ImageData(
                         restored,

@@ -39,6 +39,7 @@ from edgefx.pipeline import (
 )
 from edgefx.registry import ModelInfo, resolve_model
 from edgefx.runtime import RuntimeOptions, create_session
+from edgefx.text import count_noun
 
 if TYPE_CHECKING:
     from edgefx.audioio import AudioInfo, AudioWriter
@@ -226,7 +227,9 @@ class EnhanceStream:
         import soxr
 
         if rate < 1 or channels < 1:
-            raise ValueError(f"invalid stream: {rate} Hz, {channels} channels")
+            raise ValueError(
+                f"invalid stream: {rate} Hz, {count_noun(channels, 'channel')}"
+            )
         self.enhancer = enhancer
         self.rate = rate
         self.channels = channels
@@ -502,10 +505,10 @@ class EnhanceTask:
         def load(item: BatchItem) -> tuple[BatchItem, AudioInfo]:
             info = audioio.probe(item.source)
             logger.debug(
-                "%s: %d Hz, %d channels, %.1f s, %s",
+                "%s: %d Hz, %s, %.1f s, %s",
                 item.source,
                 info.rate,
-                info.channels,
+                count_noun(info.channels, "channel"),
                 info.duration,
                 info.subtype,
             )

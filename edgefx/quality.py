@@ -361,12 +361,23 @@ def measure_quality(
     raise UsageError(f"unknown task {task!r}")
 
 
+def check_metric_packages(task: str) -> None:
+    """Import the optional packages that ``measure_quality`` needs for ``task``.
+
+    Raises UsageError with an install hint when one is missing, so that a command
+    can check this before it starts any work.
+    """
+    if task == "enhance":
+        _import_pesq()
+
+
 def _import_pesq() -> Any:
     try:
         import pesq
     except ImportError as err:
         raise UsageError(
-            "PESQ for the enhancer needs the pesq package: pip install 'edgefx[edge]'"
+            'PESQ for the enhancer needs the pesq package: pip install "pesq>=0.0.4", '
+            'or pip install ".[edge]" in the edgefx checkout'
         ) from err
     return pesq
 

@@ -28,6 +28,7 @@ from edgefx.quality import (
     Quality,
     add_noise,
     calibration_audio,
+    check_metric_packages,
     compare_speed,
     measure_quality,
     read_images,
@@ -228,6 +229,16 @@ def _reader(feeds: list[Feeds]) -> Any:
     return ListReader()
 
 
+def _warn_if_fewer(count: int, noun: str, samples: int) -> None:
+    """Warn that calibration uses ``count`` inputs when it is below --samples."""
+    if count < samples:
+        logger.warning(
+            "calibrating on %s instead of --samples %d",
+            count_noun(count, noun),
+            samples,
+        )
+
+
 def denoise_feeds(
     info: ModelInfo, source: Path, samples: int, threads: int = 0
 ) -> list[Feeds]:
@@ -257,12 +268,7 @@ def denoise_feeds(
             f"--calibrate {source}: no photo is at least {MIN_CALIBRATION_SIDE} pixels "
             "on each side; give training photos of at least that size"
         )
-    if len(calibration) < samples:
-        logger.warning(
-            "calibrating on %s instead of --samples %d",
-            count_noun(len(calibration), "photo"),
-            samples,
-        )
+    _warn_if_fewer(len(calibration), "photo", samples)
     for index, (name, _, clean) in enumerate(calibration):
         multiple = signature.size_multiple
         height = min(CALIBRATION_CROP, clean.shape[0]) // multiple * multiple
@@ -294,10 +300,12 @@ def classify_feeds(
         str(info.path), RuntimeOptions(device="cpu", threads=threads)
     )
     name = classifier.signature.name
-    return [
+    feeds = [
         {name: prepare_image(pixels, classifier.preprocess)[None]}
         for _, _, pixels in read_images(source, samples, skip_unreadable=True)
     ]
+    _warn_if_fewer(len(feeds), "image", samples)
+    return feeds
 
 
 def enhance_feeds(
@@ -313,6 +321,7 @@ def enhance_feeds(
     enhancer = Enhancer(str(info.path), RuntimeOptions(device="cpu", threads=threads))
     chunk = ENHANCER_CHUNK_HOPS * enhancer.hop
     clips = calibration_audio(source, samples, CALIBRATION_SECONDS)
+    _warn_if_fewer(len(clips), "recording", samples)
     feeds = []
     for clip in clips:
         state = np.zeros((1, enhancer.state_size), np.float32)
@@ -545,9 +554,12 @@ def quantize_model(
             import torch  # noqa: F401
         except ImportError as err:
             raise UsageError(
-                "--fine-tune needs PyTorch: in the edgefx checkout, run pip install "
-                "-e '.[train]'"
+                '--fine-tune needs PyTorch: pip install "torch>=2.2" '
+                '"onnxscript>=0.1", or pip install -e ".[train]" in the edgefx '
+                "checkout"
             ) from err
+    if options.test_data is not None:
+        check_metric_packages(info.task)
     if output.resolve() == info.path.resolve():
         raise UsageError(f"{output}: the output would replace its input")
     if output.is_dir():

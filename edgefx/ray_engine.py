@@ -11,7 +11,8 @@ actor opens the object store itself, with the credentials of its node (for S3, t
 AWS_* environment variables, ~/.aws files or the instance's role), and uploads each
 output in one piece, so a reader never sees part of an object.
 
-Ray is an optional dependency: ``pip install "edgefx[ray]"``.
+Ray is an optional dependency: ``pip install "ray[data]>=2.40"``, or
+``pip install ".[ray]"`` in the edgefx checkout.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _import_ray() -> Any:
         import ray
     except ImportError as err:
         raise UsageError(
-            '--engine ray needs Ray; install it with: pip install "edgefx[ray]"'
+            '--engine ray needs Ray; install it with: pip install "ray[data]>=2.40", '
+            'or pip install ".[ray]" in the edgefx checkout'
         ) from err
     return ray
 

@@ -103,10 +103,43 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# FlatBuffers file identifier of ONNX Runtime's ORT format, at bytes 4 to 8 of the
+# files that the converter of ONNX Runtime 1.31 writes.
+ORT_FILE_IDENTIFIER = b"ORTM"
+ORT_HINT = (
+    "ORT-format files run only in minimal ONNX Runtime builds; give the .onnx file "
+    "it was converted from"
+)
+
+
+def _ort_format_problem(path: Path) -> str | None:
+    """Return why ``path`` cannot run as an ONNX model because of the ORT format.
+
+    Returns None for a file that is neither ORT format nor named .ort.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError:
+        return None  # onnx.load reports the error
+    if head[4:8] == ORT_FILE_IDENTIFIER:
+        return f"the file is in ORT format, not ONNX. {ORT_HINT}"
+    if path.suffix.lower() == ".ort":
+        # ONNX Runtime 1.31 loads any file named .ort as ORT format.
+        return (
+            "ONNX Runtime reads a file named .ort as ORT format; if this is an ONNX "
+            "file, rename it to .onnx"
+        )
+    return None
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """Read ``metadata_props`` from an ONNX file; external weight files are not read."""
     import onnx
 
+    problem = _ort_format_problem(path)
+    if problem is not None:
+        raise ModelError(f"{path}: {problem}")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # onnx raises DecodeError, OSError and others
@@ -233,13 +266,10 @@ def _reject_other_model_file(name: str) -> None:
     path = Path(name).expanduser()
     if not path.is_file():
         return
-    message = f"{path}: the file exists, but edgefx runs .onnx model files only"
-    if path.suffix.lower() == ".ort":
-        message += (
-            " (.ort is the format of minimal ONNX Runtime builds); give the .onnx "
-            "file it was converted from"
-        )
-    raise UsageError(message)
+    problem = _ort_format_problem(path)
+    if problem is not None:
+        raise UsageError(f"{path}: {problem}")
+    raise UsageError(f"{path}: the file exists, but edgefx runs .onnx model files only")
 
 
 def resolve_any_model(name_or_path: str) -> ModelInfo:

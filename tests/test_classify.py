@@ -21,7 +21,14 @@ from cli_helpers import run_edgefx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefx.batch import collect_inputs
-from edgefx.classify import Classifier, ClassifyOptions, check_results_path
+from edgefx.classify import (
+    COLOR_ORDERS,
+    MAX_INPUT_SIDE,
+    RESIZE_POLICIES,
+    Classifier,
+    ClassifyOptions,
+    check_results_path,
+)
 from edgefx.errors import ModelError, UsageError
 from edgefx.imageio import FORMATS
 from edgefx.registry import sha256_of
@@ -256,6 +263,18 @@ def test_cli_out_folder_rejected(
     assert list(out.iterdir()) == []
 
 
+def test_cli_all_failed_no_table(model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG file")
+
+    result = run_edgefx("classify", broken, "--model", model, "--device", "cpu")
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert f"failed: {broken}" in result.stderr
+    assert "0 done, 1 failed in" in result.stderr
+
+
 def test_cli_bad_file_fails_alone(
     model: Path, images: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -342,6 +361,47 @@ def test_cli_sidecar_json(images: dict[str, Path], tmp_path: Path) -> None:
     assert len(records) == 3
     for record in records:
         assert record["label"] == Path(str(record["file"])).stem
+
+
+def readme_sidecar_example() -> dict[str, object]:
+    """The JSON sidecar example in the README's classify section."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```json\n(.*?)```", readme, re.DOTALL)
+    assert block, "no ```json block in README.md"
+    example: dict[str, object] = json.loads(block[1])
+    return example
+
+
+def test_readme_sidecar_example_runs(images: dict[str, Path], tmp_path: Path) -> None:
+    example = readme_sidecar_example()
+    model = write_color_classifier(tmp_path / "side.onnx", ["N", 3, "H", "W"])
+    (tmp_path / "side.json").write_text(json.dumps(example), encoding="utf-8")
+
+    result = run_edgefx(
+        "classify", images["red"], "--model", model, "--format", "jsonl"
+    )
+
+    assert result.returncode == 0, result.stderr
+    records = parse_jsonl(result.stdout)
+    assert len(records) == 1
+    labels = example["labels"]
+    assert isinstance(labels, list)
+    assert records[0]["label"] in labels
+
+
+def test_readme_lists_sidecar_values() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    listing = readme[readme.index("```json") : readme.index("`--preset` takes")]
+    listing = " ".join(listing.split())
+
+    for key in (*readme_sidecar_example(), "input_layout"):
+        assert f"`{key}`" in listing.split("```")[-1], key
+    assert f"two integers from 1 to {MAX_INPUT_SIDE}" in listing
+    assert "on the 0-1 scale of the pixel values" in listing
+    assert RESIZE_POLICIES == ("stretch", "crop")
+    assert "`resize`: `stretch` (the default) or `crop`" in listing
+    assert COLOR_ORDERS == ("RGB", "BGR")
+    assert "`color_order`: `RGB` (the default) or `BGR`" in listing
 
 
 @pytest.mark.parametrize("kind", ["flat", "one channel"])

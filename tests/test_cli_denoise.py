@@ -235,6 +235,7 @@ def test_sigma_zero_copies_file(
 
     assert result.returncode == 0, result.stderr
     assert (out / name).read_bytes() == source.read_bytes()
+    assert f"{source}: --sigma 0, copied unchanged" in result.stderr.splitlines()
 
 
 def test_sigma_zero_converts_pixels(run_cli, samples_dir: Path, tmp_path: Path) -> None:
@@ -246,6 +247,25 @@ def test_sigma_zero_converts_pixels(run_cli, samples_dir: Path, tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     written = read_unchanged(out / "coffee.png")
     assert np.array_equal(written, read_unchanged(source))
+    line = f"{source}: --sigma 0, converted without denoising"
+    assert line in result.stderr.splitlines()
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["default", "quiet"])
+def test_no_noise_found_logged(run_cli, tmp_path: Path, quiet: bool) -> None:
+    # A smooth gradient, in which the blind estimate finds no noise at all.
+    gradient = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (48, 1))
+    source = tmp_path / "in" / "gradient.png"
+    source.parent.mkdir()
+    assert cv2.imwrite(str(source), gradient)
+    out = tmp_path / "out"
+
+    result = run_cli("denoise", source, "--out", out, *(["-q"] if quiet else []))
+
+    assert result.returncode == 0, result.stderr
+    assert (out / "gradient.png").read_bytes() == source.read_bytes()
+    line = f"{source}: no noise found, copied unchanged"
+    assert (line in result.stderr.splitlines()) is not quiet
 
 
 def test_quality_for_png_warns(run_cli, crop, tmp_path: Path) -> None:
@@ -712,6 +732,6 @@ def test_cli_default_tile_is_the_library_default(run_cli) -> None:
     assert result.returncode == 0, result.stderr
     # The help text wraps, so compare without line breaks and table borders.
     flat = re.sub(r"[\s│]+", " ", result.stdout)
-    match = re.search(r"--tile <int range> Tile side.*?\[default: (\d+);", flat)
+    match = re.search(r"--tile <int> Tile side.*?\[default: (\d+);", flat)
     assert match is not None, flat
     assert int(match.group(1)) == DEFAULT_TILE

@@ -960,3 +960,16 @@ def test_unwritable_output_folder_says_write(model: Path, tmp_path: Path) -> Non
         f"failed: {locked / 'take.wav'}: cannot write the output: permission denied"
     ], result.stderr
     assert list(locked.iterdir()) == []
+
+
+def test_verbose_log_channel_count(run_cli, samples_dir: Path, tmp_path: Path) -> None:
+    noisy = samples_dir / "audio" / "noisy"
+    mono = noisy / "arctic_a0007_room_5db.flac"
+    stereo = noisy / "arctic_a0007_fan_0db_stereo.wav"
+
+    result = run_cli("-v", "enhance", mono, stereo, "--out", tmp_path / "out")
+
+    assert result.returncode == 0, result.stderr
+    assert f"{mono}: 16000 Hz, 1 channel, " in result.stderr
+    assert f"{stereo}: 44100 Hz, 2 channels, " in result.stderr
+    assert "1 channels" not in result.stderr

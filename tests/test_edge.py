@@ -180,6 +180,45 @@ def test_export_fp16_keeps_float32_io(run_cli, small_model, sample_batch, tmp_pa
     )
 
 
+@pytest.mark.parametrize(
+    ("export_format", "name", "message"),
+    [
+        ("ort", "m.onnx", "an ORT-format file must end in .ort"),
+        ("onnx", "m.ort", "an ONNX file must end in .onnx"),
+    ],
+)
+def test_export_rejects_wrong_suffix(
+    run_cli, small_model, tmp_path, export_format, name, message
+):
+    output = tmp_path / name
+    fp16 = ["--fp16"] if export_format == "onnx" else []
+
+    result = run_cli(
+        "export", small_model, "--format", export_format, *fp16, "-o", output
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert f"--out {output}: {message}" in result.stderr
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("export_format", "name"), [("ort", "m.ort"), ("onnx", "m-fp16.onnx")]
+)
+def test_export_warns_on_replace(run_cli, small_model, tmp_path, export_format, name):
+    output = tmp_path / name
+    output.write_bytes(b"older export")
+    fp16 = ["--fp16"] if export_format == "onnx" else []
+
+    result = run_cli(
+        "export", small_model, "--format", export_format, *fp16, "-o", output
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {output} exists and will be replaced" in result.stderr
+    assert output.read_bytes() != b"older export"
+
+
 def test_export_rejects_fp16_ort(run_cli, small_model, tmp_path):
     result = run_cli(
         "export", small_model, "--format", "ort", "--fp16", "-o", tmp_path / "m.ort"
@@ -768,6 +807,45 @@ def test_quantize_flat_test_folder_not_fit(run_cli, samples_dir, tmp_path):
     assert "0.00" not in result.stderr  # no score of a test it could not score
     assert "not measured: the fp32 model scored 0 % top-1" in result.stderr
     assert "fit to be the CPU default" not in result.stderr
+
+
+@pytest.mark.parametrize("samples", ["64", "4"])
+def test_quantize_classifier_few_images_warns(run_cli, samples_dir, tmp_path, samples):
+    model = build_classifier(tmp_path / "small-classifier.onnx")
+    output = tmp_path / "small-classifier-int8.onnx"
+
+    result = run_cli(
+        "quantize",
+        model,
+        "--calibrate",
+        samples_dir / "clean",
+        "--samples",
+        samples,
+        "-o",
+        output,
+    )
+
+    assert result.returncode == 0, result.stderr
+    warning = f"warning: calibrating on 4 images instead of --samples {samples}"
+    assert (warning in result.stderr.splitlines()) is (samples == "64")
+    assert output.is_file()
+
+
+def test_quantize_enhancer_few_recordings_warns(run_cli, samples_dir, tmp_path):
+    output = tmp_path / "enhance-speech-int8.onnx"
+
+    result = run_cli(
+        "quantize",
+        "enhance-speech",
+        "--calibrate",
+        samples_dir / "audio" / "noisy",
+        "-o",
+        output,
+    )
+
+    assert result.returncode == 0, result.stderr
+    warning = "warning: calibrating on 2 recordings instead of --samples 64"
+    assert warning in result.stderr.splitlines()
 
 
 def test_quantize_removes_work_folders_of_killed_runs(run_cli, samples_dir, tmp_path):

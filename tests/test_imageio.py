@@ -3,6 +3,7 @@ Pillow, or written byte by byte where those libraries cannot produce it."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import struct
@@ -560,6 +561,14 @@ def test_huge_dimensions_rejected(tmp_path):
     assert reason == (
         "image is 100000x100000 pixels, above the limit of 250000000 pixels"
     )
+
+
+def test_readme_states_pixel_limit(repo_root):
+    limit = inspect.signature(read_image).parameters["max_pixels"].default
+    pillow_limit = 2 * Image.MAX_IMAGE_PIXELS
+    readme = " ".join((repo_root / "README.md").read_text(encoding="utf-8").split())
+    assert f"more than {limit // 1_000_000} million pixels" in readme
+    assert f"({pillow_limit:,} pixels by default)" in readme
 
 
 def test_max_pixels_boundary(tmp_path):

@@ -130,6 +130,59 @@ def test_not_onnx_stops_batch(task: str, content: str, inputs, tmp_path: Path) -
     assert not out.exists()
 
 
+@pytest.fixture(scope="module")
+def ort_model(tmp_path_factory) -> Path:
+    """The shipped denoiser exported to ORT format by `edgefx export`."""
+    output = tmp_path_factory.mktemp("ort") / "denoise-s.ort"
+    result = run_edgefx("export", "denoise-s", "--format", "ort", "--out", output)
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+@pytest.mark.parametrize("name", ["denoise-s.ort", "denoise-s.bin"])
+def test_ort_format_model_rejected(
+    ort_model: Path, name: str, inputs, tmp_path: Path
+) -> None:
+    model = tmp_path / name
+    shutil.copyfile(ort_model, model)
+    out = tmp_path / "out"
+
+    result = run_edgefx(*command("denoise", inputs["denoise"], out), "--model", model)
+
+    assert_one_line_error(result, model, "the file is in ORT format, not ONNX")
+    assert "ORT-format files run only in minimal ONNX Runtime builds" in result.stderr
+    assert "give the .onnx file it was converted from" in result.stderr
+    assert "Wire format" not in result.stderr
+    assert not out.exists()
+
+
+def test_ort_format_model_name_rejected(ort_model: Path, inputs, tmp_path: Path):
+    # A name without a slash that is not a shipped model, but a file in this folder.
+    shutil.copyfile(ort_model, tmp_path / "denoise-s.ort")
+    out = tmp_path / "out"
+
+    result = run_edgefx(
+        *command("denoise", inputs["denoise"], out),
+        "--model",
+        "denoise-s.ort",
+        cwd=tmp_path,
+    )
+
+    assert_one_line_error(result, Path("denoise-s.ort"), "in ORT format, not ONNX")
+    assert not out.exists()
+
+
+def test_onnx_named_ort_rejected(inputs, tmp_path: Path) -> None:
+    model = tmp_path / "denoise-s.ort"
+    shutil.copyfile(shipped_file("denoise"), model)
+    out = tmp_path / "out"
+
+    result = run_edgefx(*command("denoise", inputs["denoise"], out), "--model", model)
+
+    assert_one_line_error(result, model, "rename it to .onnx")
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------------------
 # Models whose inputs do not fit the task
 

@@ -34,6 +34,7 @@ from edgefx.cli._common import (
     choice_parser,
     configure_logging,
     handle_errors,
+    integer_option,
     logger,
     number,
     print_summary,
@@ -117,6 +118,7 @@ def denoise(
             "-o",
             help="Output directory, or an object store prefix such as "
             "s3://bucket/prefix (needs pyarrow); the input tree is mirrored inside it.",
+            metavar="<dir>",
         ),
     ],
     sigma: Annotated[
@@ -138,14 +140,14 @@ def denoise(
     ] = None,
     quality: Annotated[
         int | None,
-        typer.Option(help="JPEG/WebP quality 1-100 (default 95).", min=1, max=100),
+        integer_option(help="JPEG/WebP quality 1-100 (default 95).", low=1, high=100),
     ] = None,
     tile: Annotated[
         int,
-        typer.Option(
+        integer_option(
             help="Tile side in pixels; large images are processed in overlapping "
             "tiles of this size, which bounds memory.",
-            min=32,
+            low=32,
         ),
     ] = 768,  # edgefx.denoise.DEFAULT_TILE, not imported so that --help starts fast
     recursive: RecursiveOption = False,
@@ -232,8 +234,8 @@ def classify(
     ],
     top_k: Annotated[
         int,
-        typer.Option(
-            "--top-k", "-k", help="Labels listed per image, best first.", min=1
+        integer_option(
+            "--top-k", "-k", help="Labels listed per image, best first.", low=1
         ),
     ] = 5,
     result_format: Annotated[
@@ -255,11 +257,12 @@ def classify(
             "-o",
             help="Write the csv or jsonl results to this file, or to an object store "
             "URI such as s3://bucket/results.csv (needs pyarrow), instead of stdout.",
+            metavar="<file>",
         ),
     ] = None,
     batch_size: Annotated[
         int,
-        typer.Option(help="Images per model call.", min=1),
+        integer_option(help="Images per model call.", low=1),
     ] = 8,
     labels: Annotated[
         Path | None,
@@ -380,6 +383,10 @@ def _write_classify_rows(
     rows: list[ClassifyRow], result_format: ResultFormat, out: Path | ObjectPath | None
 ) -> None:
     if result_format is ResultFormat.table:
+        if not rows:
+            # Every file failed. The failed: lines and the summary report that, so
+            # an empty table would add only a frame.
+            return
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
@@ -455,6 +462,7 @@ def enhance(
             "-o",
             help="Output directory, or an object store prefix such as "
             "s3://bucket/prefix (needs pyarrow); the input tree is mirrored inside it.",
+            metavar="<dir>",
         ),
     ],
     atten_limit: Annotated[

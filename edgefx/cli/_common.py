@@ -53,6 +53,19 @@ def choice_parser(choices: type[ChoiceT]) -> Callable[[object], ChoiceT]:
     return parse
 
 
+def _range_text(low: float | None, high: float | None) -> str:
+    """Return "at least 32", "at most 1" or "from 0 to 75" for a range's bounds."""
+    if high is None:
+        return f"at least {low:g}"
+    if low is None:
+        return f"at most {high:g}"
+    return f"from {low:g} to {high:g}"
+
+
+def _out_of_range(value: float, low: float | None, high: float | None) -> bool:
+    return (low is not None and value < low) or (high is not None and value > high)
+
+
 def number(
     low: float | None = None, high: float | None = None
 ) -> Callable[[object], float]:
@@ -70,21 +83,57 @@ def number(
             raise typer.BadParameter(f"{value!r} is not a number") from None
         if not math.isfinite(number):
             raise typer.BadParameter(f"{value!r} is not a finite number")
-        if (low is not None and number < low) or (high is not None and number > high):
-            if high is None:
-                expected = f"at least {low:g}"
-            elif low is None:
-                expected = f"at most {high:g}"
-            else:
-                expected = f"from {low:g} to {high:g}"
+        if _out_of_range(number, low, high):
             raise typer.BadParameter(
-                f"{value} is out of range: give a number {expected}"
+                f"{value} is out of range: give a number {_range_text(low, high)}"
             )
         return number
 
     # Click names the help placeholder after the parser function.
     parse.__name__ = "float"
     return parse
+
+
+def integer(low: int | None = None, high: int | None = None) -> Callable[[object], int]:
+    """Return a Typer parser for an integer from ``low`` to ``high``.
+
+    Typer 0.29 words its own range and type errors as pydantic does ("Input should
+    be greater than or equal to 32"). This parser words them as ``number`` does.
+    """
+
+    def parse(value: object) -> int:
+        if isinstance(value, int):
+            result = value
+        else:
+            try:
+                result = int(str(value).strip())
+            except ValueError:
+                raise typer.BadParameter(f"{value!r} is not an integer") from None
+        if _out_of_range(result, low, high):
+            raise typer.BadParameter(
+                f"{value} is out of range: give an integer {_range_text(low, high)}"
+            )
+        return result
+
+    parse.__name__ = "int"
+    return parse
+
+
+def integer_option(
+    *declarations: str,
+    low: int | None = None,
+    high: int | None = None,
+    **settings: Any,
+) -> Any:
+    """Return a ``typer.Option`` for an integer from ``low`` to ``high``.
+
+    ``integer`` checks the value. The bounds are also passed to Typer as min and max,
+    which only puts the range into the help text, because the parser runs first.
+    """
+    settings.setdefault("metavar", "<int>")
+    return typer.Option(
+        *declarations, parser=integer(low, high), min=low, max=high, **settings
+    )
 
 
 def choice_metavar(choices: type[Enum]) -> str:
@@ -109,10 +158,10 @@ DeviceOption = Annotated[
 ]
 ThreadsOption = Annotated[
     int,
-    typer.Option(
+    integer_option(
         help="CPU threads for ONNX Runtime, 0 to 256; 0 uses one per physical core.",
-        min=0,
-        max=256,
+        low=0,
+        high=256,
     ),
 ]
 
@@ -135,15 +184,15 @@ OptimizationOption = Annotated[
 ]
 JobsOption = Annotated[
     int,
-    typer.Option(
+    integer_option(
         "--jobs",
         "-j",
         help="Worker threads that decode and encode files while the model runs; "
         "0 uses half the CPU cores, 1 to 4. With --engine ray: worker actors; 0 "
         "starts as many as the cluster's CPUs (or GPUs with --device cuda) allow. "
         "At most 256.",
-        min=0,
-        max=256,
+        low=0,
+        high=256,
     ),
 ]
 
@@ -157,7 +206,7 @@ EngineOption = Annotated[
     Engine,
     typer.Option(
         help="Where the batch runs: local (this process) or ray (a Ray cluster; "
-        'needs pip install "edgefx[ray]").',
+        'needs pip install "ray[data]>=2.40").',
         parser=choice_parser(Engine),
         metavar=choice_metavar(Engine),
     ),
@@ -176,6 +225,7 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         help="Shipped model name (see `edgefx models`) or path to an .onnx file.",
+        metavar="<name|path>",
     ),
 ]
 VerboseOption = Annotated[

@@ -17,6 +17,7 @@ from edgefx.cli._common import (
     choice_parser,
     configure_logging,
     handle_errors,
+    integer_option,
     number,
     stderr_console,
 )
@@ -74,19 +75,19 @@ def quantize(
     ] = None,
     samples: Annotated[
         int,
-        typer.Option(
+        integer_option(
             help="Calibration photos, images or recordings to read. The enhancer "
             "cuts each recording into several model inputs.",
-            min=1,
+            low=1,
         ),
     ] = 64,
     test_limit: Annotated[
         int | None,
-        typer.Option(
+        integer_option(
             help="Score on this many test photos, images or held-out utterances, "
             "evenly spread. Each utterance is mixed with noise at 5 SNRs, so it "
             "gives 5 test mixtures. Default: all.",
-            min=1,
+            low=1,
         ),
     ] = None,
     per_channel: Annotated[
@@ -130,7 +131,7 @@ def quantize(
     ] = None,
     fine_tune: Annotated[
         int,
-        typer.Option(
+        integer_option(
             "--fine-tune",
             metavar="STEPS",
             help="Denoisers only; needs PyTorch. After calibrating, fine-tune the "
@@ -140,8 +141,8 @@ def quantize(
             "Turns bias correction off unless it is asked for. The shipped int8 "
             "denoiser got 5000 steps (with --percentile 99.9), about 0.8 s each on "
             "one CPU thread. At most 100000.",
-            min=0,
-            max=100_000,
+            low=0,
+            high=100_000,
         ),
     ] = 0,
     equalize: Annotated[

@@ -7,10 +7,18 @@ from typing import Annotated
 
 import typer
 
-from edgefx.cli._common import CHECKPOINT_HINT, handle_errors, number
+from edgefx.cli._common import (
+    CHECKPOINT_HINT,
+    handle_errors,
+    integer_option,
+    number,
+)
 
 train_app = typer.Typer(
-    help="Train the networks (needs: pip install 'edgefx[train]').",
+    help='Train the networks (needs PyTorch: pip install "torch>=2.2" '
+    '"onnxscript>=0.1").',
+    # Click cuts the help in `edgefx --help`'s command list after 45 characters.
+    short_help="Train the networks (needs PyTorch).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -23,9 +31,10 @@ def _require_torch() -> None:
         from edgefx.errors import UsageError
 
         raise UsageError(
-            "training needs PyTorch: in the edgefx checkout, run pip install -e "
-            "'.[train]'. On a machine without an NVIDIA GPU, install a CPU build of "
-            "torch first, which skips several gigabytes of CUDA packages."
+            'training needs PyTorch: pip install "torch>=2.2" "onnxscript>=0.1", or '
+            'pip install -e ".[train]" in the edgefx checkout. On a machine without '
+            "an NVIDIA GPU, install a CPU build of torch first, which skips several "
+            "gigabytes of CUDA packages."
         ) from err
 
 
@@ -160,26 +169,26 @@ def train_denoise(
         typer.Option(help="Write the best checkpoint as ONNX to this path when done."),
     ] = None,
     steps: Annotated[
-        int, typer.Option(help="Training steps (batches).", min=1)
+        int, integer_option(help="Training steps (batches).", low=1)
     ] = 12000,
-    batch_size: Annotated[int, typer.Option(help="Patches per step.", min=1)] = 32,
+    batch_size: Annotated[int, integer_option(help="Patches per step.", low=1)] = 32,
     patch_size: Annotated[
-        int, typer.Option(help="Patch side in pixels (even).", min=16)
+        int, integer_option(help="Patch side in pixels (even).", low=16)
     ] = 64,
     features: Annotated[
-        int, typer.Option(help="Channels per convolution.", min=8)
+        int, integer_option(help="Channels per convolution.", low=8)
     ] = 64,
-    blocks: Annotated[int, typer.Option(help="Residual blocks.", min=1)] = 5,
+    blocks: Annotated[int, integer_option(help="Residual blocks.", low=1)] = 5,
     learning_rate: Annotated[
         float, typer.Option(help="Peak Adam learning rate.", parser=number())
     ] = 1e-3,
     threads: Annotated[
         int,
-        typer.Option(
-            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", min=0, max=256
+        integer_option(
+            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", low=0, high=256
         ),
     ] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, integer_option(help="Random seed.")] = 0,
     precision: Annotated[
         str,
         typer.Option(
@@ -258,11 +267,12 @@ def train_classify(
         typer.Option(help="Write the best checkpoint as ONNX to this path when done."),
     ] = None,
     epochs: Annotated[
-        int, typer.Option(help="Passes over the training set.", min=1)
+        int, integer_option(help="Passes over the training set.", low=1)
     ] = 30,
-    batch_size: Annotated[int, typer.Option(help="Images per step.", min=2)] = 128,
+    batch_size: Annotated[int, integer_option(help="Images per step.", low=2)] = 128,
     size: Annotated[
-        int, typer.Option(help="Input side in pixels; images are resized to it.", min=8)
+        int,
+        integer_option(help="Input side in pixels; images are resized to it.", low=8),
     ] = 32,
     arch: Annotated[
         str,
@@ -274,17 +284,17 @@ def train_classify(
     ] = "resnet",
     width: Annotated[
         int,
-        typer.Option(
+        integer_option(
             help="Channels of the first stage (ResNet-20: 16); a convnet's later "
             "stages have four times as many.",
-            min=4,
+            low=4,
         ),
     ] = 16,
     blocks: Annotated[
         int | None,
-        typer.Option(
+        integer_option(
             help="Residual blocks per stage (ResNet-20: 3, the default); resnet only.",
-            min=1,
+            low=1,
         ),
     ] = None,
     learning_rate: Annotated[
@@ -292,19 +302,19 @@ def train_classify(
     ] = 0.1,
     cutout: Annotated[
         int,
-        typer.Option(
+        integer_option(
             help="Side in pixels of a square painted over each training image at a "
             "random place (cutout augmentation); 0 turns it off.",
-            min=0,
+            low=0,
         ),
     ] = 0,
     threads: Annotated[
         int,
-        typer.Option(
-            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", min=0, max=256
+        integer_option(
+            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", low=0, high=256
         ),
     ] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, integer_option(help="Random seed.")] = 0,
     precision: Annotated[
         str,
         typer.Option(
@@ -357,13 +367,13 @@ def train_classify(
     ] = 4.0,
     teacher_views: Annotated[
         int,
-        typer.Option(
+        integer_option(
             help="With --teacher: run the teachers once, before training, on this "
             "many augmented views of each training image, keep their logits in "
             "teacher-bank.npz in --work-dir, and train on those views, taking each "
             "image's views in turn. Costs that many teacher passes over the data "
             "instead of one per epoch; 0 runs the teachers on every batch.",
-            min=0,
+            low=0,
         ),
     ] = 0,
     init: Annotated[
@@ -493,32 +503,34 @@ def train_enhance(
         Path | None,
         typer.Option(help="Write the best checkpoint as ONNX to this path when done."),
     ] = None,
-    steps: Annotated[int, typer.Option(help="Training steps (batches).", min=1)] = 8000,
-    batch_size: Annotated[int, typer.Option(help="Mixtures per step.", min=1)] = 24,
+    steps: Annotated[
+        int, integer_option(help="Training steps (batches).", low=1)
+    ] = 8000,
+    batch_size: Annotated[int, integer_option(help="Mixtures per step.", low=1)] = 24,
     seconds: Annotated[
         float, typer.Option(help="Length of each training mixture.", parser=number(0.1))
     ] = 2.5,
-    hidden: Annotated[int, typer.Option(help="GRU state size.", min=4)] = 72,
+    hidden: Annotated[int, integer_option(help="GRU state size.", low=4)] = 72,
     refine: Annotated[
         int,
-        typer.Option(
+        integer_option(
             help="Channels of the local refinement (two small convolutions over "
             "nearby frames and bins that correct the GRUs' gains); 0 leaves it out. "
             "With --init from a model without it, training starts from that "
             "model's exact output.",
-            min=0,
+            low=0,
         ),
     ] = 0,
     deep_filter: Annotated[
         int,
-        typer.Option(
+        integer_option(
             help="Bins, from the lowest, that also get a deep filter: a complex "
             "weighting of the current and the previous frame per bin, which can "
             "follow a voice's harmonics in noise that shares their bins; 0 leaves "
             "it out. 20 bins (up to 1 kHz) add 5,840 parameters. With --init from "
             "a model without it, training starts from that model's exact output.",
-            min=0,
-            max=161,
+            low=0,
+            high=161,
         ),
     ] = 0,
     learning_rate: Annotated[
@@ -601,11 +613,11 @@ def train_enhance(
     ] = None,
     threads: Annotated[
         int,
-        typer.Option(
-            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", min=0, max=256
+        integer_option(
+            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", low=0, high=256
         ),
     ] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, integer_option(help="Random seed.")] = 0,
 ) -> None:
     """Train the speech enhancer on clean speech mixed with noise on the fly."""
     with handle_errors(CHECKPOINT_HINT, imports=("numpy", "torch")):
