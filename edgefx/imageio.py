@@ -41,8 +41,11 @@ from edgefx.objectstore import ObjectPath, parse_output
 
 # OpenCV logs decoder warnings and errors straight to stderr, in lines that name no
 # file. Every decode failure here becomes an InputError with the path instead.
-# TODO: libpng still prints "libpng error: ..." for some damaged PNG files, because
-# OpenCV does not route that callback through its log level.
+# libpng prints its own "libpng error: ..." lines, which OpenCV does not route through
+# its log level. So PNG chunks are checked here first (_check_png_chunks), which
+# catches truncated files and damaged critical chunks.
+# TODO: a PNG whose chunks are intact but whose compressed image data is damaged
+# still gets a libpng line on stderr before its InputError.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 logger = logging.getLogger(__name__)
@@ -166,8 +169,8 @@ class ImageData:
     # 2, 4 or 8 when read_image decoded a JPEG at that fraction of its stored width and
     # height (its min_size argument), else 1.
     reduction: int = 1
-    # Luma samples per chroma sample across and down in a color JPEG: (2, 2) for 4:2:0,
-    # (2, 1) for 4:2:2; (1, 1) for full-resolution chroma and for other formats.
+    # Luma samples per chroma sample across and down in a color JPEG: (2, 2) for 4:2:0
+    # and (2, 1) for 4:2:2. It is (1, 1) for full-resolution chroma and other formats.
     chroma_subsampling: tuple[int, int] = (1, 1)
 
     def __post_init__(self) -> None:
@@ -532,11 +535,11 @@ def _read_pillow_header(
 
 
 def _chroma_subsampling(factors: list[tuple[int, int]]) -> tuple[int, int]:
-    """Luma samples per chroma sample, from a JPEG frame's sampling factors.
+    """Return luma samples per chroma sample, from a JPEG frame's sampling factors.
 
-    ``factors``: (horizontal, vertical) per component, luma first. Gives (1, 1) unless
-    there are three components and both chroma ones have equal factors that divide
-    the luma ones.
+    ``factors``: (horizontal, vertical) per component, luma first. The result is
+    (1, 1) unless there are three components and both chroma ones have equal factors
+    that divide the luma ones.
     """
     if len(factors) != 3 or factors[1] != factors[2]:
         return (1, 1)
@@ -722,11 +725,56 @@ def _check_pixel_limit(path: Path, header: _Header, max_pixels: int) -> None:
         )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_chunks(path: Path, data: np.ndarray) -> None:
+    """Raise InputError for a PNG file cut short or with a damaged critical chunk.
+
+    Walks the chunks from the signature to IEND. Each chunk is a 4-byte length, a
+    4-byte type, the data and a CRC-32 of type and data (PNG specification, section
+    5.3). A CRC error is fatal only in a critical chunk (type starting with an
+    upper-case letter), as in libpng's default setting. Ancillary chunks are not
+    checked.
+    """
+    view = np.ascontiguousarray(data, np.uint8).data.cast("B")  # the bytes, no copy
+    if bytes(view[: len(PNG_SIGNATURE)]) != PNG_SIGNATURE:
+        raise InputError(path, "cannot decode image: not a valid PNG file")
+    position = len(PNG_SIGNATURE)
+    while True:
+        if position + 8 > len(view):
+            raise InputError(path, "truncated PNG file: it ends before the IEND chunk")
+        length = int.from_bytes(view[position : position + 4], "big")
+        kind = bytes(view[position + 4 : position + 8])
+        end = position + 12 + length
+        if length > 0x7FFFFFFF or end > len(view):
+            raise InputError(
+                path,
+                f"truncated PNG file: it ends inside chunk {_chunk_name(kind)}",
+            )
+        if kind[:1].isupper():
+            stored = int.from_bytes(view[end - 4 : end], "big")
+            if zlib.crc32(view[position + 4 : end - 4]) != stored:
+                raise InputError(
+                    path,
+                    f"damaged PNG file: CRC error in chunk {_chunk_name(kind)}",
+                )
+        if kind == b"IEND":
+            return
+        position = end
+
+
+def _chunk_name(kind: bytes) -> str:
+    return kind.decode("ascii") if kind.isalpha() else repr(kind)
+
+
 def _decode_with_opencv(
     path: Path, data: np.ndarray, file_format: str, flags: int = cv2.IMREAD_UNCHANGED
 ) -> np.ndarray:
     # Python reads the file and OpenCV decodes it from memory. OpenCV never opens the
     # path itself, which keeps non-ASCII paths working on every platform.
+    if file_format == "png":
+        _check_png_chunks(path, data)
     try:
         decoded = cv2.imdecode(data, flags)
     except cv2.error as err:

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from cli_helpers import run_edgefx
 from PIL import Image, ImageOps
 
 from edgefx import imageio
@@ -539,15 +540,61 @@ def test_random_bytes(tmp_path):
     assert reason.startswith("cannot decode image: not a valid PNG")
 
 
-@pytest.mark.parametrize(("suffix", "label"), [(".png", "PNG"), (".jpg", "JPEG")])
-def test_truncated(tmp_path, suffix, label):
+@pytest.mark.parametrize(
+    ("suffix", "expected"),
+    [
+        (".png", "truncated PNG file: it ends inside chunk IDAT"),
+        (".jpg", "cannot decode image: not a valid JPEG file, or truncated"),
+    ],
+)
+def test_truncated(tmp_path, suffix, expected):
     data = (tmp_path / "full").with_suffix(suffix)
     write_image(data, ImageData(smooth_rgb(), None, "png"))
     contents = data.read_bytes()
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(contents[: len(contents) // 2])
     reason = read_error(truncated).reason
-    assert reason == f"cannot decode image: not a valid {label} file, or truncated"
+    assert reason == expected
+
+
+def png_chunk_offset(contents: bytes, kind: bytes) -> int:
+    """Return the offset of the first chunk of this type (its length field)."""
+    return contents.index(kind) - 4
+
+
+def test_png_without_iend_is_truncated(tmp_path):
+    write_image(tmp_path / "full.png", ImageData(smooth_rgb(), None, "png"))
+    contents = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(contents[: png_chunk_offset(contents, b"IEND")])
+
+    reason = read_error(tmp_path / "cut.png").reason
+
+    assert reason == "truncated PNG file: it ends before the IEND chunk"
+
+
+def test_png_crc_error_in_critical_chunk(tmp_path):
+    write_image(tmp_path / "full.png", ImageData(smooth_rgb(), None, "png"))
+    damaged = bytearray((tmp_path / "full.png").read_bytes())
+    damaged[png_chunk_offset(damaged, b"IDAT") + 10] ^= 0x55
+    (tmp_path / "damaged.png").write_bytes(bytes(damaged))
+
+    reason = read_error(tmp_path / "damaged.png").reason
+
+    assert reason == "damaged PNG file: CRC error in chunk IDAT"
+
+
+def test_truncated_png_cli_prints_one_line(tmp_path):
+    write_image(tmp_path / "full.png", ImageData(smooth_rgb(), None, "png"))
+    contents = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cut.png").write_bytes(contents[: len(contents) // 2])
+
+    result = run_edgefx("denoise", tmp_path / "in", "--out", tmp_path / "out")
+
+    assert result.returncode == 1
+    assert "libpng" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if "cut.png" in x]
+    assert line.endswith("truncated PNG file: it ends inside chunk IDAT")
 
 
 def test_truncated_header(tmp_path):
