@@ -349,8 +349,8 @@ def test_models_shows_default_variant(run_cli, variant_folder):
         "small-denoiser-int8": ["denoise", "int8", "CPU"],
     }
     assert (
-        "small-denoiser-int8 runs by default on the CPU (faster when measured, and within "
-        "tolerance of small-denoiser)"
+        "small-denoiser-int8 runs by default on the CPU (faster when measured, and "
+        "within tolerance of small-denoiser)"
     ) in result.stdout
 
 

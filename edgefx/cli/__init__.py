@@ -615,8 +615,9 @@ def models(
     for row in rows:
         if row.default_on == "CPU":
             console.print(
-                f"{row.task}: {row.name} runs by default on the CPU (faster when measured, and "
-                f"within tolerance of {row.variant_of}); {row.variant_of} runs on CUDA",
+                f"{row.task}: {row.name} runs by default on the CPU (faster when "
+                f"measured, and within tolerance of {row.variant_of}); "
+                f"{row.variant_of} runs on CUDA",
                 markup=False,
                 soft_wrap=True,
             )

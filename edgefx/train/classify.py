@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgefx.classify import FLIP_AVERAGE_METADATA, SHIFT_FLIP_AVERAGE_METADATA
+from edgefx.registry import sha256_of
 from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint, record_options
 from edgefx.train.nets import CLASSIFIER_ARCHITECTURES, average_views, build_classifier
@@ -222,14 +223,6 @@ def augment(
     return apply_views(images, views, cutout, fill)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def teacher_bank(
     teachers: list[nn.Module],
     options: ClassifyTrainOptions,
@@ -252,7 +245,7 @@ def teacher_bank(
     count = len(train_set.labels)
     key = json.dumps(
         {
-            "teachers": [_file_digest(path) for path in options.teachers],
+            "teachers": [sha256_of(path) for path in options.teachers],
             "labels": hashlib.sha256(train_set.labels.tobytes()).hexdigest(),
             "images": hashlib.sha256(train_set.images.tobytes()).hexdigest(),
             "seed": options.seed,
