@@ -117,6 +117,14 @@ LOSSY_SUBTYPES = frozenset(
 )
 OPUS_RATES = frozenset({8000, 12000, 16000, 24000, 48000})
 
+# Limits of the Ogg writer, checked before it opens. The Vorbis and Opus headers store
+# the channel count in one byte. Beyond either limit, libsndfile 1.2.2 (as soundfile
+# 0.14 bundles it) crashes the process with a segmentation fault on a Vorbis file
+# instead of returning an error. The rate limit was measured with that build: 200000 Hz
+# writes, 200001 Hz crashes.
+OGG_MAX_CHANNELS = 255
+VORBIS_MAX_RATE = 200_000
+
 # Subtypes to try, in order, when the output format cannot store the input's subtype:
 # the nearest resolution first, so that float becomes 24-bit PCM in FLAC.
 SUBTYPE_FALLBACKS: dict[str, tuple[str, ...]] = {
@@ -985,6 +993,13 @@ class AudioWriter:
         if self._entered:
             raise RuntimeError("an AudioWriter can be entered only once")
         self._entered = True
+        problem = self._codec_limit_problem()
+        if problem is not None:
+            raise OutputError(
+                self.path,
+                f"cannot write {self.format} {self.subtype} at {self.rate} Hz "
+                f"with {count_noun(self.channels, 'channel')}: {problem}",
+            )
         try:
             if isinstance(self.path, ObjectPath):
                 # NOTE: a killed run leaves this file in the temporary directory,
@@ -1049,6 +1064,23 @@ class AudioWriter:
             self._discard()
             raise
         return self
+
+    def _codec_limit_problem(self) -> str | None:
+        """Return why libsndfile would crash writing this file, or None.
+
+        Checked before any file is created, because the crash ends the whole process
+        and no exception handler runs.
+        """
+        if self.format != "OGG":
+            return None
+        if self.channels > OGG_MAX_CHANNELS:
+            return f"Ogg files store at most {OGG_MAX_CHANNELS} channels; write WAV"
+        if self.subtype == "VORBIS" and self.rate > VORBIS_MAX_RATE:
+            return (
+                f"libsndfile writes Ogg Vorbis at up to {VORBIS_MAX_RATE} Hz; "
+                "write WAV or FLAC"
+            )
+        return None
 
     def _id3_tag(self) -> bytes:
         """Build an ID3v2.4 tag, in UTF-8, of the tags; return b"" when none is kept.
