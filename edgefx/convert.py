@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgefx.errors import ModelError, OutputError, UsageError
 from edgefx.external_data import check_external_data
-from edgefx.fsutil import check_output_file, work_folder
+from edgefx.fsutil import check_output_file, check_replaces_no_input, work_folder
 from edgefx.registry import ModelInfo, resolve_any_model
 
 logger = logging.getLogger(__name__)
@@ -49,21 +49,33 @@ class ExportResult:
     operators_config: Path | None = None  # ORT format only
 
 
-def _check_output(info: ModelInfo, output: Path) -> None:
+def _check_output(
+    info: ModelInfo, output: Path, locations: list[str], written: list[Path]
+) -> None:
+    """Raise UsageError unless ``output`` can be written without replacing an input.
+
+    ``locations`` are the model's external-data files (from _check_external_files),
+    and ``written`` lists every file that the export writes: ``output``, the
+    operators config for ORT format, and the partial file of each.
+    """
     if output.is_dir():
         raise UsageError(f"--out {output} is a directory; give a file path")
-    if output.resolve() == info.path.resolve():
-        raise UsageError(f"{output}: the output would replace its input")
-    config = operators_config_path(output).name
-    partials = (f".{output.name}.partial", f".{config}.partial")
-    check_output_file(output, temporary_names=(config, *partials))
+    inputs = [info.path, *(info.path.parent / location for location in locations)]
+    check_replaces_no_input(output, written, inputs)
+    temporary_names = tuple(path.name for path in written if path != output)
+    check_output_file(output, temporary_names=temporary_names)
     if output.exists():
         logger.warning("%s exists and will be replaced", output)
 
 
+def _partial_path(target: Path) -> Path:
+    """Return the temporary path that _move_into_place copies ``target`` to first."""
+    return target.with_name(f".{target.name}.partial")
+
+
 def _move_into_place(source: Path, target: Path) -> None:
     """Copy next to ``target`` under a temporary name, then rename over it."""
-    partial = target.with_name(f".{target.name}.partial")
+    partial = _partial_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, partial)
@@ -132,7 +144,14 @@ def export_ort(model: str, output: Path) -> ExportResult:
     if output.suffix != ".ort":
         raise UsageError(f"--out {output}: an ORT-format file must end in .ort")
     locations = _check_external_files(info)
-    _check_output(info, output)
+    config_output = operators_config_path(output)
+    written = [
+        output,
+        config_output,
+        _partial_path(output),
+        _partial_path(config_output),
+    ]
+    _check_output(info, output, locations, written)
     with work_folder("edgefx-export-") as work:
         Path(work, "in").mkdir()
         source = _copy_model(info, locations, Path(work, "in"))
@@ -165,7 +184,6 @@ def export_ort(model: str, output: Path) -> ExportResult:
         lines = config.read_text(encoding="utf-8").splitlines()
         lines = [f"# - {output.name}" if x.startswith("# - ") else x for x in lines]
         config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        config_output = operators_config_path(output)
         _move_into_place(config, config_output)
         _move_into_place(ort_file, output)
     return ExportResult(output, info, config_output)
@@ -187,8 +205,8 @@ def export_fp16(model: str, output: Path) -> ExportResult:
     # unless it ends in .onnx.
     if output.suffix != ".onnx":
         raise UsageError(f"--out {output}: an ONNX file must end in .onnx")
-    _check_external_files(info)
-    _check_output(info, output)
+    locations = _check_external_files(info)
+    _check_output(info, output, locations, [output, _partial_path(output)])
     try:
         proto = onnx.load(str(info.path))
     except Exception as err:  # onnx raises ValidationError, OSError and others

@@ -18,7 +18,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from edgefx.errors import OutputError, UsageError
@@ -230,6 +230,33 @@ def check_output_file(path: Path, temporary_names: tuple[str, ...] = ()) -> None
             f"--out {path}: the file name is too long; shorten it by "
             f"{longest - name_max} bytes (this file system allows {name_max} bytes "
             "per name, including the temporary files written next to it)"
+        )
+
+
+def check_replaces_no_input(
+    out: Path, written: Iterable[Path], inputs: Iterable[Path]
+) -> None:
+    """Raise UsageError when a file that a run writes is one of the run's inputs.
+
+    ``out`` is the --out file, and ``written`` lists every path the run writes: ``out``
+    and the temporary or companion files next to it. Paths are compared after
+    resolving symbolic links and ``..``, so a link to an input counts as that input.
+    """
+    resolved_inputs: dict[str, Path] = {}
+    for path in inputs:
+        resolved_inputs.setdefault(os.path.realpath(path), path)
+    for path in written:
+        match = resolved_inputs.get(os.path.realpath(path))
+        if match is None:
+            continue
+        if path == out:
+            raise UsageError(
+                f"--out {out}: the output would replace its input {match}; choose "
+                "another --out file"
+            )
+        raise UsageError(
+            f"--out {out}: {path}, written next to the output, would replace the "
+            f"input {match}; choose another --out file"
         )
 
 

@@ -105,6 +105,21 @@ def list_images(source: Path) -> list[tuple[str, str]]:
     return [(str(p), p.parent.name) for p in paths]
 
 
+def data_files(source: Path) -> list[Path]:
+    """Return the files that calibration or scoring may read from ``source``.
+
+    That is ``source`` itself when it is a file (a zip of images), and otherwise every
+    image or recording under the folder ``source``, found by suffix as list_images and
+    calibration_audio find them.
+    """
+    from edgefx.train.audio_split import AUDIO_SUFFIXES
+
+    if not source.is_dir():
+        return [source]
+    suffixes = {*IMAGE_SUFFIXES, *AUDIO_SUFFIXES}
+    return [path for path in source.rglob("*") if path.suffix.lower() in suffixes]
+
+
 def read_images(
     source: Path, limit: int | None, skip_unreadable: bool = False
 ) -> Iterator[tuple[str, str, np.ndarray]]:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgefx.errors import ModelError, OutputError, UsageError
-from edgefx.fsutil import check_output_file, work_folder
+from edgefx.external_data import check_external_data
+from edgefx.fsutil import check_output_file, check_replaces_no_input, work_folder
 from edgefx.quality import (
     ENHANCE_TEST_SNRS,
     MAX_CALIBRATION_SIGMA,
@@ -30,6 +31,7 @@ from edgefx.quality import (
     calibration_audio,
     check_metric_packages,
     compare_speed,
+    data_files,
     measure_quality,
     read_images,
     speed_workload,
@@ -560,13 +562,13 @@ def quantize_model(
             ) from err
     if options.test_data is not None:
         check_metric_packages(info.task)
-    if output.resolve() == info.path.resolve():
-        raise UsageError(f"{output}: the output would replace its input")
     if output.is_dir():
         raise UsageError(f"--out {output} is a directory; give a file path")
     # Checked before calibrating, which takes minutes; _save_atomically writes the
     # temporary file first.
-    check_output_file(output, temporary_names=(f".{output.name}.partial",))
+    partial = _partial_path(output)
+    check_replaces_no_input(output, [output, partial], _input_files(info, options))
+    check_output_file(output, temporary_names=(partial.name,))
     if output.exists():
         logger.warning("%s exists and will be replaced", output)
 
@@ -676,6 +678,21 @@ def quantize_model(
         _write_metadata(proto, info, record, key_metric)
         _save_atomically(proto, output)
     return QuantizeResult(output, info, counts, len(feeds), comparison)
+
+
+def _input_files(info: ModelInfo, options: QuantizeOptions) -> list[Path]:
+    """Return the files that a quantization reads.
+
+    These are the model, its external-data files, and the calibration and test
+    images or recordings.
+    """
+    folder = info.path.parent
+    files = [info.path]
+    files += [folder / location for location in check_external_data(info.path)]
+    files += data_files(options.calibration)
+    if options.test_data is not None:
+        files += data_files(options.test_data)
+    return files
 
 
 def _equalize(
@@ -834,10 +851,15 @@ def _fine_tune(
     return prepared
 
 
+def _partial_path(output: Path) -> Path:
+    """Return the temporary path that _save_atomically writes before ``output``."""
+    return output.with_name(f".{output.name}.partial")
+
+
 def _save_atomically(model: onnx.ModelProto, output: Path) -> None:
     import onnx
 
-    temporary = output.with_name(f".{output.name}.partial")
+    temporary = _partial_path(output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(temporary))
