@@ -187,12 +187,27 @@ def psnr(clean: np.ndarray, image: np.ndarray) -> float:
 # Audio
 
 
+class NonFiniteSamplesError(ValueError):
+    """A recording contains NaN or infinite samples, which no model input may hold."""
+
+
 def read_mono(path: Path) -> np.ndarray:
-    """Read a recording as float32 mono at 16 kHz."""
+    """Read a recording as float32 mono at 16 kHz.
+
+    Raises NonFiniteSamplesError when a sample is NaN or infinite, which a float WAV
+    or FLAC file can store. One such sample would make the calibration ranges, and so
+    the int8 scales, NaN.
+    """
     import soundfile
     import soxr
 
     samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    finite = np.isfinite(samples).all(axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise NonFiniteSamplesError(
+            f"contains NaN or infinite samples at second {first / max(rate, 1):.3f}"
+        )
     mono = samples.mean(axis=1)
     if rate != AUDIO_RATE:
         mono = soxr.resample(mono, rate, AUDIO_RATE)
@@ -257,10 +272,21 @@ def _read_or_skip(path: Path) -> np.ndarray | None:
     """Read a calibration recording, or log a warning and return None if it fails."""
     try:
         return read_mono(path)
+    except NonFiniteSamplesError as err:
+        logger.warning("%s: skipped, the recording %s", path, err)
+        return None
     except (OSError, RuntimeError, ValueError) as err:
         # soundfile raises LibsndfileError (a RuntimeError) for damaged files.
         logger.warning("%s: skipped, cannot read this recording: %s", path, err)
         return None
+
+
+def _read_test_recording(path: Path) -> np.ndarray:
+    """Read a held-out recording; raise UsageError when it has NaN or inf samples."""
+    try:
+        return read_mono(path)
+    except NonFiniteSamplesError as err:
+        raise UsageError(f"{path}: {err}; remove it from the test data") from err
 
 
 def held_out_mixtures(
@@ -283,8 +309,8 @@ def held_out_mixtures(
         rng = np.random.default_rng([NOISE_SEED, zlib.crc32(name.encode("utf-8"))])
         noise_path = noise[int(rng.integers(len(noise)))]
         if noise_path not in noises:
-            noises[noise_path] = read_mono(noise_path)
-        clean = read_mono(speech[index])
+            noises[noise_path] = _read_test_recording(noise_path)
+        clean = _read_test_recording(speech[index])
         pairs.extend(
             (clean, mix(clean, noises[noise_path], s)) for s in ENHANCE_TEST_SNRS
         )

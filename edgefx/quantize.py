@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -628,6 +629,7 @@ def quantize_model(
             prepared = _fine_tune(info, source, proto, feeds, options, Path(work))
             quantized = Path(work, "fine-tuned-int8.onnx")
             proto = onnx.load(str(quantized))
+        _check_quantization_parameters(info, proto)
         corrected = 0
         if bias_correction:
             from edgefx.biascorrect import correct_biases
@@ -680,6 +682,37 @@ def quantize_model(
     return QuantizeResult(output, info, counts, len(feeds), comparison)
 
 
+def _check_quantization_parameters(info: ModelInfo, proto: onnx.ModelProto) -> None:
+    """Raise ModelError when a scale or zero point of the int8 model is not finite.
+
+    ONNX Runtime 1.31 does not reject every such value: an infinite calibration range
+    gives an infinite scale without an error. Such a model runs without an error and
+    returns wrong values.
+    """
+    from onnx import numpy_helper
+
+    constants = {tensor.name: tensor for tensor in proto.graph.initializer}
+    bad: dict[str, None] = {}
+    for node in proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for name in node.input[1:3]:
+            tensor = constants.get(name)
+            if tensor is None or name in bad:
+                continue
+            values = numpy_helper.to_array(tensor)
+            is_float = np.issubdtype(values.dtype, np.floating)
+            if is_float and not np.isfinite(values).all():
+                bad[name] = None
+    if bad:
+        listed = ", ".join(list(bad)[:5]) + (", ..." if len(bad) > 5 else "")
+        raise ModelError(
+            f"{info.path}: the calibration gave NaN or infinite quantization "
+            f"parameters ({listed}), so no model was written; check that the model's "
+            "activations on the calibration data are finite"
+        )
+
+
 def _input_files(info: ModelInfo, options: QuantizeOptions) -> list[Path]:
     """Return the files that a quantization reads.
 
@@ -730,7 +763,10 @@ def _run_quantize_static(
     root = logging.getLogger()
     root.addFilter(advice)
     try:
-        with contextlib.redirect_stdout(printed):
+        # numpy warns, without a file name, when a calibration range is NaN or
+        # infinite. _check_quantization_parameters reports those cases instead.
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             quantize_static(
                 str(prepared),
                 str(output),
@@ -744,6 +780,15 @@ def _run_quantize_static(
                 nodes_to_exclude=list(options.exclude) or None,
                 extra_options=extra,
             )
+    except AssertionError as err:
+        if str(err) != "scale issue":
+            raise ModelError(f"{info.path}: quantization failed: {err}") from err
+        # onnxruntime.quantization.quant_utils asserts that each scale is at least 0,
+        # which fails for the NaN scale of a NaN calibration range.
+        raise ModelError(
+            f"{info.path}: quantization failed: a calibration range is NaN; check "
+            "that the model's activations on the calibration data are finite"
+        ) from err
     except Exception as err:  # onnxruntime raises many types here
         raise ModelError(f"{info.path}: quantization failed: {err}") from err
     finally:
