@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +33,7 @@ from edgefx.fsutil import (
     describe_read_error,
     expand_pattern,
     find_unwritable_folder,
+    is_temporary_name,
     list_folder,
 )
 from edgefx.objectstore import (
@@ -500,42 +502,92 @@ def _replace_message(source: Path, output: Path, replaced: Path) -> str:
 STALE_TEMPORARY_SECONDS = 3600.0
 
 
-def remove_stale_temporaries(out_dir: OutputPath) -> int:
-    """Delete temporary outputs that killed runs left under ``out_dir``; count them.
+def _may_be_own_temporary(status: os.stat_result) -> bool:
+    """Tell whether a file's owner and mode are those of an unfinished temporary.
 
-    Every file named ``TEMP_PREFIX*`` (hidden, in ``out_dir`` or any subfolder) that
-    is older than STALE_TEMPORARY_SECONDS is removed. Younger ones are kept and
-    counted in a log line, because a run writing there right now owns them. An object
-    store prefix has none, because its outputs are uploaded without temporaries.
+    tempfile.mkstemp creates files of this user with mode 0600, and edgefx sets the
+    output's mode only just before the rename. A file with other bits, such as a
+    photo copied with a umask of 022, was not left by edgefx.
+
+    NOTE: a file system without Unix modes (FAT, most SMB mounts) shows one fixed
+    mode for every file, usually not 0600, so leftovers there are kept.
     """
-    if isinstance(out_dir, ObjectPath) or not out_dir.is_dir():
-        return 0
-    removed = 0
-    kept = 0
-    now = time.time()
-    for path in out_dir.rglob(f"{TEMP_PREFIX}*"):
+    owner = getattr(os, "getuid", None)  # missing on Windows
+    if owner is not None and status.st_uid != owner():
+        return False
+    return stat.S_IMODE(status.st_mode) == 0o600
+
+
+def remove_stale_temporaries(
+    items: Sequence[BatchItem], other_inputs: Iterable[Path] = ()
+) -> int:
+    """Delete temporary outputs that killed runs left where ``items`` go; count them.
+
+    Only the folders that the items' outputs go to are searched, not their subfolders.
+    A file there is removed when its whole name has the form that edgefx gives its
+    temporary files (fsutil.TEMP_NAME_PATTERN), its owner and mode are those of an
+    unfinished temporary (_may_be_own_temporary), and it is older than
+    STALE_TEMPORARY_SECONDS. The source of an item and the ``other_inputs`` (inputs
+    that failed before any work) are never removed. Younger ones are kept and counted
+    in a log line, because a run writing there right now owns them. An object store
+    prefix has none, because its outputs are uploaded without temporaries.
+    """
+    resolved_folders: dict[Path, Path] = {}
+    sources: set[Path] = set()
+    for path in [item.source for item in items] + list(other_inputs):
         try:
-            if not path.is_file():
-                continue
-            if now - path.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+            sources.add(resolve_file(path, resolved_folders))
+        except (OSError, RuntimeError):  # a name too long, or a link loop on 3.11
+            continue  # a path that cannot be resolved names no file in these folders
+    folders = sorted({i.output.parent for i in items if isinstance(i.output, Path)})
+    removed = 0
+    kept: list[Path] = []
+    now = time.time()
+    for folder in folders:
+        try:
+            with os.scandir(folder) as scan:
+                entries = [e for e in scan if is_temporary_name(e.name)]
+        except FileNotFoundError:
+            continue  # the run creates the folder when it writes the first output
+        except OSError as err:
+            logger.debug("cannot list %s for stale temporary files: %s", folder, err)
+            continue
+        for entry in entries:
+            path = folder / entry.name
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if resolve_file(path, resolved_folders) in sources:
+                    logger.debug("%s is an input of this run, so it is kept", path)
+                    continue
+                status = entry.stat(follow_symlinks=False)
+                if not _may_be_own_temporary(status):
+                    continue
+                if now - status.st_mtime <= STALE_TEMPORARY_SECONDS:
+                    kept.append(path)
+                    continue
                 path.unlink()
                 removed += 1
-            else:
-                kept += 1
-        except OSError as err:
-            logger.warning("cannot remove the stale temporary file %s: %s", path, err)
+            except OSError as err:
+                logger.warning(
+                    "cannot remove the stale temporary file %s: %s", path, err
+                )
     if removed:
         logger.info(
             "removed %s left by an interrupted run",
             count_noun(removed, "temporary file"),
         )
     if kept:
+        kept_folders = sorted({path.parent for path in kept})
+        where = str(kept_folders[0])
+        if len(kept_folders) > 1:
+            where += f" and {count_noun(len(kept_folders) - 1, 'other folder')}"
         logger.info(
             "kept %s (%s*) in %s: younger than %d minutes, so another edgefx "
             "run may still be writing there; a run started later removes stale ones",
-            count_noun(kept, "temporary file"),
+            count_noun(len(kept), "temporary file"),
             TEMP_PREFIX,
-            out_dir,
+            where,
             STALE_TEMPORARY_SECONDS // 60,
         )
     return removed
@@ -653,7 +705,8 @@ def plan_batch(
 ) -> tuple[list[BatchItem], list[FileResult]]:
     """Check the output folder, list the inputs and plan one output for each.
 
-    Returns the planned items and a failed result for each named path that is missing.
+    Returns the planned items and a failed result for each named path that is missing,
+    and for each input whose output name has the form of a temporary file's.
     Raises UsageError when no input of ``kind`` ("image", "audio") is found, when
     plan_outputs finds a clash, or when an output is due but the output folder is not
     writable, before any file is touched. An object store prefix is checked with
@@ -674,12 +727,38 @@ def plan_batch(
         reasons = "; ".join(m.error or "" for m in missing)
         raise UsageError(reasons or no_inputs_message(paths, kind, batch.recursive))
     items = plan_outputs(inputs, out_dir, suffix_for)
+    items, rejected = _reject_temporary_names(items)
+    missing = [*missing, *rejected]
+    if not items:
+        raise UsageError("; ".join(m.error or "" for m in missing))
     if isinstance(out_dir, ObjectPath):
         return items, missing
     # A rerun whose outputs all exist writes nothing, so it may run on a read-only copy.
     if batch.overwrite or not all(_is_finished_output(i.output) for i in items):
         check_out_dir_writable(out_dir)
     return items, missing
+
+
+def _reject_temporary_names(
+    items: Sequence[BatchItem],
+) -> tuple[list[BatchItem], list[FileResult]]:
+    """Split off the items whose output name has the form of a temporary file's.
+
+    A later run into the same folder would remove such an output as the leftover of
+    a killed run once it is an hour old, so these items fail instead.
+    """
+    kept: list[BatchItem] = []
+    rejected: list[FileResult] = []
+    for item in items:
+        if isinstance(item.output, Path) and is_temporary_name(item.output.name):
+            reason = (
+                f"the output name {item.output.name} has the form of an edgefx "
+                "temporary file, which a later run would delete; rename the input"
+            )
+            rejected.append(_failure(item.source, reason))
+        else:
+            kept.append(item)
+    return kept, rejected
 
 
 def execute_batch(
@@ -694,7 +773,7 @@ def execute_batch(
 
     The missing inputs are reported first and listed first in the summary.
     """
-    remove_stale_temporaries(batch.out_dir)
+    remove_stale_temporaries(items, [failure.source for failure in missing])
     reporter.start(len(items) + len(missing))
     for failure in missing:
         reporter.result(failure)

@@ -13,6 +13,7 @@ import errno
 import fnmatch
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -36,8 +37,20 @@ logger = logging.getLogger(__name__)
 # from finished outputs and never mistakes a half-written file for a done one.
 TEMP_PREFIX = ".edgefx-tmp-"
 
+# The full name of a temporary file that edgefx creates: tempfile.mkstemp puts 8
+# characters from [a-z0-9_] (CPython's tempfile._RandomNameSequence) between the
+# prefix, which the write probes extend with "probe-", and the output's suffix.
+TEMP_NAME_PATTERN = re.compile(
+    re.escape(TEMP_PREFIX) + r"(probe-)?[a-z0-9_]{8}(\.[A-Za-z0-9]{1,10})?"
+)
+
 # The characters that make a path component a glob pattern, as glob.has_magic uses.
 GLOB_CHARACTERS = frozenset("*?[")
+
+
+def is_temporary_name(name: str) -> bool:
+    """Tell whether ``name`` has the exact form of an edgefx temporary file's name."""
+    return TEMP_NAME_PATTERN.fullmatch(name) is not None
 
 
 def _read_umask() -> int:

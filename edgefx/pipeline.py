@@ -158,7 +158,7 @@ def execute_task(
     """
     engine = engine or EngineOptions()
     if batch is not None:
-        remove_stale_temporaries(batch.out_dir)
+        remove_stale_temporaries(items, [failure.source for failure in missing])
     reporter.start(len(items) + len(missing))
     for failure in missing:
         reporter.result(failure)

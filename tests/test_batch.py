@@ -549,12 +549,15 @@ def test_stale_temporary_removed(tmp_path: Path) -> None:
 
     from edgefx.batch import STALE_TEMPORARY_SECONDS, remove_stale_temporaries
 
-    old = touch(tmp_path / "sub" / f"{TEMP_PREFIX}old.png")
-    fresh = touch(tmp_path / f"{TEMP_PREFIX}fresh.png")
+    source = touch(tmp_path / "in" / "a.png")
+    old = touch(tmp_path / "out" / f"{TEMP_PREFIX}old_1234.png")
+    fresh = touch(tmp_path / "out" / f"{TEMP_PREFIX}fresh123.png")
+    for path in (old, fresh):
+        path.chmod(0o600)  # the mode that tempfile.mkstemp gives
     past = time.time() - STALE_TEMPORARY_SECONDS - 60
     os.utime(old, (past, past))
 
-    removed = remove_stale_temporaries(tmp_path)
+    removed = remove_stale_temporaries([BatchItem(source, tmp_path / "out" / "a.png")])
 
     assert removed == 1
     assert not old.exists()

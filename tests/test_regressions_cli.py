@@ -575,6 +575,8 @@ def test_enhance_removes_stale_hidden_temporaries(tmp_path: Path) -> None:
     os.utime(stale, (two_hours_ago, two_hours_ago))
     fresh = out / "sub" / ".edgefx-tmp-abcdef12.wav"
     fresh.write_bytes(b"being written")
+    for path in (stale, fresh):
+        path.chmod(0o600)  # the mode that tempfile.mkstemp gives
 
     result = run_edgefx(
         "enhance", folder, "--recursive", "--out", out, "--model", model
