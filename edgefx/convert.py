@@ -19,7 +19,12 @@ from pathlib import Path
 
 from edgefx.errors import ModelError, OutputError, UsageError
 from edgefx.external_data import check_external_data
-from edgefx.fsutil import check_output_file, check_replaces_no_input, work_folder
+from edgefx.fsutil import (
+    check_output_file,
+    check_replaces_no_input,
+    interrupts_deferred,
+    work_folder,
+)
 from edgefx.registry import ModelInfo, resolve_any_model
 
 logger = logging.getLogger(__name__)
@@ -74,15 +79,21 @@ def _partial_path(target: Path) -> Path:
 
 
 def _move_into_place(source: Path, target: Path) -> None:
-    """Copy next to ``target`` under a temporary name, then rename over it."""
+    """Copy next to ``target`` under a temporary name, then rename over it.
+
+    On any exception, Ctrl-C and SIGTERM included, the partial copy is removed.
+    """
     partial = _partial_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, partial)
         partial.replace(target)
-    except OSError as err:
-        partial.unlink(missing_ok=True)
-        raise OutputError(target, err.strerror or str(err)) from err
+    except BaseException as err:
+        with interrupts_deferred(), contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OutputError(target, err.strerror or str(err)) from err
+        raise
 
 
 def _check_external_files(info: ModelInfo) -> list[str]:

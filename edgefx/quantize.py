@@ -21,7 +21,12 @@ import numpy as np
 
 from edgefx.errors import ModelError, OutputError, UsageError
 from edgefx.external_data import check_external_data
-from edgefx.fsutil import check_output_file, check_replaces_no_input, work_folder
+from edgefx.fsutil import (
+    check_output_file,
+    check_replaces_no_input,
+    interrupts_deferred,
+    work_folder,
+)
 from edgefx.quality import (
     ENHANCE_TEST_SNRS,
     MAX_CALIBRATION_SIGMA,
@@ -909,6 +914,11 @@ def _save_atomically(model: onnx.ModelProto, output: Path) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(temporary))
         temporary.replace(output)
-    except OSError as err:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(output, err.strerror or str(err)) from err
+    except BaseException as err:
+        # Ctrl-C and SIGTERM (raised as an exception by the CLI) must not leave the
+        # partial file either.
+        with interrupts_deferred(), contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OutputError(output, err.strerror or str(err)) from err
+        raise
