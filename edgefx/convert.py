@@ -78,21 +78,33 @@ def _partial_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.partial")
 
 
-def _move_into_place(source: Path, target: Path) -> None:
-    """Copy next to ``target`` under a temporary name, then rename over it.
+def _move_into_place(*moves: tuple[Path, Path]) -> None:
+    """Copy each (source, target) next to its target, then rename them over the targets.
 
-    On any exception, Ctrl-C and SIGTERM included, the partial copy is removed.
+    Every copy is complete before the first rename, so a full disk or a failed copy
+    replaces no target. On any exception, Ctrl-C and SIGTERM included, the partial
+    copies are removed. When a rename fails, the targets already renamed in this call
+    are removed too, so that no new file is left without the others.
     """
-    partial = _partial_path(target)
+    partials = [(_partial_path(target), target) for _, target in moves]
+    renamed: list[Path] = []
+    current = moves[0][1]
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, partial)
-        partial.replace(target)
+        for (source, target), (partial, _) in zip(moves, partials, strict=True):
+            current = target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, partial)
+        for partial, target in partials:
+            current = target
+            partial.replace(target)
+            renamed.append(target)
     except BaseException as err:
-        with interrupts_deferred(), contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
+        with interrupts_deferred():
+            for path in [partial for partial, _ in partials] + renamed:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise OutputError(target, err.strerror or str(err)) from err
+            raise OutputError(current, err.strerror or str(err)) from err
         raise
 
 
@@ -195,8 +207,9 @@ def export_ort(model: str, output: Path) -> ExportResult:
         lines = config.read_text(encoding="utf-8").splitlines()
         lines = [f"# - {output.name}" if x.startswith("# - ") else x for x in lines]
         config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        _move_into_place(config, config_output)
-        _move_into_place(ort_file, output)
+        # Both files are copied before either is renamed, so a full disk leaves
+        # neither of them.
+        _move_into_place((config, config_output), (ort_file, output))
     return ExportResult(output, info, config_output)
 
 
@@ -235,5 +248,5 @@ def export_fp16(model: str, output: Path) -> ExportResult:
     with work_folder("edgefx-export-") as work:
         written = Path(work, output.name)
         onnx.save(converted, str(written))
-        _move_into_place(written, output)
+        _move_into_place((written, output))
     return ExportResult(output, info)
