@@ -156,6 +156,7 @@ def collect_inputs(
     suffixes: Iterable[str],
     recursive: bool = False,
     exclude: Path | None = None,
+    left_out: dict[Path, bool] | None = None,
 ) -> tuple[list[InputFile], list[FileResult]]:
     """List the input files named by files, directories and glob patterns.
 
@@ -165,10 +166,14 @@ def collect_inputs(
     suffix (top level only unless ``recursive``). Explicit files are taken whatever
     their suffix, so that a wrong extension gets a clear error from the reader. Files
     under ``exclude`` (the output directory) are left out, so that a rerun never takes
-    its own outputs as inputs. Recursive walks and ``**`` enter no linked folder
+    its own outputs as inputs. Each file or folder left out for that reason is added
+    to ``left_out`` when given. A folder maps to True when its subfolders would have
+    been searched too. Recursive walks and ``**`` enter no linked folder
     (fsutil.list_folder).
     """
     paths = path_list(paths)
+    if left_out is None:
+        left_out = {}
     wanted = {s.lower() for s in suffixes}
     excluded = exclude.resolve() if exclude else None
     found: list[InputFile] = []
@@ -185,15 +190,16 @@ def collect_inputs(
                 # A shell glob such as `photos/*` also names the output directory
                 # inside photos/ on a rerun; its files are earlier outputs, not inputs.
                 logger.debug("skipping the output directory %s among the inputs", path)
+                left_out[path] = recursive
                 continue
             if path.is_dir():
-                listed = _collect_folder(path, wanted, recursive, excluded)
+                listed = _collect_folder(path, wanted, recursive, excluded, left_out)
             elif path.is_file():
                 listed = [InputFile(path, Path(path.name))], []
             elif path.exists():
                 listed = [], [_failure(path, "not a regular file")]
             elif GLOB_CHARACTERS & set(name):
-                listed = _collect_pattern(name, wanted, excluded)
+                listed = _collect_pattern(name, wanted, excluded, left_out)
             else:
                 listed = [], [_failure(path, "file not found")]
         except OSError as err:  # such as a name too long for the file system
@@ -218,7 +224,11 @@ Collected = tuple[list[InputFile], list[FileResult]]
 
 
 def _collect_folder(
-    folder: Path, wanted: set[str], recursive: bool, excluded: Path | None
+    folder: Path,
+    wanted: set[str],
+    recursive: bool,
+    excluded: Path | None,
+    left_out: dict[Path, bool],
 ) -> Collected:
     # An output directory inside this input directory contains earlier outputs,
     # which must not come back as inputs. When both are the same directory,
@@ -228,11 +238,20 @@ def _collect_folder(
     def is_skipped(path: Path) -> bool:
         return skip is not None and _resolves_inside(path, skip)
 
-    entries, unreadable = list_folder(folder, recursive, prune=is_skipped)
+    def prune(path: Path) -> bool:
+        # Called only in a recursive walk, for each subfolder it would enter.
+        pruned = is_skipped(path)
+        if pruned:
+            left_out[path] = True
+        return pruned
+
+    entries, unreadable = list_folder(folder, recursive, prune=prune)
     found: list[InputFile] = []
     missing = [_unreadable_failure(path, reason) for path, reason in unreadable]
     for child in sorted(entries):
         if is_skipped(child):
+            if not child.is_dir():
+                left_out[child] = False
             continue
         try:
             if _is_candidate(child, wanted):
@@ -245,7 +264,10 @@ def _collect_folder(
 
 
 def _collect_pattern(
-    pattern: str, wanted: set[str], excluded: Path | None
+    pattern: str,
+    wanted: set[str],
+    excluded: Path | None,
+    left_out: dict[Path, bool],
 ) -> Collected:
     base = _glob_base(pattern)
     skip = excluded if excluded and _strictly_inside(excluded, base) else None
@@ -253,11 +275,20 @@ def _collect_pattern(
     def is_skipped(path: Path) -> bool:
         return skip is not None and _resolves_inside(path, skip)
 
-    matches, unreadable = expand_pattern(os.path.expanduser(pattern), is_skipped)
+    def prune(path: Path) -> bool:
+        # Called for each subfolder that a `**` component would enter.
+        pruned = is_skipped(path)
+        if pruned:
+            left_out[path] = True
+        return pruned
+
+    matches, unreadable = expand_pattern(os.path.expanduser(pattern), prune)
     found: list[InputFile] = []
     missing = [_unreadable_failure(path, reason) for path, reason in unreadable]
     for match in matches:
         if is_skipped(match):
+            if not match.is_dir():
+                left_out[match] = False
             continue
         try:
             if match.is_file() and not match.name.startswith(TEMP_PREFIX):
@@ -717,16 +748,21 @@ def plan_batch(
         check_prefix(out_dir)
     else:
         check_out_dir(out_dir)
+    left_out: dict[Path, bool] = {}
     inputs, missing = collect_inputs(
         paths,
         suffixes,
         recursive=batch.recursive,
         exclude=None if isinstance(out_dir, ObjectPath) else out_dir,
+        left_out=left_out,
     )
     if not inputs:
         reasons = "; ".join(m.error or "" for m in missing)
         raise UsageError(reasons or no_inputs_message(paths, kind, batch.recursive))
     items = plan_outputs(inputs, out_dir, suffix_for)
+    if isinstance(out_dir, Path) and left_out:
+        files = _files_left_out(left_out, {s.lower() for s in suffixes})
+        _check_left_out(items, files, out_dir, batch.overwrite)
     items, rejected = _reject_temporary_names(items)
     missing = [*missing, *rejected]
     if not items:
@@ -737,6 +773,66 @@ def plan_batch(
     if batch.overwrite or not all(_is_finished_output(i.output) for i in items):
         check_out_dir_writable(out_dir)
     return items, missing
+
+
+def _files_left_out(left_out: dict[Path, bool], wanted: set[str]) -> list[Path]:
+    """Return the files with an input suffix among ``left_out`` and in its folders.
+
+    ``left_out`` maps each path to whether a folder's subfolders count too, as
+    collect_inputs fills it.
+    """
+    files: set[Path] = set()
+    for path, recursive in left_out.items():
+        try:
+            if path.is_dir() and not path.is_symlink():
+                entries, _ = list_folder(path, recursive=recursive)
+                files.update(entry for entry in entries if _is_candidate(entry, wanted))
+            elif _is_candidate(path, wanted):
+                files.add(path)
+        except OSError as err:  # the files of an unreadable folder cannot be listed
+            logger.debug("cannot list %s: %s", path, err)
+    return sorted(files)
+
+
+# Names of left-out files listed in the log line; the rest are counted.
+LEFT_OUT_NAMES_SHOWN = 5
+
+
+def _check_left_out(
+    items: Sequence[BatchItem], files: list[Path], out_dir: Path, overwrite: bool
+) -> None:
+    """Log the input-tree ``files`` left out under ``out_dir``; stop on a clash.
+
+    Such a file may be an earlier output or a file of the user's, and edgefx cannot
+    tell which. So with ``overwrite``, an output at the path of one of them raises
+    UsageError before any work. Without it, such an output is skipped as existing.
+    """
+    if not files:
+        return
+    shown = ", ".join(map(str, files[:LEFT_OUT_NAMES_SHOWN]))
+    if len(files) > LEFT_OUT_NAMES_SHOWN:
+        shown += f" and {len(files) - LEFT_OUT_NAMES_SHOWN} more"
+    logger.info(
+        "left out %s under --out %s, which lies inside the inputs, so that earlier "
+        "outputs are not read as inputs: %s",
+        count_noun(len(files), "file"),
+        out_dir,
+        shown,
+    )
+    if not overwrite:
+        return
+    folders: dict[Path, Path] = {}
+    by_path = {resolve_file(path, folders): path for path in files}
+    for item in items:
+        assert isinstance(item.output, Path)
+        clash = by_path.get(resolve_file(item.output, folders))
+        if clash is not None:
+            raise UsageError(
+                f"{item.source}: with --overwrite, the output would replace {clash}, "
+                f"a file inside the inputs that was left out because it is under "
+                f"--out {out_dir}; choose an --out directory outside the inputs, or "
+                "remove the earlier outputs first"
+            )
 
 
 def _reject_temporary_names(
