@@ -31,7 +31,7 @@ from edgefx.batch import (
 from edgefx.errors import InferenceError, ModelError, UsageError
 from edgefx.fsutil import TEMP_PREFIX, check_output_file
 from edgefx.pipeline import EngineOptions, Stages, execute_task
-from edgefx.registry import ModelInfo, resolve_model, shipped_models
+from edgefx.registry import ModelInfo, parse_json, resolve_model, shipped_models
 from edgefx.runtime import RuntimeOptions, create_session
 from edgefx.text import count_noun
 
@@ -211,7 +211,7 @@ def read_sidecar(model_path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ModelError(f"{path}: invalid JSON sidecar: {err}") from err
     if not isinstance(data, dict):
@@ -225,9 +225,24 @@ def _json_value(source: str, key: str, value: Any) -> Any:
     if not isinstance(value, str):
         return value  # sidecars store plain JSON values
     try:
-        return json.loads(value)
+        return parse_json(value)
     except ValueError as err:
-        raise ModelError(f"{source}: invalid {key} {value!r}: not JSON") from err
+        reason = "not JSON" if isinstance(err, json.JSONDecodeError) else str(err)
+        raise ModelError(
+            f"{source}: invalid {key} {_shortened_repr(value)}: {reason}"
+        ) from err
+
+
+# Characters of a metadata value that an error message quotes, at most.
+MAX_QUOTED_CHARACTERS = 80
+
+
+def _shortened_repr(value: str) -> str:
+    """Return ``repr(value)``, cut to MAX_QUOTED_CHARACTERS with "..." at the end."""
+    text = repr(value)
+    if len(text) <= MAX_QUOTED_CHARACTERS:
+        return text
+    return text[: MAX_QUOTED_CHARACTERS - 3] + "..."
 
 
 def _as_written(value: Any) -> str:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from edgefx.errors import ModelError, UsageError
 
@@ -76,9 +77,22 @@ class ModelInfo:
         return self.path.stat().st_size
 
     def metric(self, key: str) -> str | None:
-        metrics = json.loads(self.metadata.get("metrics", "{}"))
+        metrics = parse_json(self.metadata.get("metrics", "{}"))
         value = metrics.get(key)
         return None if value is None else str(value)
+
+
+def parse_json(text: str) -> Any:
+    """Decode JSON ``text``; raise ValueError when it is invalid or nested too deeply.
+
+    Python's json module raises RecursionError for arrays or objects nested deeper
+    than the interpreter's recursion limit allows (sys.getrecursionlimit(), 1000 by
+    default). This raises ValueError instead, as for any other invalid JSON.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError as err:
+        raise ValueError("arrays or objects are nested too deeply to decode") from err
 
 
 def load_manifest(directory: Path | None = None) -> tuple[ModelEntry, ...]:
@@ -89,7 +103,7 @@ def load_manifest(directory: Path | None = None) -> tuple[ModelEntry, ...]:
 @cache
 def _read_manifest(path: Path) -> tuple[ModelEntry, ...]:
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))["models"]
+        rows = parse_json(path.read_text(encoding="utf-8"))["models"]
         return tuple(ModelEntry(**row) for row in rows)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelError(f"{path}: invalid model manifest: {err}") from err
