@@ -174,6 +174,11 @@ def read_signature(
 
     batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
     classes = outputs[0].shape[1]
+    if classes == 0:
+        raise ModelError(
+            f"{info.path}: the model's output {logits.name!r} has 0 classes "
+            f"(shape {list(logits.shape)}); {expected} with K of 1 or more"
+        )
     return InputSignature(
         name=image.name,
         shape=shape,
@@ -618,10 +623,11 @@ class Classifier:
                     f"{list(chunk.shape)}: {message or repr(err)}"
                 ) from err
             logits = np.asarray(logits)
-            if logits.ndim != 2 or logits.shape[0] != len(chunk):
+            if logits.ndim != 2 or logits.shape[0] != len(chunk) or not logits.shape[1]:
                 raise ModelError(
                     f"{self.info.path}: output shape {list(logits.shape)} for an input "
-                    f"batch of {len(chunk)}; expected ({len(chunk)}, K) logits"
+                    f"batch of {len(chunk)}; expected ({len(chunk)}, K) logits with K "
+                    "of 1 or more"
                 )
             if self.labels is not None and logits.shape[1] != len(self.labels):
                 returned = count_noun(logits.shape[1], "class", "classes")
