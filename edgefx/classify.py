@@ -397,10 +397,15 @@ def _check_size_fits(
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Return row-wise softmax probabilities of (N, K) logits, in float64."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exponentials = np.exp(shifted)
-    return exponentials / exponentials.sum(axis=1, keepdims=True)
+    """Return row-wise softmax probabilities of (N, K) logits, in float64.
+
+    A row with an infinite logit comes out NaN without a numpy warning, because
+    check_finite_scores reports it with the file's name.
+    """
+    with np.errstate(invalid="ignore"):
+        shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+        exponentials = np.exp(shifted)
+        return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
 def _as_rgb_float(pixels: np.ndarray) -> np.ndarray:

@@ -57,3 +57,18 @@ def test_zero_class_classifier_rejected(tmp_path: Path) -> None:
         result.stderr
     )
     assert "unexpected error" not in result.stderr
+
+
+def test_infinite_logits_fail_without_warning(tmp_path: Path) -> None:
+    weight = np.eye(3, dtype=np.float32)
+    model = _write_classifier(tmp_path / "inf.onnx", weight, 0.0, 3)
+    photo = _write_photo(tmp_path / "a.png")
+
+    result = run_edgefx("-q", "classify", photo, "--model", model)
+
+    assert result.returncode == 1, result.stderr
+    assert (
+        f"failed: {photo}: the model output contains NaN or infinite values"
+        in result.stderr
+    )
+    assert "RuntimeWarning" not in result.stderr
