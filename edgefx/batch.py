@@ -201,7 +201,7 @@ def collect_inputs(
             elif GLOB_CHARACTERS & set(name):
                 listed = _collect_pattern(name, wanted, excluded, left_out)
             else:
-                listed = [], [_failure(path, "file not found")]
+                listed = [], [_failure(path, _describe_missing(path))]
         except OSError as err:  # such as a name too long for the file system
             listed = [], [_failure(path, describe_read_error(err, path))]
         found += listed[0]
@@ -221,6 +221,20 @@ def collect_inputs(
 
 
 Collected = tuple[list[InputFile], list[FileResult]]
+
+
+def _describe_missing(path: Path) -> str:
+    """Return why a named input that does not exist cannot be read.
+
+    Path.exists returns False both for a missing file and for a symbolic link loop,
+    so stat tells them apart.
+    """
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return describe_read_error(err, path)
+    return "file not found"
 
 
 def _collect_folder(

@@ -72,3 +72,19 @@ def test_infinite_logits_fail_without_warning(tmp_path: Path) -> None:
         in result.stderr
     )
     assert "RuntimeWarning" not in result.stderr
+
+
+def test_explicit_link_loop_named(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop.name)
+    photo = _write_photo(tmp_path / "a.png")
+
+    result = run_edgefx("-q", "denoise", loop, photo, "--out", tmp_path / "out")
+
+    assert result.returncode == 1, result.stderr
+    failed = [line for line in result.stderr.splitlines() if str(loop) in line]
+    assert failed == [
+        f"failed: {loop}: too many levels of symbolic links (a link loop, or over 40 "
+        "links in a row)"
+    ]
+    assert (tmp_path / "out" / "a.png").is_file()
