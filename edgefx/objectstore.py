@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit, urlunsplit
 
 from edgefx.errors import OutputError, UsageError
 
@@ -59,8 +59,7 @@ class ObjectPath:
 
     def __str__(self) -> str:
         parts = urlsplit(self.root)
-        host = parts.netloc.rpartition("@")[2]
-        redacted = f"{parts.scheme}://{host}{parts.path}".rstrip("/")
+        redacted = f"{parts.scheme}://{_host_and_port(parts)}{parts.path}".rstrip("/")
         return f"{redacted}/{self.key}" if self.key else redacted
 
     @property
@@ -75,6 +74,11 @@ class ObjectPath:
 
 
 OutputPath = Path | ObjectPath
+
+
+def _host_and_port(parts: SplitResult) -> str:
+    """Return the host and port of a split URI, without any user name or password."""
+    return parts.netloc.rpartition("@")[2]
 
 
 def parse_output(value: str | os.PathLike[str] | ObjectPath) -> OutputPath:
@@ -94,7 +98,7 @@ def parse_output(value: str | os.PathLike[str] | ObjectPath) -> OutputPath:
         return _local_output(Path(text))
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
-    display_uri = f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    display_uri = f"{parts.scheme}://{_host_and_port(parts)}{parts.path}"
     if scheme == "file":
         raise UsageError(
             f"--out {display_uri}: file:// URIs are not accepted; give the local path "

@@ -88,3 +88,15 @@ def test_explicit_link_loop_named(tmp_path: Path) -> None:
         "links in a row)"
     ]
     assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_out_uri_echo_keeps_port(tmp_path: Path) -> None:
+    photo = _write_photo(tmp_path / "a.png")
+
+    result = run_edgefx("denoise", photo, "--out", "http://user:secret@127.0.0.1:1/x")
+
+    assert result.returncode == 2, result.stderr
+    assert "error: --out http://127.0.0.1:1/x: unsupported object store scheme" in (
+        result.stderr
+    )
+    assert "secret" not in result.stderr
