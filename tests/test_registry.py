@@ -370,8 +370,8 @@ def test_cli_ort_file_rejected(tmp_path: Path, samples_dir: Path) -> None:
     )
 
     assert result.returncode == 2
-    assert "the file exists" in result.stderr
-    assert ".onnx model files only" in result.stderr
+    assert "ONNX Runtime reads a file named .ort as ORT format" in result.stderr
+    assert "rename it to .onnx" in result.stderr
     assert "no shipped" not in result.stderr
 
 
