@@ -11,6 +11,7 @@ with the reason elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -179,6 +180,46 @@ def test_enhance_interrupt_then_resume(signum: int, status: int, tmp_path: Path)
     done = count - len(finished)
     expected = f"{done} done, {len(finished)} skipped (output exists), 0 failed"
     assert expected in rerun.stderr, rerun.stderr
+
+
+def test_second_interrupt_exits_at_once(tmp_path: Path) -> None:
+    # A second Ctrl-C right after the stop is reported lands in the interpreter's
+    # shutdown, which must not print a traceback or end by the signal.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(6):
+        sf.write(folder / f"take{index}.wav", tones(48000 * 20, 2, 48000), 48000)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "edgefx",
+        "enhance",
+        str(folder),
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen([*command, *SLOW_RUN], stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    deadline = time.monotonic() + CLI_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and not any(out.glob("take*.wav")):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if line.startswith("interrupted:"):
+            break
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=CLI_TIMEOUT_SECONDS)
+    stderr = "".join(lines) + rest
+
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "Exception ignored" not in stderr
+    assert temporaries(out) == []
 
 
 def test_startup_interrupt_no_traceback(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -431,17 +433,39 @@ def handle_errors(
         )
         raise typer.Exit(err.exit_code) from err
     except KeyboardInterrupt as err:
+        _exit_on_next_signal(130)
+        _stop_reported.set()
         stderr_console().print(
             f"interrupted: {stop_hint}", markup=False, soft_wrap=True
         )
-        _stop_reported.set()
         raise typer.Exit(130) from err
     except Terminated as err:
-        stderr_console().print(f"terminated: {stop_hint}", markup=False, soft_wrap=True)
+        _exit_on_next_signal(143)
         _stop_reported.set()
+        stderr_console().print(f"terminated: {stop_hint}", markup=False, soft_wrap=True)
         raise typer.Exit(143) from err
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not _stop_reported.is_set():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_next_signal(status: int) -> None:
+    """Make a further Ctrl-C or SIGTERM end the process at once with ``status``.
+
+    By the time a stop is reported, the batch has removed its temporary files. What is
+    left is the interpreter's shutdown, which joins threads and closes generators. A
+    second KeyboardInterrupt there would print an "Exception ignored" traceback, or
+    end the process by the signal instead of with the stop's exit status.
+    """
+
+    def exit_now(signum: int, frame: object) -> None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(status)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, exit_now)
+        signal.signal(signal.SIGTERM, exit_now)
 
 
 class ProgressReporter(Reporter):
