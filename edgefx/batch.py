@@ -227,7 +227,7 @@ def _describe_missing(path: Path) -> str:
     """Return why a named input that does not exist cannot be read.
 
     Path.exists returns False both for a missing file and for a symbolic link loop,
-    so stat tells them apart.
+    so stat distinguishes them.
     """
     try:
         path.stat()

@@ -42,10 +42,10 @@ CALIBRATION_TRUE = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 35.0, 50.0, 65.0, 75.
 # The rest is spatially correlated, so the estimate reads it about a third low. At that
 # level the denoiser, trained on uncorrelated noise, leaves blotches. So the blind
 # estimate of such a photo is multiplied by these factors, keyed by luma samples per
-# chroma sample across and down. They gave the best mean PSNR on crops of 16
-# training photos with Gaussian noise of sigma 10, 25 and 40, saved at JPEG quality
-# 75, 90 and 95 (tools/calibrate_jpeg_noise.py): 1.3 for 4:2:0 and 1.4 to 1.5 for
-# 4:2:2 in nearly every case, and 1.0 to 1.1 with full-resolution chroma.
+# chroma sample across and down. They were measured on crops of 16 training photos
+# with Gaussian noise of sigma 10, 25 and 40, saved at JPEG quality 75, 90 and 95
+# (tools/calibrate_jpeg_noise.py). The best mean PSNR came at 1.3 for 4:2:0 and at
+# 1.4 to 1.5 for 4:2:2 in nearly every case, and at 1.0 to 1.1 for full chroma.
 CHROMA_SUBSAMPLING_FACTORS = {(2, 2): 1.3, (2, 1): 1.45, (1, 2): 1.45}
 
 

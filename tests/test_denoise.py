@@ -363,7 +363,7 @@ def test_read_image_reports_chroma_subsampling(
     assert imageio.read_image(with_exif).exif is not None
 
 
-def test_read_image_gray_jpeg_and_png_have_no_subsampling(tmp_path: Path) -> None:
+def test_gray_jpeg_png_no_subsampling(tmp_path: Path) -> None:
     gray = tmp_path / "gray.jpg"
     assert cv2.imwrite(str(gray), read_pixels(SAMPLES / "clean" / "camera.png"))
 
@@ -375,8 +375,8 @@ def test_read_image_gray_jpeg_and_png_have_no_subsampling(tmp_path: Path) -> Non
 
 
 def test_blind_estimate_raised_for_subsampled_jpeg(tmp_path: Path) -> None:
-    # Noise saved with 4:2:0 chroma reads about a third low; the CLI raises the
-    # estimate, and the result is closer to the clean photo than at the raw estimate.
+    # Noise saved with 4:2:0 chroma reads about a third low, so the CLI raises the
+    # estimate. The result is closer to the clean photo than at the raw estimate.
     source = tmp_path / "in" / "astronaut.jpg"
     source.parent.mkdir()
     clean = noisy_jpeg(source, 0x221111)

@@ -433,7 +433,8 @@ def test_teacher_views_bank_made_reused_and_extended(trained, tmp_path: Path) ->
     with np.load(student / "teacher-bank.npz") as bank:
         views, logits = bank["views"], bank["logits"]
     train_count = len(views)
-    assert views.shape == (train_count, 2, 5) and logits.shape == (train_count, 2, 2)
+    assert views.shape == (train_count, 2, 5)
+    assert logits.shape == (train_count, 2, 2)
     assert not np.array_equal(views[:, 0], views[:, 1])
     # The stored logits are the teacher's on the stored views.
     dataset = load_image_set(data, 16)

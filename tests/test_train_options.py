@@ -32,7 +32,7 @@ def test_same_folder_other_spelling(
     assert saved["speech"] == [str(tmp_path / "speech")]
 
 
-def test_relative_paths_of_an_older_run_read_from_here(
+def test_older_relative_paths_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Before paths were stored as absolute paths, options.json kept them as typed.

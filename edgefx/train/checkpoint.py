@@ -60,9 +60,9 @@ def _plain(value: object) -> object:
 def _as_current(old: object, new: object) -> object:
     """Return a saved value in the form the current one has.
 
-    Runs started before paths were stored as absolute paths saved them as typed; such
+    Runs started before paths were stored as absolute paths saved them as typed. Such
     a relative path is read from the current folder when the current value is an
-    absolute path, so that resuming the same command there is no change.
+    absolute path, so resuming the same command there is no change.
     """
     if isinstance(old, str) and isinstance(new, str):
         if os.path.isabs(new) and not os.path.isabs(old):

@@ -234,8 +234,8 @@ def teacher_bank(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return views (N, V, 5) and the teachers' mean logits on them (N, V, classes).
 
-    Running the teachers on every training batch costs as much as training a
-    student step when a teacher is large. With ``--teacher-views V`` they run once
+    Running a large teacher on every training batch can cost as much as the
+    student's whole training step. With ``--teacher-views V`` they run once
     on V augmented views of each training image instead, and the student trains on
     those views. The bank is kept in ``teacher-bank.npz`` in the work folder, saved
     after each view, so an interrupted run goes on where it stopped. It is rebuilt
@@ -263,19 +263,19 @@ def teacher_bank(
                     views, logits = saved["views"], saved["logits"]
                 else:
                     logger.warning(
-                        "%s was made with other teachers, data, --seed or --cutout; "
-                        "it is made again",
+                        "%s was made with other teachers, data, --seed or --cutout, "
+                        "so it is rebuilt",
                         path,
                     )
         except (OSError, ValueError, KeyError) as err:
-            logger.warning("%s is unreadable (%s); it is made again", path, err)
-    wanted = options.teacher_views
-    if views.shape[1] >= wanted:
-        logger.info("teacher logits of %d views per image from %s", wanted, path)
-        return views[:, :wanted], logits[:, :wanted]
+            logger.warning("%s is unreadable (%s), so it is rebuilt", path, err)
+    requested = options.teacher_views
+    if views.shape[1] >= requested:
+        logger.info("teacher logits of %d views per image from %s", requested, path)
+        return views[:, :requested], logits[:, :requested]
     height, width = train_set.images.shape[1:3]
     started = time.monotonic()
-    for view in range(views.shape[1], wanted):
+    for view in range(views.shape[1], requested):
         rng = np.random.default_rng([options.seed, 104729, view])
         drawn = draw_views(rng, count, height, width, options.cutout)
         result = np.empty((count, len(train_set.classes)), np.float16)
@@ -301,7 +301,7 @@ def teacher_bank(
         logger.info(
             "teacher logits: view %d of %d done (%.0f s)",
             view + 1,
-            wanted,
+            requested,
             time.monotonic() - started,
         )
     return views, logits
