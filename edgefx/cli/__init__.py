@@ -46,6 +46,8 @@ from edgefx.cli.train import train_app
 if TYPE_CHECKING:
     from edgefx.classify import ClassifyRow
     from edgefx.objectstore import ObjectPath
+    from edgefx.pipeline import EngineOptions
+    from edgefx.runtime import RuntimeOptions
 
 app = typer.Typer(
     name="edgefx",
@@ -99,6 +101,24 @@ def root(
         from edgefx.threads import limit_library_threads
 
         limit_library_threads()
+
+
+def _run_settings(
+    device: Device,
+    threads: int,
+    optimization: Optimization,
+    engine: Engine,
+    jobs: int,
+    ray_address: str | None,
+) -> tuple[RuntimeOptions, EngineOptions]:
+    """The ONNX Runtime and batch-engine settings that every batch command takes."""
+    from edgefx.pipeline import EngineOptions
+    from edgefx.runtime import RuntimeOptions
+
+    runtime = RuntimeOptions(
+        device=device.value, threads=threads, optimization=optimization.value
+    )
+    return runtime, EngineOptions(engine.value, jobs, ray_address)
 
 
 @app.command(cls=PlainUsageCommand)
@@ -172,8 +192,6 @@ def denoise(
     from edgefx.batch import BatchOptions
     from edgefx.denoise import DenoiseOptions, denoise_files
     from edgefx.objectstore import parse_output
-    from edgefx.pipeline import EngineOptions
-    from edgefx.runtime import RuntimeOptions
 
     if quality is not None and output_format not in (
         None,
@@ -185,12 +203,9 @@ def denoise(
             output_format.value.upper(),
         )
     with handle_errors():
-        runtime = RuntimeOptions(
-            device=device.value,
-            threads=threads,
-            optimization=graph_optimization.value,
+        runtime, engine_options = _run_settings(
+            device, threads, graph_optimization, engine, jobs, ray_address
         )
-        engine_options = EngineOptions(engine.value, jobs, ray_address)
         options = DenoiseOptions(sigma=sigma, tile=tile)
         batch = BatchOptions(
             out_dir=parse_output(out), recursive=recursive, overwrite=overwrite
@@ -309,8 +324,6 @@ def classify(
         configure_logging(-1 if quiet else verbose)
     from edgefx.classify import ClassifyOptions, classify_files
     from edgefx.objectstore import ObjectPath, check_object, parse_output
-    from edgefx.pipeline import EngineOptions
-    from edgefx.runtime import RuntimeOptions
 
     # The results are printed or written once every image is classified, so a stopped
     # run leaves nothing to resume from.
@@ -323,12 +336,9 @@ def classify(
         result_format = _classify_result_format(result_format, results)
         if isinstance(results, ObjectPath):
             check_object(results)
-        runtime = RuntimeOptions(
-            device=device.value,
-            threads=threads,
-            optimization=graph_optimization.value,
+        runtime, engine_options = _run_settings(
+            device, threads, graph_optimization, engine, jobs, ray_address
         )
-        engine_options = EngineOptions(engine.value, jobs, ray_address)
         options = ClassifyOptions(top_k=top_k, batch_size=batch_size)
         with ProgressReporter("classify") as reporter:
             summary, rows = classify_files(
@@ -509,16 +519,11 @@ def enhance(
     from edgefx.batch import BatchOptions
     from edgefx.enhance import EnhanceOptions, enhance_files
     from edgefx.objectstore import parse_output
-    from edgefx.pipeline import EngineOptions
-    from edgefx.runtime import RuntimeOptions
 
     with handle_errors():
-        runtime = RuntimeOptions(
-            device=device.value,
-            threads=threads,
-            optimization=graph_optimization.value,
+        runtime, engine_options = _run_settings(
+            device, threads, graph_optimization, engine, jobs, ray_address
         )
-        engine_options = EngineOptions(engine.value, jobs, ray_address)
         options = EnhanceOptions(atten_limit_db=atten_limit)
         batch = BatchOptions(
             out_dir=parse_output(out), recursive=recursive, overwrite=overwrite

@@ -23,6 +23,33 @@ train_app = typer.Typer(
     rich_markup_mode=None,
 )
 
+# Options that every recipe takes the same way.
+WorkDirOption = Annotated[
+    Path,
+    typer.Option(
+        help="Folder for checkpoints and the log; an existing checkpoint there is "
+        "resumed."
+    ),
+]
+ExportOption = Annotated[
+    Path | None,
+    typer.Option(help="Write the best checkpoint as ONNX to this path when done."),
+]
+ThreadsOption = Annotated[
+    int,
+    integer_option(
+        help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", low=0, high=256
+    ),
+]
+SeedOption = Annotated[int, integer_option(help="Random seed.")]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        help="Forward-pass precision: auto (bf16 where the CPU has native bf16), "
+        "bf16 or fp32. The exported model is float32 either way."
+    ),
+]
+
 
 def _require_torch() -> None:
     try:
@@ -157,17 +184,8 @@ def train_denoise(
             file_okay=False,
         ),
     ],
-    work_dir: Annotated[
-        Path,
-        typer.Option(
-            help="Folder for checkpoints and the log; an existing checkpoint there is "
-            "resumed."
-        ),
-    ] = Path("runs/denoise"),
-    export: Annotated[
-        Path | None,
-        typer.Option(help="Write the best checkpoint as ONNX to this path when done."),
-    ] = None,
+    work_dir: WorkDirOption = Path("runs/denoise"),
+    export: ExportOption = None,
     steps: Annotated[
         int, integer_option(help="Training steps (batches).", low=1)
     ] = 12000,
@@ -182,20 +200,9 @@ def train_denoise(
     learning_rate: Annotated[
         float, typer.Option(help="Peak Adam learning rate.", parser=number())
     ] = 1e-3,
-    threads: Annotated[
-        int,
-        integer_option(
-            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", low=0, high=256
-        ),
-    ] = 0,
-    seed: Annotated[int, integer_option(help="Random seed.")] = 0,
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="Forward-pass precision: auto (bf16 where the CPU has native bf16), "
-            "bf16 or fp32. The exported model is float32 either way."
-        ),
-    ] = "auto",
+    threads: ThreadsOption = 0,
+    seed: SeedOption = 0,
+    precision: PrecisionOption = "auto",
     init: Annotated[
         str | None,
         typer.Option(
@@ -255,17 +262,8 @@ def train_classify(
         Path | None,
         typer.Option(help="Test images in the same layout, scored after training."),
     ] = None,
-    work_dir: Annotated[
-        Path,
-        typer.Option(
-            help="Folder for checkpoints and the log; an existing checkpoint there is "
-            "resumed."
-        ),
-    ] = Path("runs/classify"),
-    export: Annotated[
-        Path | None,
-        typer.Option(help="Write the best checkpoint as ONNX to this path when done."),
-    ] = None,
+    work_dir: WorkDirOption = Path("runs/classify"),
+    export: ExportOption = None,
     epochs: Annotated[
         int, integer_option(help="Passes over the training set.", low=1)
     ] = 30,
@@ -308,20 +306,9 @@ def train_classify(
             low=0,
         ),
     ] = 0,
-    threads: Annotated[
-        int,
-        integer_option(
-            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", low=0, high=256
-        ),
-    ] = 0,
-    seed: Annotated[int, integer_option(help="Random seed.")] = 0,
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="Forward-pass precision: auto (bf16 where the CPU has native bf16), "
-            "bf16 or fp32. The exported model is float32 either way."
-        ),
-    ] = "auto",
+    threads: ThreadsOption = 0,
+    seed: SeedOption = 0,
+    precision: PrecisionOption = "auto",
     flip_average: Annotated[
         bool,
         typer.Option(
@@ -492,17 +479,8 @@ def train_enhance(
             file_okay=False,
         ),
     ] = None,
-    work_dir: Annotated[
-        Path,
-        typer.Option(
-            help="Folder for checkpoints and the log; an existing checkpoint there is "
-            "resumed."
-        ),
-    ] = Path("runs/enhance"),
-    export: Annotated[
-        Path | None,
-        typer.Option(help="Write the best checkpoint as ONNX to this path when done."),
-    ] = None,
+    work_dir: WorkDirOption = Path("runs/enhance"),
+    export: ExportOption = None,
     steps: Annotated[
         int, integer_option(help="Training steps (batches).", low=1)
     ] = 8000,
@@ -611,13 +589,8 @@ def train_enhance(
             "Ignored when --work-dir already holds a checkpoint to resume.",
         ),
     ] = None,
-    threads: Annotated[
-        int,
-        integer_option(
-            help="PyTorch CPU threads, 0 to 256; 0 keeps its default.", low=0, high=256
-        ),
-    ] = 0,
-    seed: Annotated[int, integer_option(help="Random seed.")] = 0,
+    threads: ThreadsOption = 0,
+    seed: SeedOption = 0,
 ) -> None:
     """Train the speech enhancer on clean speech mixed with noise on the fly."""
     with handle_errors(CHECKPOINT_HINT, imports=("numpy", "torch")):
