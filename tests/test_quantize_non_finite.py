@@ -7,6 +7,7 @@ infinite scales, and no int8 model may be written for it.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -124,22 +125,22 @@ def test_infinite_recording_skipped(tmp_path: Path) -> None:
     assert all(np.isfinite(scale).all() for scale in scales)
 
 
+def _quantize_on_photos(
+    tmp_path: Path, model: Path, out: Path
+) -> subprocess.CompletedProcess[str]:
+    _write_photos(tmp_path / "cal" / "cat")
+    return run_edgefx(
+        "quantize", model, "--calibrate", tmp_path / "cal", "--samples", "3",
+        "--out", out,
+    )  # fmt: skip
+
+
 def test_infinite_scales_not_written(tmp_path: Path) -> None:
     model = tmp_path / "overflow.onnx"
     _write_overflowing_classifier(model)
-    _write_photos(tmp_path / "cal" / "cat")
     out = tmp_path / "overflow-int8.onnx"
 
-    result = run_edgefx(
-        "quantize",
-        model,
-        "--calibrate",
-        tmp_path / "cal",
-        "--samples",
-        "3",
-        "--out",
-        out,
-    )
+    result = _quantize_on_photos(tmp_path, model, out)
 
     assert result.returncode == 2, result.stderr
     assert "NaN or infinite quantization parameters" in result.stderr
@@ -152,19 +153,9 @@ def test_infinite_scales_not_written(tmp_path: Path) -> None:
 def test_nan_range_named_in_error(tmp_path: Path) -> None:
     model = tmp_path / "nan.onnx"
     _write_nan_classifier(model)
-    _write_photos(tmp_path / "cal" / "cat")
     out = tmp_path / "nan-int8.onnx"
 
-    result = run_edgefx(
-        "quantize",
-        model,
-        "--calibrate",
-        tmp_path / "cal",
-        "--samples",
-        "3",
-        "--out",
-        out,
-    )
+    result = _quantize_on_photos(tmp_path, model, out)
 
     assert result.returncode == 2, result.stderr
     assert "quantization failed: a calibration range is NaN" in result.stderr
