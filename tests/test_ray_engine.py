@@ -41,7 +41,10 @@ def ray_cluster() -> object:
     """
     # Ray's usage statistics would look up cloud metadata and report to Anyscale.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # "local" starts an instance of its own even where RAY_ADDRESS or `ray start`
+    # names another, so that two test runs on one machine stay apart.
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
