@@ -7,7 +7,7 @@ from pathlib import Path
 
 METRICS = ("PESQ", "STOI", "SI-SDR")
 # The row of the enhancer card's Measured table that `edgefx enhance` reproduces.
-SHIPPED_ROW = "edgefx enhance-speech version 5, state primed on the first 4 s"
+SHIPPED_ROW = "edgefx enhance-speech version 6, state primed on the first 4 s"
 
 
 def table_rows(card: str) -> dict[str, list[str]]:
