@@ -111,7 +111,7 @@ def _run_settings(
     jobs: int,
     ray_address: str | None,
 ) -> tuple[RuntimeOptions, EngineOptions]:
-    """The ONNX Runtime and batch-engine settings that every batch command takes."""
+    """Build the ONNX Runtime and batch-engine settings of a batch command."""
     from edgefx.pipeline import EngineOptions
     from edgefx.runtime import RuntimeOptions
 
