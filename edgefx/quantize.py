@@ -62,6 +62,27 @@ FINE_TUNE_MAX_PHOTOS = 500
 # days, which is a typo rather than a plan.
 MAX_FINE_TUNE_STEPS = 100_000
 ENHANCER_CHUNK_HOPS = 50  # hops per enhancer calibration input (0.5 s)
+# Names of a streaming model's state input and output (the enhancer's).
+STATE_INPUT = "state"
+STATE_OUTPUT = "state_out"
+# Ops that only move, select or reshape values. On a streaming model's state path they
+# stay in float32 (see state_path_nodes).
+DATA_MOVEMENT_OPS = frozenset(
+    {
+        "Concat",
+        "Expand",
+        "Flatten",
+        "Gather",
+        "Identity",
+        "Reshape",
+        "Slice",
+        "Split",
+        "Squeeze",
+        "Tile",
+        "Transpose",
+        "Unsqueeze",
+    }
+)
 # Repeated timings of one model on a shared CPU differ by a few percent, so int8 counts
 # as faster only from this ratio of fp32 time to int8 time.
 MIN_SPEEDUP = 1.1
@@ -464,6 +485,49 @@ def _write_metadata(
         prop.value = value
 
 
+def state_path_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the data-movement nodes that carry a streaming model's state.
+
+    These are the nodes reached from the ``state`` input through data-movement ops
+    only, and those that reach the ``state_out`` output that way. Calibration sees one
+    state per calibration input but many frames of the same quantities inside each
+    input, so the ranges calibrated on the state's own tensors are too narrow. An
+    int8 model with those tensors quantized clips the state from call to call, and
+    its output fed hop by hop then differs from one call's output (by up to 0.25 on
+    a sample recording with the enhancer). Left in float32, the state reaches the
+    next quantized op as the values from inside the call do, and the two agree.
+    Empty for a model without both names.
+    """
+    graph = model.graph
+    if STATE_INPUT not in {value.name for value in graph.input} or STATE_OUTPUT not in {
+        value.name for value in graph.output
+    }:
+        return []
+    producers = {name: node for node in graph.node for name in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, None] = {}
+    pending = [STATE_INPUT]
+    while pending:
+        for node in consumers.get(pending.pop(), []):
+            if node.op_type in DATA_MOVEMENT_OPS and node.name not in found:
+                found[node.name] = None
+                pending.extend(node.output)
+    pending = [STATE_OUTPUT]
+    while pending:
+        producer = producers.get(pending.pop())
+        if (
+            producer is not None
+            and producer.op_type in DATA_MOVEMENT_OPS
+            and producer.name not in found
+        ):
+            found[producer.name] = None
+            pending.extend(producer.input)
+    return list(found)
+
+
 def _check_node_names(info: ModelInfo, nodes: tuple[str, ...]) -> None:
     if not nodes:
         return
@@ -623,7 +687,15 @@ def quantize_model(
             method = CalibrationMethod.Percentile
             extra = {"CalibPercentile": percentile}
             feeds = _common_shape(feeds)
-        _run_quantize_static(info, prepared, quantized, feeds, options, method, extra)
+        state_nodes = state_path_nodes(onnx.load(str(prepared)))
+        if state_nodes:
+            logger.info(
+                "kept %s on the state path in float32",
+                count_noun(len(state_nodes), "data-movement node"),
+            )
+        _run_quantize_static(
+            info, prepared, quantized, feeds, options, method, extra, state_nodes
+        )
         proto = onnx.load(str(quantized))
         counts = _count_quantized(proto)
         if not counts:
@@ -663,6 +735,8 @@ def quantize_model(
             record["nodes"] = list(options.nodes)
         if options.exclude:
             record["excluded_nodes"] = list(options.exclude)
+        if state_nodes:
+            record["float32_state_path_nodes"] = len(state_nodes)
         if bias_correction:
             record["bias_corrected_convolutions"] = corrected
         if options.fine_tune_steps:
@@ -754,8 +828,13 @@ def _run_quantize_static(
     options: QuantizeOptions,
     method: Any,
     extra: dict[str, Any],
+    float_nodes: list[str],
 ) -> None:
-    """Run ONNX Runtime's QDQ quantize_static with uint8 activations, int8 weights."""
+    """Run ONNX Runtime's QDQ quantize_static with uint8 activations, int8 weights.
+
+    ``float_nodes`` stay in float32 as well as the ones the options exclude;
+    ONNX Runtime leaves an excluded node in float32 even where --nodes names it.
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     # The histogram calibration prints its progress to stdout, which belongs to the
@@ -782,7 +861,8 @@ def _run_quantize_static(
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
                 nodes_to_quantize=list(options.nodes) or None,
-                nodes_to_exclude=list(options.exclude) or None,
+                nodes_to_exclude=list(dict.fromkeys([*options.exclude, *float_nodes]))
+                or None,
                 extra_options=extra,
             )
     except AssertionError as err:
@@ -889,6 +969,7 @@ def _fine_tune(
         options,
         CalibrationMethod.MinMax,
         {"TensorQuantOverrides": overrides},
+        [],
     )
     result = read_grid(onnx.load(str(work / "fine-tuned-int8.onnx")))
     for name, (scale, zero_point) in grid.items():

@@ -848,6 +848,48 @@ def test_quantize_enhancer_few_recordings_warns(run_cli, samples_dir, tmp_path):
     assert warning in result.stderr.splitlines()
 
 
+def test_quantized_enhancer_streams_as_one_call(run_cli, samples_dir, tmp_path):
+    # Calibration sees one state per 0.5 s input, so quantizing the state's own
+    # tensors clipped it from call to call: hop by hop differed from one call by up to
+    # 0.25 before the state path was kept in float32.
+    sf = pytest.importorskip("soundfile")
+    output = tmp_path / "enhance-speech-int8.onnx"
+    result = run_cli(
+        "quantize", "enhance-speech", "--calibrate", samples_dir / "audio" / "noisy",
+        "--threads", "1", "-o", output,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metadata = {p.key: p.value for p in onnx.load(str(output)).metadata_props}
+    record = json.loads(metadata["quantization"])
+    assert record["float32_state_path_nodes"] > 0
+    assert "MatMul" in record["quantized_ops"]
+    audio, rate = sf.read(
+        samples_dir / "audio" / "noisy" / "arctic_a0007_room_5db.flac", dtype="float32"
+    )
+    assert rate == 16000 and audio.ndim == 1
+    hop = 160
+    audio = audio[None, : len(audio) // hop * hop]
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    state_size = next(i.shape[1] for i in session.get_inputs() if i.name == "state")
+    min_gain = np.zeros(1, np.float32)
+
+    def run(start: int, stop: int, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feeds = {"audio": audio[:, start:stop], "state": state, "min_gain": min_gain}
+        enhanced, state_out, _ = session.run(None, feeds)
+        return enhanced, state_out
+
+    whole, _ = run(0, audio.shape[1], np.zeros((1, state_size), np.float32))
+    state = np.zeros((1, state_size), np.float32)
+    pieces = []
+    for start in range(0, audio.shape[1], hop):
+        piece, state = run(start, start + hop, state)
+        pieces.append(piece)
+    streamed = np.concatenate(pieces, axis=1)
+
+    assert np.max(np.abs(whole)) > 0.05  # the model passed speech through
+    assert np.max(np.abs(streamed - whole)) <= 1e-5
+
+
 def test_quantize_removes_work_folders_of_killed_runs(run_cli, samples_dir, tmp_path):
     # A quantize killed with SIGKILL cannot remove its work folder; the next one does.
     fcntl = pytest.importorskip("fcntl")
