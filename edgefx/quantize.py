@@ -486,10 +486,10 @@ def _write_metadata(
 
 
 def state_path_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the data-movement nodes that carry a streaming model's state.
+    """Return the names of the data-movement nodes carrying a streaming model's state.
 
     These are the nodes reached from the ``state`` input through data-movement ops
-    only, and those that reach the ``state_out`` output that way. Calibration sees one
+    only, and those that reach the ``state_out`` output that way. Calibration gets one
     state per calibration input but many frames of the same quantities inside each
     input, so the ranges calibrated on the state's own tensors are too narrow. An
     int8 model with those tensors quantized clips the state from call to call, and
@@ -832,8 +832,8 @@ def _run_quantize_static(
 ) -> None:
     """Run ONNX Runtime's QDQ quantize_static with uint8 activations, int8 weights.
 
-    ``float_nodes`` stay in float32 as well as the ones the options exclude;
-    ONNX Runtime leaves an excluded node in float32 even where --nodes names it.
+    ``float_nodes`` stay in float32 as well as the ones the options exclude. ONNX
+    Runtime leaves an excluded node in float32 even where --nodes names it.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 

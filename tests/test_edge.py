@@ -848,8 +848,8 @@ def test_quantize_enhancer_few_recordings_warns(run_cli, samples_dir, tmp_path):
     assert warning in result.stderr.splitlines()
 
 
-def test_quantized_enhancer_streams_as_one_call(run_cli, samples_dir, tmp_path):
-    # Calibration sees one state per 0.5 s input, so quantizing the state's own
+def test_int8_enhancer_streams_exactly(run_cli, samples_dir, tmp_path):
+    # Calibration gets one state per 0.5 s input, so quantizing the state's own
     # tensors clipped it from call to call: hop by hop differed from one call by up to
     # 0.25 before the state path was kept in float32.
     sf = pytest.importorskip("soundfile")
@@ -866,7 +866,8 @@ def test_quantized_enhancer_streams_as_one_call(run_cli, samples_dir, tmp_path):
     audio, rate = sf.read(
         samples_dir / "audio" / "noisy" / "arctic_a0007_room_5db.flac", dtype="float32"
     )
-    assert rate == 16000 and audio.ndim == 1
+    assert rate == 16000
+    assert audio.ndim == 1
     hop = 160
     audio = audio[None, : len(audio) // hop * hop]
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
