@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cpu_features import HAS_VNNI
 
 from edgefx.denoise import DenoiseOptions, Denoiser
 from edgefx.imageio import read_image
@@ -81,6 +82,15 @@ PINNED_INT8_PSNR_SIGMA_GIVEN: dict[str, dict[int, float]] = {
     "219090 harbour houses": {5: 38.37, 15: 32.46, 25: 29.60, 50: 25.98},
     "test011 palms, gray": {5: 35.96, 15: 29.18, 25: 26.50, 50: 23.22},
     "test034 face, gray": {5: 37.42, 15: 33.02, 25: 31.39, 50: 29.12},
+}
+# The same on a CPU without VNNI (AMD EPYC Zen 3, AVX2 only; 2026-12-06), where ONNX
+# Runtime's int8 kernels add pairs of products in 16 bits with saturation. The color
+# crops score 0.07 to 0.31 dB lower there; the gray crops score as above.
+PINNED_INT8_PSNR_SIGMA_GIVEN_NO_VNNI: dict[str, dict[int, float]] = {
+    **PINNED_INT8_PSNR_SIGMA_GIVEN,
+    "108005 tiger head": {5: 37.46, 15: 32.08, 25: 29.52, 50: 25.83},
+    "253027 zebras": {5: 36.31, 15: 30.59, 25: 28.04, 50: 24.35},
+    "219090 harbour houses": {5: 38.06, 15: 32.28, 25: 29.48, 50: 25.88},
 }
 # Largest drop of int8 below float32 allowed on one crop. Both run on the same input
 # in the same run, so a broken quantization fails even after both are rebuilt.
@@ -209,7 +219,12 @@ def test_int8_psnr_sigma_given(
     float32, int8 = (pair[(crop, sigma, "given")] for pair in int8_pairs)
     condition = f"{crop}, sigma {sigma} given, int8"
     min_gain = MIN_GAIN_DB_SIGMA_5 if sigma == 5 else MIN_GAIN_DB
-    check(int8, PINNED_INT8_PSNR_SIGMA_GIVEN[crop][sigma], condition, min_gain)
+    pinned = (
+        PINNED_INT8_PSNR_SIGMA_GIVEN
+        if HAS_VNNI
+        else PINNED_INT8_PSNR_SIGMA_GIVEN_NO_VNNI
+    )
+    check(int8, pinned[crop][sigma], condition, min_gain)
     loss = float32.denoised_psnr - int8.denoised_psnr
     assert loss <= INT8_MAX_LOSS_DB, (
         f"{condition}: {loss:.3f} dB below float32 "

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cpu_features import needs_vnni
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefx.equalize import channel_ranges, equalize, find_groups
@@ -65,6 +66,7 @@ def test_equalize_keeps_output_and_evens_ranges(denoiser, photo_feeds):
     assert np.abs(outputs[0] - outputs[1]).max() < 1e-5
 
 
+@needs_vnni
 def test_equalized_int8_is_closer_to_float(data_dir, tmp_path):
     """Calibrated on 64 training crops, scored on 4 CBSD68 photos at sigma 25."""
     info = resolve_model("denoise-s", "denoise")

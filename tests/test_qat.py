@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cpu_features import needs_vnni
 
 torch = pytest.importorskip("torch")
 
@@ -75,6 +76,7 @@ def plain_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return output
 
 
+@needs_vnni
 def test_simulation_matches_ort_int8(plain_int8: Path) -> None:
     proto = onnx.load(str(plain_int8))
     grid = read_grid(proto)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cpu_features import needs_vnni
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefx.biascorrect import _channel_means, correct_biases
@@ -127,6 +128,7 @@ def mean_errors(
     ]
 
 
+@needs_vnni
 def test_bias_correction_unnamed_convolutions(
     samples_dir: Path, tmp_path: Path, feeds
 ) -> None:
@@ -145,6 +147,7 @@ def test_bias_correction_unnamed_convolutions(
 
 
 @pytest.mark.parametrize("excluded", ["conv1", "dw"])
+@needs_vnni
 def test_bias_correction_copies_shared_bias(
     samples_dir: Path, tmp_path: Path, feeds, excluded: str
 ) -> None:
@@ -194,7 +197,7 @@ def test_non_classifier_teacher_exit_2(tmp_path: Path) -> None:
         "train", "classify",
         "--data", tmp_path / "data", "--work-dir", tmp_path / "student",
         "--epochs", "1", "--batch-size", "4", "--size", "16",
-        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--width", "8", "--blocks", "1", "--threads", "1",
         "--teacher", teacher,
     )  # fmt: skip
 

@@ -48,7 +48,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, objec
         "train", "classify",
         "--data", data, "--test-data", data, "--work-dir", work,
         "--epochs", "8", "--batch-size", "8", "--size", "16",
-        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--width", "8", "--blocks", "1", "--threads", "1",
         "--export", work / "tiny.onnx",
     )  # fmt: skip
     return data, work, result
@@ -107,7 +107,7 @@ def test_train_classify_resumes(trained, tmp_path: Path) -> None:
         "train", "classify",
         "--data", data, "--work-dir", copy,
         "--epochs", "9", "--batch-size", "8", "--size", "16",
-        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--width", "8", "--blocks", "1", "--threads", "1",
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
@@ -115,7 +115,7 @@ def test_train_classify_resumes(trained, tmp_path: Path) -> None:
 
 
 TINY_NETWORK = (
-    "--batch-size", "8", "--size", "16", "--width", "4", "--blocks", "1",
+    "--batch-size", "8", "--size", "16", "--width", "8", "--blocks", "1",
     "--threads", "1",
 )  # fmt: skip
 
@@ -147,7 +147,7 @@ def test_init_other_width_exit_2(trained, tmp_path: Path) -> None:
     result = run_edgefx(
         "train", "classify", "--data", data, "--work-dir", tmp_path / "w",
         "--epochs", "1", "--init", work / "best.pt", "--batch-size", "8",
-        "--size", "16", "--width", "8", "--blocks", "1", "--threads", "1",
+        "--size", "16", "--width", "16", "--blocks", "1", "--threads", "1",
     )  # fmt: skip
 
     assert result.returncode == 2, result.stderr
@@ -212,7 +212,7 @@ def plain_export(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "train", "classify",
         "--data", data, "--work-dir", work,
         "--epochs", "8", "--batch-size", "8", "--size", "16",
-        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--width", "8", "--blocks", "1", "--threads", "1",
         "--no-flip-average", "--export", out,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -275,7 +275,7 @@ def test_shift_average_export_matches_views(
         "train", "classify",
         "--data", data, "--work-dir", work,
         "--epochs", "8", "--batch-size", "8", "--size", "16",
-        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--width", "8", "--blocks", "1", "--threads", "1",
         "--shift-average", "--export", out,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -329,7 +329,7 @@ def test_train_classify_skips_unreadable_images(tmp_path: Path) -> None:
     result = run_edgefx(
         "train", "classify", "--data", data, "--work-dir", tmp_path / "work",
         "--epochs", "1", "--batch-size", "4", "--size", "16",
-        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--width", "8", "--blocks", "1", "--threads", "1",
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
@@ -370,7 +370,7 @@ def test_distillation_from_a_teacher(trained, tmp_path: Path) -> None:
         "train", "classify",
         "--data", data, "--work-dir", tmp_path / "student",
         "--epochs", "2", "--batch-size", "8", "--size", "16",
-        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--width", "8", "--blocks", "1", "--threads", "1",
         "--teacher", work / "best.pt", "--teacher", work / "best.pt",
     )  # fmt: skip
 
@@ -388,7 +388,7 @@ def test_teacher_with_other_input_size_exit_2(trained, tmp_path: Path) -> None:
         "train", "classify",
         "--data", data, "--work-dir", tmp_path / "student",
         "--epochs", "1", "--batch-size", "8", "--size", "12",
-        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--width", "8", "--blocks", "1", "--threads", "1",
         "--teacher", work / "best.pt",
     )  # fmt: skip
 
@@ -421,7 +421,7 @@ def test_teacher_views_bank_made_reused_and_extended(trained, tmp_path: Path) ->
     student = tmp_path / "student"
     common = (
         "--data", data, "--work-dir", student, "--batch-size", "8", "--size", "16",
-        "--width", "4", "--blocks", "1", "--threads", "1", "--cutout", "4",
+        "--width", "8", "--blocks", "1", "--threads", "1", "--cutout", "4",
         "--precision", "fp32", "--teacher", work / "best.pt",
     )  # fmt: skip
 
@@ -492,7 +492,7 @@ def test_resume_without_the_teacher_warns(trained, tmp_path: Path) -> None:
     student = tmp_path / "student"
     common = (
         "--data", data, "--work-dir", student, "--batch-size", "8", "--size", "16",
-        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--width", "8", "--blocks", "1", "--threads", "1",
     )  # fmt: skip
     first = run_edgefx("train", "classify", *common, "--epochs", "1",
                        "--teacher", work / "best.pt")  # fmt: skip
@@ -511,7 +511,7 @@ def test_onnx_teacher_exit_2(trained, tmp_path: Path) -> None:
         "train", "classify",
         "--data", data, "--work-dir", tmp_path / "student",
         "--epochs", "1", "--batch-size", "8", "--size", "16",
-        "--width", "4", "--blocks", "1", "--threads", "1",
+        "--width", "8", "--blocks", "1", "--threads", "1",
         "--teacher", work / "tiny.onnx",
     )  # fmt: skip
 
@@ -526,7 +526,7 @@ def test_convnet_trains_exports_and_teaches(trained, tmp_path: Path) -> None:
 
     trained_teacher = run_edgefx(
         "train", "classify", *common, "--work-dir", teacher, "--epochs", "2",
-        "--arch", "convnet", "--width", "4", "--export", teacher / "conv.onnx",
+        "--arch", "convnet", "--width", "8", "--export", teacher / "conv.onnx",
     )  # fmt: skip
     assert trained_teacher.returncode == 0, trained_teacher.stderr
     classified = run_edgefx(
@@ -545,7 +545,7 @@ def test_convnet_trains_exports_and_teaches(trained, tmp_path: Path) -> None:
 
     student = run_edgefx(
         "train", "classify", *common, "--work-dir", tmp_path / "student",
-        "--epochs", "1", "--width", "4", "--blocks", "1",
+        "--epochs", "1", "--width", "8", "--blocks", "1",
         "--teacher", teacher / "best.pt",
     )  # fmt: skip
     assert student.returncode == 0, student.stderr
@@ -586,7 +586,7 @@ def test_resume_with_other_arch_names_it(trained, tmp_path: Path) -> None:
 
     result = run_edgefx(
         "train", "classify", "--data", data, "--work-dir", copy, "--epochs", "9",
-        "--batch-size", "8", "--size", "16", "--width", "4", "--arch", "convnet",
+        "--batch-size", "8", "--size", "16", "--width", "8", "--arch", "convnet",
     )  # fmt: skip
 
     assert result.returncode == 2
@@ -601,7 +601,7 @@ def test_teacher_config_without_blocks_exit_2(trained, tmp_path: Path) -> None:
 
     result = run_edgefx(
         "train", "classify", "--data", data, "--work-dir", tmp_path / "student",
-        "--epochs", "1", "--batch-size", "8", "--size", "16", "--width", "4",
+        "--epochs", "1", "--batch-size", "8", "--size", "16", "--width", "8",
         "--teacher", tmp_path / "odd.pt",
     )  # fmt: skip
 
