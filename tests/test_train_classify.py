@@ -537,11 +537,11 @@ def test_convnet_trains_exports_and_teaches(trained, tmp_path: Path) -> None:
     assert json.loads(classified.stdout)["label"] in ("red", "blue")
     state = torch.load(teacher / "best.pt", weights_only=True)
     assert state["config"]["arch"] == "convnet"
-    # A 3x3 stem of 24 channels, then widths 4, 16 and 16, and the linear head.
-    convolutions = 3 * 24 + 24 * 4 + 4 * 4 + 4 * 16 + 16 * 16 + 16 * 16 + 16 * 16
+    # A 3x3 stem of 24 channels, then widths 8, 32 and 32, and the linear head.
+    convolutions = 3 * 24 + 24 * 8 + 8 * 8 + 8 * 32 + 32 * 32 + 32 * 32 + 32 * 32
     metadata = read_metadata(teacher / "conv.onnx")
-    batch_norm = 2 * (24 + 4 + 4 + 16 + 16 + 16 + 16)
-    assert int(metadata["parameters"]) == 9 * convolutions + batch_norm + 16 * 2 + 2
+    batch_norm = 2 * (24 + 8 + 8 + 32 + 32 + 32 + 32)
+    assert int(metadata["parameters"]) == 9 * convolutions + batch_norm + 32 * 2 + 2
 
     student = run_edgefx(
         "train", "classify", *common, "--work-dir", tmp_path / "student",
