@@ -83,9 +83,9 @@ PINNED_INT8_PSNR_SIGMA_GIVEN: dict[str, dict[int, float]] = {
     "test011 palms, gray": {5: 35.96, 15: 29.18, 25: 26.50, 50: 23.22},
     "test034 face, gray": {5: 37.42, 15: 33.02, 25: 31.39, 50: 29.12},
 }
-# The same on a CPU without VNNI (AMD EPYC Zen 3, AVX2 only; 2026-12-06), where ONNX
-# Runtime's int8 kernels add pairs of products in 16 bits with saturation. The color
-# crops score 0.07 to 0.31 dB lower there; the gray crops score as above.
+# The same on a CPU without VNNI (AMD EPYC Zen 3, AVX2 only, measured 2026-12-06), where
+# ONNX Runtime's int8 kernels add pairs of products in 16 bits with saturation. The
+# color crops score 0.07 to 0.31 dB lower there, and the gray crops score as above.
 PINNED_INT8_PSNR_SIGMA_GIVEN_NO_VNNI: dict[str, dict[int, float]] = {
     **PINNED_INT8_PSNR_SIGMA_GIVEN,
     "108005 tiger head": {5: 37.46, 15: 32.08, 25: 29.52, 50: 25.83},
