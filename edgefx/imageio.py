@@ -42,10 +42,11 @@ from edgefx.objectstore import ObjectPath, parse_output
 # OpenCV logs decoder warnings and errors straight to stderr, in lines that name no
 # file. Every decode failure here becomes an InputError with the path instead.
 # libpng prints its own "libpng error: ..." lines, which OpenCV does not route through
-# its log level. So PNG chunks are checked here first (_check_png_chunks), which
-# catches truncated files and damaged critical chunks.
-# TODO: a PNG whose chunks are intact but whose compressed image data is damaged
-# still gets a libpng line on stderr before its InputError.
+# its log level. So a PNG file is checked here first (_check_png_chunks): truncation,
+# damaged critical chunks, and an image data stream that zlib cannot inflate, that
+# ends early or that has an invalid row filter type.
+# TODO: a PNG with more image data than its size needs decodes, but libpng prints a
+# "Too much image data" warning line on stderr.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 logger = logging.getLogger(__name__)
@@ -725,22 +726,21 @@ def _check_pixel_limit(path: Path, header: _Header, max_pixels: int) -> None:
         )
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
 def _check_png_chunks(path: Path, data: np.ndarray) -> None:
-    """Raise InputError for a PNG file cut short or with a damaged critical chunk.
+    """Raise InputError for a PNG file cut short or with damaged critical data.
 
     Walks the chunks from the signature to IEND. Each chunk is a 4-byte length, a
     4-byte type, the data and a CRC-32 of type and data (PNG specification, section
     5.3). A CRC error is fatal only in a critical chunk (type starting with an
     upper-case letter), as in libpng's default setting. Ancillary chunks are not
-    checked.
+    checked. The IDAT chunks' zlib stream is inflated piece by piece, without keeping
+    the pixels, to check its integrity, its length and each row's filter type.
     """
     view = np.ascontiguousarray(data, np.uint8).data.cast("B")  # the bytes, no copy
     if bytes(view[: len(PNG_SIGNATURE)]) != PNG_SIGNATURE:
         raise InputError(path, "cannot decode image: not a valid PNG file")
     position = len(PNG_SIGNATURE)
+    image_data: _PngImageData | None = None
     while True:
         if position + 8 > len(view):
             raise InputError(path, "truncated PNG file: it ends before the IEND chunk")
@@ -759,13 +759,126 @@ def _check_png_chunks(path: Path, data: np.ndarray) -> None:
                     path,
                     f"damaged PNG file: CRC error in chunk {_chunk_name(kind)}",
                 )
-        if kind == b"IEND":
+        if kind == b"IHDR":
+            image_data = _PngImageData(path, bytes(view[position + 8 : end - 4]))
+        elif kind == b"IDAT" and image_data is not None:
+            image_data.feed(view[position + 8 : end - 4])
+        elif kind == b"IEND":
+            if image_data is not None:
+                image_data.finish()
             return
         position = end
 
 
 def _chunk_name(kind: bytes) -> str:
     return kind.decode("ascii") if kind.isalpha() else repr(kind)
+
+
+# Samples per pixel of each PNG color type, and the bit depths it allows (PNG
+# specification, section 11.2.2).
+PNG_COLOR_TYPES: dict[int, tuple[int, tuple[int, ...]]] = {
+    0: (1, (1, 2, 4, 8, 16)),  # gray
+    2: (3, (8, 16)),  # RGB
+    3: (1, (1, 2, 4, 8)),  # palette
+    4: (2, (8, 16)),  # gray and alpha
+    6: (4, (8, 16)),  # RGB and alpha
+}
+# Adam7 passes: first column, first row, column step, row step (section 8.2).
+ADAM7_PASSES = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+PNG_MAX_FILTER_TYPE = 4  # None, Sub, Up, Average, Paeth (section 9.2)
+PNG_INFLATE_PIECE_BYTES = 1 << 20
+
+
+class _PngImageData:
+    """Inflate a PNG's image data piece by piece and check what libpng would reject.
+
+    The inflated stream is a series of rows, each a filter-type byte and the row's
+    bytes; an interlaced image stores the seven Adam7 sub-images one after another.
+    Only the filter-type bytes are read, so memory stays at one piece.
+    """
+
+    def __init__(self, path: Path, ihdr: bytes) -> None:
+        self.path = path
+        if len(ihdr) != 13:
+            raise InputError(path, "damaged PNG file: the IHDR chunk has a wrong size")
+        width, height, depth, color, compression, filtering, interlace = struct.unpack(
+            ">IIBBBBB", ihdr
+        )
+        samples, depths = PNG_COLOR_TYPES.get(color, (0, ()))
+        if (
+            not 0 < width <= 0x7FFFFFFF
+            or not 0 < height <= 0x7FFFFFFF
+            or depth not in depths
+            or compression != 0
+            or filtering != 0
+            or interlace > 1
+        ):
+            raise InputError(path, "damaged PNG file: invalid IHDR chunk")
+        bits = samples * depth
+        passes = ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
+        # (offset of the first row, bytes per row with its filter byte, rows)
+        self.runs: list[tuple[int, int, int]] = []
+        offset = 0
+        for x0, y0, dx, dy in passes:
+            columns = (width - x0 + dx - 1) // dx if width > x0 else 0
+            rows = (height - y0 + dy - 1) // dy if height > y0 else 0
+            if columns and rows:  # a pass without pixels has no rows at all
+                stride = 1 + (columns * bits + 7) // 8
+                self.runs.append((offset, stride, rows))
+                offset += stride * rows
+        self.expected = offset
+        self.inflated = 0
+        self.inflater = zlib.decompressobj()
+
+    def feed(self, data: memoryview) -> None:
+        pending: bytes | memoryview = data
+        while pending and not self.inflater.eof:
+            try:
+                piece = self.inflater.decompress(pending, PNG_INFLATE_PIECE_BYTES)
+            except zlib.error as err:
+                # "Error -3 while decompressing data: incorrect header check"
+                reason = str(err).rpartition(": ")[2]
+                raise InputError(
+                    self.path, f"damaged PNG file: invalid image data (zlib: {reason})"
+                ) from None
+            self._check_filters(piece)
+            self.inflated += len(piece)
+            pending = self.inflater.unconsumed_tail
+
+    def finish(self) -> None:
+        if not self.inflater.eof or self.inflated < self.expected:
+            raise InputError(
+                self.path,
+                "damaged PNG file: the image data ends before the last row",
+            )
+
+    def _check_filters(self, piece: bytes) -> None:
+        start, stop = self.inflated, self.inflated + len(piece)
+        values = np.frombuffer(piece, np.uint8)
+        for first, stride, rows in self.runs:
+            last = first + stride * rows
+            if last <= start or first >= stop:
+                continue
+            low = first + max(0, -(-(start - first) // stride)) * stride
+            high = min(stop, last)
+            if low >= high:
+                continue
+            found = values[low - start : high - start : stride]
+            bad = found > PNG_MAX_FILTER_TYPE
+            if bad.any():
+                raise InputError(
+                    self.path,
+                    "damaged PNG file: invalid row filter type "
+                    f"{int(found[bad][0])} in the image data",
+                )
 
 
 def _decode_with_opencv(

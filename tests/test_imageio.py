@@ -597,6 +597,109 @@ def test_truncated_png_cli_prints_one_line(tmp_path):
     assert line.endswith("truncated PNG file: it ends inside chunk IDAT")
 
 
+# Adam7 passes: first column, first row, column step, row step (PNG section 8.2).
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4))
+ADAM7 += ((1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_image_data(pixels: np.ndarray, depth: int, interlaced: bool) -> bytes:
+    """The uncompressed IDAT stream of ``pixels`` (rows, columns, samples), every
+    row with filter type 0, packed MSB first where ``depth`` is under 8 bits."""
+    passes = ADAM7 if interlaced else ((0, 0, 1, 1),)
+    stream = b""
+    for x0, y0, dx, dy in passes:
+        sub = pixels[y0::dy, x0::dx]
+        if sub.size == 0:
+            continue
+        for row in sub.reshape(sub.shape[0], -1):
+            if depth == 16:
+                packed = row.astype(">u2").tobytes()
+            elif depth == 8:
+                packed = row.astype(np.uint8).tobytes()
+            else:
+                bits = np.unpackbits(row.astype(np.uint8)[:, None], axis=1)
+                packed = np.packbits(bits[:, 8 - depth :].ravel()).tobytes()
+            stream += b"\x00" + packed
+    return stream
+
+
+def handmade_png(
+    pixels: np.ndarray, depth: int, color: int, interlaced: bool, stream: bytes
+) -> bytes:
+    ihdr = struct.pack(
+        ">IIBBBBB", pixels.shape[1], pixels.shape[0], depth, color, 0, 0, interlaced
+    )
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(stream))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("interlaced", [False, True])
+@pytest.mark.parametrize(
+    ("depth", "color", "samples"),
+    [(1, 0, 1), (2, 0, 1), (4, 0, 1), (8, 2, 3), (16, 0, 1), (16, 6, 4)],
+)
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (3, 5), (11, 13)])
+def test_png_image_data_check_accepts_valid_layouts(
+    tmp_path, interlaced, depth, color, samples, height, width
+):
+    """Odd sizes, sub-byte depths and Adam7 passes where some passes are empty:
+    the image data check must agree with libpng on every valid layout."""
+    rng = np.random.default_rng(height * width + depth)
+    pixels = rng.integers(0, 2**depth, (height, width, samples))
+    stream = png_image_data(pixels, depth, interlaced)
+    path = tmp_path / "valid.png"
+    path.write_bytes(handmade_png(pixels, depth, color, interlaced, stream))
+
+    decoded = read_image(path).pixels
+
+    assert decoded.shape[:2] == (height, width)
+    if depth in (8, 16) and samples < 4:
+        np.testing.assert_array_equal(decoded.reshape(pixels.shape), pixels)
+    # One byte fewer is the shortest damage libpng reports as "Not enough image data".
+    path.write_bytes(handmade_png(pixels, depth, color, interlaced, stream[:-1]))
+    assert read_error(path).reason == (
+        "damaged PNG file: the image data ends before the last row"
+    )
+
+
+def test_png_bad_filter_type(tmp_path):
+    pixels = smooth_rgb(8, 8)
+    stream = bytearray(png_image_data(pixels, 8, False))
+    stream[5 * (1 + 8 * 3)] = 9  # the filter type of the sixth row
+    (tmp_path / "filter.png").write_bytes(handmade_png(pixels, 8, 2, False, stream))
+
+    reason = read_error(tmp_path / "filter.png").reason
+
+    assert reason == "damaged PNG file: invalid row filter type 9 in the image data"
+
+
+def test_png_damaged_zlib_stream_with_intact_crcs_cli_prints_one_line(tmp_path):
+    """Damage inside the compressed data, with every chunk CRC recomputed, gets past
+    the chunk walk; libpng would print its own line if the stream were not checked."""
+    pixels = smooth_rgb()
+    compressed = bytearray(zlib.compress(png_image_data(pixels, 8, False)))
+    compressed[len(compressed) // 2] ^= 0xFF
+    ihdr = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 2, 0, 0, 0)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "zlib.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", bytes(compressed))
+        + png_chunk(b"IEND", b"")
+    )
+
+    result = run_edgefx("denoise", tmp_path / "in", "--out", tmp_path / "out")
+
+    assert result.returncode == 1
+    assert "libpng" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if "zlib.png" in x]
+    assert "damaged PNG file: " in line
+
+
 def test_truncated_header(tmp_path):
     (tmp_path / "short.png").write_bytes(png_claiming_size(4, 4)[:20])
     assert read_error(tmp_path / "short.png").reason.startswith("cannot decode image")
