@@ -389,6 +389,25 @@ def _classify_result_format(
     return result_format
 
 
+def _classify_column_widths(
+    total: int, files: list[str], labels: list[str]
+) -> dict[str, int | None]:
+    """Widths of the classify table's columns in a terminal ``total`` columns wide.
+
+    When the table is too wide, the top-k column gives up its width first: file names
+    keep theirs up to half of the text width and labels up to a quarter, so that a
+    name wraps only when it is long. None lets rich choose, where too narrow for that.
+    """
+    text = total - 13  # 5 rules and a 1-character pad each side of 4 cells
+    score = len("score")
+    label = min(max(map(len, labels + ["label"])), text // 4)
+    file = min(max(map(len, files + ["file"])), text // 2)
+    top_k = text - file - label - score
+    if top_k < 12:
+        return dict.fromkeys(("file", "label", "score", "top_k"))
+    return {"file": file, "label": label, "score": score, "top_k": None}
+
+
 def _write_classify_rows(
     rows: list[ClassifyRow], result_format: ResultFormat, out: Path | ObjectPath | None
 ) -> None:
@@ -401,24 +420,28 @@ def _write_classify_rows(
         from rich.table import Table
         from rich.text import Text
 
+        console = Console()
+        files = [printable(str(row.file)) for row in rows]
+        labels = [printable(row.label) for row in rows]
         table = Table(title="edgefx classify", title_justify="left")
-        for column in ("file", "label", "score", "top_k"):
-            # A narrow terminal or a pipe wraps file names instead of cutting them.
+        for column, width in _classify_column_widths(
+            console.width, files, labels
+        ).items():
+            # A narrow terminal or a pipe (80 columns) wraps cells instead of
+            # cutting them.
             table.add_column(
                 column,
                 justify="right" if column == "score" else "left",
                 overflow="fold",
+                width=width,
             )
-        for row in rows:
+        for row, file, label in zip(rows, files, labels, strict=True):
             top = ", ".join(f"{label} {score:.3f}" for label, score in row.top_k)
             # Text cells are never parsed as markup, so "[b]" in a name stays literal.
             table.add_row(
-                Text(printable(str(row.file))),
-                Text(printable(row.label)),
-                f"{row.score:.3f}",
-                Text(printable(top)),
+                Text(file), Text(label), f"{row.score:.3f}", Text(printable(top))
             )
-        Console().print(table)
+        console.print(table)
         return
 
     import csv
