@@ -1,10 +1,12 @@
 """Score classifier checkpoints alone and averaged, to choose distillation teachers.
 
-Each checkpoint (best.pt of an ``edgefx train classify`` run) is run mirror-averaged on
-the validation split of the training data (the split that ``--seed`` picks, as in
-training) and on the test data. Every combination of them is then scored by the mean of
-their logits, which is what ``--teacher`` given several times distills from. Choose on
-the validation column; the test column is for the report.
+Each checkpoint (best.pt of an ``edgefx train classify`` run) is run mirror-averaged,
+or on the 10 views of ``--shift-average``, on the validation split of the training
+data (the split that ``--seed`` picks, as in training) and on the test data. Every
+combination of them is then scored by the mean of their logits, which is what
+``--teacher`` given several times distills from. Choose on the validation column; the
+test column is for the report. ``--shift-average`` scores what an export with that
+flag computes, to decide on validation whether it is worth five times the compute.
 
     python tools/score_ensemble.py runs/classify-t64/best.pt \\
         runs/classify-v5/best.pt --data ../shared/data/cifar10/train.zip \\
@@ -28,14 +30,19 @@ from edgefx.train.classify import (
     split_validation,
     to_tensor,
 )
-from edgefx.train.nets import FlipAveraged
+from edgefx.train.nets import FlipAveraged, ShiftFlipAveraged
 
 
-def mirrored_logits(
-    network: torch.nn.Module, data: ImageSet, mean: list[float], std: list[float]
+def averaged_logits(
+    network: torch.nn.Module,
+    data: ImageSet,
+    mean: list[float],
+    std: list[float],
+    shift_average: bool = False,
 ) -> np.ndarray:
-    """Return the mirror-averaged logits of ``network`` on ``data``."""
-    averaged = FlipAveraged(network).eval()
+    """Return the logits of ``network`` on ``data``, averaged over 2 or 10 views."""
+    wrapper = ShiftFlipAveraged if shift_average else FlipAveraged
+    averaged = wrapper(network).eval()
     outputs = []
     with torch.no_grad():
         for start in range(0, len(data.labels), 500):
@@ -54,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         "--validation-fraction", type=float, default=0.1, help="as in training"
     )
     parser.add_argument("--threads", type=int, default=2, help="PyTorch threads")
+    parser.add_argument(
+        "--shift-average",
+        action="store_true",
+        help="average 10 views (5 positions, each mirrored) instead of 2",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -78,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[str, dict[str, np.ndarray]] = {}
     for split, images in (("validation", validation), ("test", test)):
         scores[split] = {
-            name: mirrored_logits(network, images, first["mean"], first["std"])
+            name: averaged_logits(
+                network, images, first["mean"], first["std"], args.shift_average
+            )
             for name, (network, _) in zip(names, loaded, strict=True)
         }
     print("| checkpoints | validation top-1 | test top-1 |")
