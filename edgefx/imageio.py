@@ -45,8 +45,11 @@ from edgefx.objectstore import ObjectPath, parse_output
 # its log level. So a PNG file is checked here first (_check_png_chunks): truncation,
 # damaged critical chunks, and an image data stream that zlib cannot inflate, that
 # ends early or that has an invalid row filter type.
-# TODO: a PNG with more image data than its size needs decodes, but libpng prints a
-# "Too much image data" warning line on stderr.
+# TODO: files that decode still get a library line on stderr that names no file: a
+# PNG with more image data than its size needs ("Too much image data"), or with a
+# damaged ancillary chunk (bKGD, iCCP, ...), and a JPEG with missing data ("Corrupt
+# JPEG data"). A PNG rejected for a missing PLTE or an unknown critical chunk gets a
+# libpng line before its error.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 logger = logging.getLogger(__name__)
@@ -760,8 +763,12 @@ def _check_png_chunks(path: Path, data: np.ndarray) -> None:
                     f"damaged PNG file: CRC error in chunk {_chunk_name(kind)}",
                 )
         if kind == b"IHDR":
+            if image_data is not None:
+                raise InputError(path, "damaged PNG file: more than one IHDR chunk")
             image_data = _PngImageData(path, bytes(view[position + 8 : end - 4]))
-        elif kind == b"IDAT" and image_data is not None:
+        elif kind == b"IDAT":
+            if image_data is None:
+                raise InputError(path, "damaged PNG file: IDAT chunk before IHDR")
             image_data.feed(view[position + 8 : end - 4])
         elif kind == b"IEND":
             if image_data is not None:
@@ -854,10 +861,14 @@ class _PngImageData:
             pending = self.inflater.unconsumed_tail
 
     def finish(self) -> None:
-        if not self.inflater.eof or self.inflated < self.expected:
+        if self.inflated < self.expected:
             raise InputError(
                 self.path,
                 "damaged PNG file: the image data ends before the last row",
+            )
+        if not self.inflater.eof:
+            raise InputError(
+                self.path, "damaged PNG file: the compressed image data is incomplete"
             )
 
     def _check_filters(self, piece: bytes) -> None:

@@ -195,6 +195,21 @@ def test_cli_table_fits_the_terminal(
         assert len(rows) > 1  # the top-k list wrapped instead
 
 
+def test_cli_zero_columns_prints_everything(
+    model: Path, images: dict[str, Path]
+) -> None:
+    """COLUMNS=0 is taken as the default width, not as a width that prints nothing."""
+    empty = images["red"].with_name("empty.png")
+    empty.write_bytes(b"")
+    result = run_edgefx(
+        "classify", images["red"], empty, "--model", model, env={"COLUMNS": "0"}
+    )
+    assert result.returncode == 1
+    assert "red.png" in result.stdout
+    assert f"{empty}: empty file" in result.stderr
+    assert "1 done, 1 failed" in result.stderr
+
+
 def test_cli_jsonl_labels_and_scores(model: Path, images: dict[str, Path]) -> None:
     result = run_edgefx(
         "classify",

@@ -666,6 +666,27 @@ def test_png_image_data_check_accepts_valid_layouts(
     )
 
 
+def test_png_chunk_order_and_stream_end(tmp_path):
+    pixels = smooth_rgb(8, 8)
+    stream = png_image_data(pixels, 8, False)
+    valid = handmade_png(pixels, 8, 2, False, stream)
+    ihdr = valid[8:33]  # signature, then IHDR: length, type, 13 bytes, CRC
+    rest = valid[33:]
+    idat = rest[: rest.index(b"IEND") - 4]
+    iend = png_chunk(b"IEND", b"")
+    cases = {
+        "twice.png": (valid[:33] + ihdr + rest, "more than one IHDR chunk"),
+        "order.png": (valid[:8] + idat + ihdr + iend, "IDAT chunk before IHDR"),
+        "adler.png": (
+            valid[:33] + png_chunk(b"IDAT", zlib.compress(stream)[:-4]) + iend,
+            "the compressed image data is incomplete",
+        ),
+    }
+    for name, (contents, problem) in cases.items():
+        (tmp_path / name).write_bytes(contents)
+        assert read_error(tmp_path / name).reason == f"damaged PNG file: {problem}"
+
+
 def test_png_bad_filter_type(tmp_path):
     pixels = smooth_rgb(8, 8)
     stream = bytearray(png_image_data(pixels, 8, False))
