@@ -195,6 +195,21 @@ def test_cli_table_fits_the_terminal(
         assert len(rows) > 1  # the top-k list wrapped instead
 
 
+def test_cli_table_too_narrow_becomes_lines(
+    model: Path, images: dict[str, Path]
+) -> None:
+    """Under 40 columns a four-column table would drop text: one line per image."""
+    result = run_edgefx(
+        "classify", *images.values(), "--model", model, env={"COLUMNS": "15"}
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(images)
+    for (color, path), line in zip(images.items(), lines, strict=True):
+        assert line.startswith(f"{path}: {color} ")
+        assert line.endswith(")")
+
+
 def test_cli_zero_columns_prints_everything(
     model: Path, images: dict[str, Path]
 ) -> None:

@@ -389,6 +389,10 @@ def _classify_result_format(
     return result_format
 
 
+# Terminal width below which the classify table becomes one line per image.
+NARROWEST_CLASSIFY_TABLE = 40
+
+
 def _classify_column_widths(
     total: int, files: list[str], labels: list[str]
 ) -> dict[str, int | None]:
@@ -423,6 +427,22 @@ def _write_classify_rows(
         console = Console()
         files = [printable(str(row.file)) for row in rows]
         labels = [printable(row.label) for row in rows]
+        tops = [
+            printable(", ".join(f"{name} {score:.3f}" for name, score in row.top_k))
+            for row in rows
+        ]
+        if console.width < NARROWEST_CLASSIFY_TABLE:
+            # Four columns in so few characters would drop text: one line per image
+            # instead, which the terminal wraps.
+            lines = zip(rows, files, labels, tops, strict=True)
+            typer.echo(
+                "".join(
+                    f"{f}: {label} {row.score:.3f} ({top})\n"
+                    for row, f, label, top in lines
+                ),
+                nl=False,
+            )
+            return
         table = Table(title="edgefx classify", title_justify="left")
         for column, width in _classify_column_widths(
             console.width, files, labels
@@ -435,12 +455,9 @@ def _write_classify_rows(
                 overflow="fold",
                 width=width,
             )
-        for row, file, label in zip(rows, files, labels, strict=True):
-            top = ", ".join(f"{label} {score:.3f}" for label, score in row.top_k)
+        for row, file, label, top in zip(rows, files, labels, tops, strict=True):
             # Text cells are never parsed as markup, so "[b]" in a name stays literal.
-            table.add_row(
-                Text(file), Text(label), f"{row.score:.3f}", Text(printable(top))
-            )
+            table.add_row(Text(file), Text(label), f"{row.score:.3f}", Text(top))
         console.print(table)
         return
 
