@@ -552,6 +552,38 @@ def test_convnet_trains_exports_and_teaches(trained, tmp_path: Path) -> None:
     assert "distilling from 1 teacher(s)" in student.stderr
 
 
+def test_densenet_trains_exports_and_classifies(trained, tmp_path: Path) -> None:
+    data, _, _ = trained
+    work = tmp_path / "dense"
+
+    result = run_edgefx(
+        "train", "classify", "--data", data, "--batch-size", "8", "--size", "16",
+        "--threads", "1", "--work-dir", work, "--epochs", "2", "--arch", "densenet",
+        "--width", "4", "--blocks", "2", "--export", work / "dense.onnx",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "ONNX matches torch" in result.stderr
+    classified = run_edgefx(
+        "classify", data / "blue" / "03.png", "--model", work / "dense.onnx",
+        "--format", "jsonl",
+    )  # fmt: skip
+    assert classified.returncode == 0, classified.stderr
+    assert json.loads(classified.stdout)["label"] in ("red", "blue")
+    state = torch.load(work / "best.pt", weights_only=True)
+    assert state["config"]["arch"] == "densenet"
+    assert state["config"]["blocks"] == 2
+
+    # Growth 4, 2 layers per block: the stem makes 8 channels; blocks end at 16,
+    # 8 + 8 = 16 and 8 + 8 = 16 channels, halved by the first two transitions.
+    def layer(channels: int) -> int:  # batch norm, 1x1 to 16, batch norm, 3x3 to 4
+        return 2 * channels + channels * 16 + 2 * 16 + 16 * 9 * 4
+
+    blocks = sum(layer(c) for c in (8, 12, 8, 12, 8, 12))
+    transitions = 2 * (2 * 16 + 16 * 8)
+    expected = 3 * 9 * 8 + blocks + transitions + 2 * 16 + 16 * 2 + 2
+    assert int(read_metadata(work / "dense.onnx")["parameters"]) == expected
+
+
 def test_unknown_arch_exit_2(trained, tmp_path: Path) -> None:
     data, _, _ = trained
 
@@ -561,7 +593,8 @@ def test_unknown_arch_exit_2(trained, tmp_path: Path) -> None:
     )  # fmt: skip
 
     assert result.returncode == 2
-    assert "unknown --arch 'transformer'; choose resnet or convnet" in result.stderr
+    expected = "unknown --arch 'transformer'; choose resnet, convnet or densenet"
+    assert expected in result.stderr
     assert not (tmp_path / "work").exists()  # rejected before any work
 
 
@@ -574,7 +607,9 @@ def test_blocks_with_convnet_exit_2(trained, tmp_path: Path) -> None:
     )  # fmt: skip
 
     assert result.returncode == 2
-    assert "--blocks applies to --arch resnet, not convnet" in result.stderr
+    assert (
+        "--blocks applies to --arch resnet and densenet, not convnet" in result.stderr
+    )
 
 
 def test_resume_with_other_arch_names_it(trained, tmp_path: Path) -> None:

@@ -25,7 +25,12 @@ from edgefx.classify import FLIP_AVERAGE_METADATA, SHIFT_FLIP_AVERAGE_METADATA
 from edgefx.registry import sha256_of
 from edgefx.text import key_values
 from edgefx.train.checkpoint import load_checkpoint, record_options
-from edgefx.train.nets import CLASSIFIER_ARCHITECTURES, average_views, build_classifier
+from edgefx.train.nets import (
+    ARCHITECTURES_WITH_BLOCKS,
+    CLASSIFIER_ARCHITECTURES,
+    average_views,
+    build_classifier,
+)
 from edgefx.train.precision import use_bfloat16
 
 logger = logging.getLogger(__name__)
@@ -343,7 +348,8 @@ def load_teachers(paths: tuple[Path, ...], config: dict) -> list[nn.Module]:
         state = load_checkpoint(path)
         theirs = state.get("config")
         arch = theirs.get("arch", "resnet") if isinstance(theirs, dict) else None
-        needed = {"classes", "width"} | ({"blocks"} if arch == "resnet" else set())
+        with_blocks = arch in ARCHITECTURES_WITH_BLOCKS
+        needed = {"classes", "width"} | ({"blocks"} if with_blocks else set())
         if (
             not isinstance(theirs, dict)
             or not needed <= theirs.keys()
@@ -446,10 +452,11 @@ def train(options: ClassifyTrainOptions) -> Path:
     log_path = options.work_dir / "log.jsonl"
 
     config: dict = {"classes": data.classes, "width": options.width}
-    if options.arch == "resnet":
-        # Kept without an arch key, so runs started before convnets still resume.
+    if options.arch in ARCHITECTURES_WITH_BLOCKS:
         config["blocks"] = options.blocks
-    else:
+    if options.arch != "resnet":
+        # ResNets are kept without an arch key, so runs started before the other
+        # families still resume.
         config["arch"] = options.arch
     config.update({"size": options.size, "mean": mean, "std": std})
     model = build_classifier(config)
