@@ -45,11 +45,11 @@ from edgefx.objectstore import ObjectPath, parse_output
 # its log level. So a PNG file is checked here first (_check_png_chunks): truncation,
 # damaged critical chunks, and an image data stream that zlib cannot inflate, that
 # ends early or that has an invalid row filter type.
-# TODO: files that decode still get a library line on stderr that names no file: a
-# PNG with more image data than its size needs ("Too much image data"), or with a
-# damaged ancillary chunk (bKGD, iCCP, ...), and a JPEG with missing data ("Corrupt
-# JPEG data"). A PNG rejected for a missing PLTE or an unknown critical chunk gets a
-# libpng line before its error.
+# TODO: some files that decode still get a library line on stderr that names no file.
+# These are a PNG with more image data than its size needs ("Too much image data") or
+# with a damaged ancillary chunk (bKGD, iCCP, ...), and a JPEG with missing data
+# ("Corrupt JPEG data"). A PNG rejected for a missing PLTE or an unknown critical
+# chunk gets a libpng line before its error.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 logger = logging.getLogger(__name__)
@@ -808,14 +808,14 @@ class _PngImageData:
     """Inflate a PNG's image data piece by piece and check what libpng would reject.
 
     The inflated stream is a series of rows, each a filter-type byte and the row's
-    bytes; an interlaced image stores the seven Adam7 sub-images one after another.
+    bytes. An interlaced image stores the seven Adam7 sub-images one after another.
     Only the filter-type bytes are read, so memory stays at one piece.
     """
 
     def __init__(self, path: Path, ihdr: bytes) -> None:
         self.path = path
         if len(ihdr) != 13:
-            raise InputError(path, "damaged PNG file: the IHDR chunk has a wrong size")
+            raise InputError(path, "damaged PNG file: invalid IHDR chunk length")
         width, height, depth, color, compression, filtering, interlace = struct.unpack(
             ">IIBBBBB", ihdr
         )
@@ -829,6 +829,7 @@ class _PngImageData:
             or interlace > 1
         ):
             raise InputError(path, "damaged PNG file: invalid IHDR chunk")
+
         bits = samples * depth
         passes = ADAM7_PASSES if interlace else ((0, 0, 1, 1),)
         # (offset of the first row, bytes per row with its filter byte, rows)
@@ -841,6 +842,7 @@ class _PngImageData:
                 stride = 1 + (columns * bits + 7) // 8
                 self.runs.append((offset, stride, rows))
                 offset += stride * rows
+
         self.expected = offset
         self.inflated = 0
         self.inflater = zlib.decompressobj()

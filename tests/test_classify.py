@@ -166,8 +166,8 @@ def test_cli_table_labels_colors(model: Path, images: dict[str, Path]) -> None:
 def test_cli_table_fits_the_terminal(
     model: Path, images: dict[str, Path], columns: int
 ) -> None:
-    """In an 80-column pipe a file name up to half the width stays on one line, and the
-    top-k column wraps; a narrower terminal wraps all cells. Nothing is cut."""
+    """In an 80-column pipe a file name up to half the width stays on one line, so the
+    top-k column wraps. A narrower terminal wraps all cells. Nothing is cut."""
     name = "a-long-file-name-of-a-red-img.png"
     images["red"].rename(images["red"].with_name(name))
     result = run_edgefx(
@@ -188,7 +188,7 @@ def test_cli_table_fits_the_terminal(
     rows = [line.split("│")[1:-1] for line in lines if line.startswith("│")]
     file_cell = "".join(cells[0].strip() for cells in rows)
     top_k_cell = " ".join(cells[3].strip() for cells in rows)
-    assert file_cell == name  # wrapped or not, the cell holds the whole name
+    assert file_cell == name  # wrapped or not, the cell contains the whole name
     assert len(top_k_cell.split(", ")) == 3
     if columns == 80:
         assert rows[0][0].strip() == name

@@ -698,9 +698,9 @@ def test_png_bad_filter_type(tmp_path):
     assert reason == "damaged PNG file: invalid row filter type 9 in the image data"
 
 
-def test_png_damaged_zlib_stream_with_intact_crcs_cli_prints_one_line(tmp_path):
+def test_png_damaged_zlib_cli_one_line(tmp_path):
     """Damage inside the compressed data, with every chunk CRC recomputed, gets past
-    the chunk walk; libpng would print its own line if the stream were not checked."""
+    the chunk walk. Unless the stream is checked, libpng prints its own line."""
     pixels = smooth_rgb()
     compressed = bytearray(zlib.compress(png_image_data(pixels, 8, False)))
     compressed[len(compressed) // 2] ^= 0xFF
