@@ -519,6 +519,15 @@ def test_onnx_teacher_exit_2(trained, tmp_path: Path) -> None:
     assert "an ONNX file; give the best.pt training checkpoint" in result.stderr
 
 
+def label_of_blue_image(data: Path, model: Path) -> str:
+    """Classify one blue training image through the CLI and return its label."""
+    classified = run_edgefx(
+        "classify", data / "blue" / "03.png", "--model", model, "--format", "jsonl"
+    )
+    assert classified.returncode == 0, classified.stderr
+    return str(json.loads(classified.stdout)["label"])
+
+
 def test_convnet_trains_exports_and_teaches(trained, tmp_path: Path) -> None:
     data, _, _ = trained
     teacher = tmp_path / "teacher"
@@ -529,12 +538,7 @@ def test_convnet_trains_exports_and_teaches(trained, tmp_path: Path) -> None:
         "--arch", "convnet", "--width", "8", "--export", teacher / "conv.onnx",
     )  # fmt: skip
     assert trained_teacher.returncode == 0, trained_teacher.stderr
-    classified = run_edgefx(
-        "classify", data / "blue" / "03.png", "--model", teacher / "conv.onnx",
-        "--format", "jsonl",
-    )  # fmt: skip
-    assert classified.returncode == 0, classified.stderr
-    assert json.loads(classified.stdout)["label"] in ("red", "blue")
+    assert label_of_blue_image(data, teacher / "conv.onnx") in ("red", "blue")
     state = torch.load(teacher / "best.pt", weights_only=True)
     assert state["config"]["arch"] == "convnet"
     # A 3x3 stem of 24 channels, then widths 8, 32 and 32, and the linear head.
@@ -563,12 +567,7 @@ def test_densenet_trains_exports_and_classifies(trained, tmp_path: Path) -> None
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "ONNX matches torch" in result.stderr
-    classified = run_edgefx(
-        "classify", data / "blue" / "03.png", "--model", work / "dense.onnx",
-        "--format", "jsonl",
-    )  # fmt: skip
-    assert classified.returncode == 0, classified.stderr
-    assert json.loads(classified.stdout)["label"] in ("red", "blue")
+    assert label_of_blue_image(data, work / "dense.onnx") in ("red", "blue")
     state = torch.load(work / "best.pt", weights_only=True)
     assert state["config"]["arch"] == "densenet"
     assert state["config"]["blocks"] == 2
