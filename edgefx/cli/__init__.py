@@ -396,11 +396,12 @@ NARROWEST_CLASSIFY_TABLE = 40
 def _classify_column_widths(
     total: int, files: list[str], labels: list[str]
 ) -> dict[str, int | None]:
-    """Widths of the classify table's columns in a terminal ``total`` columns wide.
+    """Compute the classify table's column widths for a terminal ``total`` columns wide.
 
-    When the table is too wide, the top-k column gives up its width first: file names
-    keep theirs up to half of the text width and labels up to a quarter, so that a
-    name wraps only when it is long. None lets rich choose, where too narrow for that.
+    When the table is too wide, the top-k column gives up its width first. File names
+    keep theirs up to half of the text width and labels up to a quarter, so that a name
+    wraps only when it is long. Where the terminal is too narrow for that, every width
+    is None, so rich chooses.
     """
     text = total - 13  # 5 rules and a 1-character pad each side of 4 cells
     score = len("score")

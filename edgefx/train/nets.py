@@ -195,7 +195,7 @@ class CifarDenseNet(nn.Module):
     transitions between blocks halve both the channels (a 1x1 convolution) and the
     resolution (2x2 average pooling). The stem is a 3x3 convolution to twice the
     growth rate. Growth 12 and 8 layers per block (depth 6 * 8 + 4 = 52) give 0.26 M
-    parameters: each layer sees every earlier feature map of its block, so few
+    parameters: each layer takes every earlier feature map of its block as input, so few
     channels go a long way, at about six times ResNet-20's training step on a CPU.
     """
 
